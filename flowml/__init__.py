@@ -1,0 +1,20 @@
+"""flowml: a small array compiler for deep learning.
+
+Write a model in a .flow file (or build it in Python), differentiate it symbolically, and run it
+on numpy (the reference backend) — see README.md and docs/.
+"""
+
+from .api import (arange, default_graph, full, ones, zeros, function, get_value, grad, load, loads, param, parse_program,
+                  reset_default_graph, set_value, shared, tensor)
+from .errors import (FlowCallError, FlowError, FlowGradError, FlowInternalError, FlowNameError,
+                     FlowRuntimeError, FlowSyntaxError, FlowTypeError)
+from .ir.lib import (Var, abs, argmax, argmin, broadcast_to, cast, clip, concatenate, cos, dot, erf,
+                     exp, expand_dims, expm1, ifelse, log, log1p, log_softmax, logsumexp, matmul, max,
+                     maximum, mean, min, minimum, onehot, ones_like, outer, prod, relu, reshape,
+                     sigmoid, sign, sin, softmax, softplus, sqrt, stack, sum, take, tanh, transpose, where,
+                     zeros_like)
+from .program import Function, Model
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,208 @@
+"""The embedding API: load .flow models, or build graphs in Python the Theano way.
+
+    model = flowml.load("examples/logreg.flow")
+    prediction, xent = model.train(x=x, y=y)
+
+    x = flowml.tensor("x", "f64[N, 3]")
+    w = flowml.param("w", np.zeros(3))
+    cost = flowml.mean((x @ w - 1) ** 2)
+    (gw,) = flowml.grad(cost, [w])
+    step = flowml.function([x], cost, updates={w: w - 0.1 * gw})
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from .backends import get_backend
+from .errors import FlowError, FlowNameError, FlowTypeError
+from .ir import lib as L
+from .ir.graph import Graph, current_loc
+from .ir.lib import Var
+from .ir.types import TensorType, dtype_of, sym
+from .passes.grad import grad as _grad
+from .program import FnDecl, InputDecl, Model, ParamDecl, Program, UpdateDecl, coerce_array
+
+
+def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
+          file: str = "<string>") -> Model:
+    """Parse, build and compile a .flow program given as text."""
+    from .lang.build import build
+    from .lang.parser import parse
+    return Model(build(parse(source, file)), backend=backend, seed=seed)
+
+
+def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None) -> Model:
+    """Load a .flow file (see `loads`)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
+    return loads(data, backend=backend, seed=seed, file=path)
+
+
+def parse_program(source: str | bytes, file: str = "<string>") -> Program:
+    """Parse and build without compiling (what `flowml check` and `compile` use)."""
+    from .lang.build import build
+    from .lang.parser import parse
+    return build(parse(source, file))
+
+
+# ----------------------------------------------------------------- the Python builder
+
+
+class _Session:
+    """The default graph of the Python builder, its params and their state per backend (so
+    functions compiled from one graph share their params, as Theano's shared variables do)."""
+
+    def __init__(self) -> None:
+        self.program = Program(Graph(), file="<python>")
+        self.states: dict[str, object] = {}
+
+    def state(self, backend):
+        state = self.states.get(backend.name)
+        if state is None:
+            state = self.states[backend.name] = backend.create_state({})
+        return state
+
+
+_session = _Session()
+
+
+def reset_default_graph() -> None:
+    """Start a new default graph (forgetting the old one's values and params)."""
+    global _session
+    _session = _Session()
+
+
+def default_graph() -> Graph:
+    return _session.program.graph
+
+
+def _parse_type(type_) -> TensorType:
+    if isinstance(type_, TensorType):
+        return type_
+    from .lang.parser import parse_type
+    t = parse_type(type_)
+    return TensorType(dtype_of(t.dtype), tuple(sym(d) if isinstance(d, str) else d for d in t.dims))
+
+
+def tensor(name: str, type: str | TensorType) -> Var:
+    """A symbolic input: `tensor("x", "f64[N, 784]")`."""
+    prog = _session.program
+    if name in prog.inputs or name in prog.params:
+        raise FlowNameError(f"'{name}' is already defined", current_loc())
+    var = L.input(prog.graph, name, _parse_type(type))
+    prog.inputs[name] = InputDecl(name, var, prog.graph.loc(var.id))
+    return var
+
+
+def param(name: str, value=None, type: str | TensorType | None = None, init=None) -> Var:
+    """Trained state (Theano's shared variable): `param("w", np.zeros((784, 10)))`, or a type
+    and an initializer `init(rng) -> array`."""
+    prog = _session.program
+    if name in prog.inputs or name in prog.params:
+        raise FlowNameError(f"'{name}' is already defined", current_loc())
+    if value is not None:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "iu":
+            arr = arr.astype(np.int64)
+        t = _parse_type(type) if type is not None else TensorType(dtype_of(arr.dtype), arr.shape)
+        initial = np.array(arr, dtype=t.dtype)
+        init = lambda rng: initial  # noqa: E731
+    elif type is None or init is None:
+        raise FlowTypeError(f"param '{name}' needs a value, or a type and an init function", current_loc())
+    else:
+        t = _parse_type(type)
+    if t.symbols():
+        raise FlowTypeError(f"a param needs a fixed shape, not {t}", current_loc())
+    var = L.param(prog.graph, name, t)
+    prog.params[name] = ParamDecl(name, var, prog.graph.loc(var.id), init)
+    return var
+
+
+shared = param  # Theano's name
+
+
+def grad(cost: Var, wrt: Var | Sequence[Var], disconnected: str = "error"):
+    """d cost / d wrt: a Var for one Var, a list for a list."""
+    if isinstance(wrt, Var):
+        return _grad(cost, wrt, disconnected=disconnected)[0]
+    return _grad(cost, *wrt, disconnected=disconnected)
+
+
+def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | None = None,
+             name: str = "f"):
+    """Compile a function of the default graph (Theano's `theano.function`). `outputs` is a Var
+    (the call returns an array) or a list (a tuple); `updates` maps params to new values."""
+    prog = _session.program
+    backend_obj = get_backend(backend)
+    single = isinstance(outputs, Var)
+    outs = [outputs] if single else list(outputs or [])
+    for v in list(inputs) + outs:
+        if not isinstance(v, Var) or v.graph is not prog.graph:
+            raise FlowTypeError("function() takes Vars of the default graph", current_loc())
+    for v in inputs:
+        if v.op.name != "input":
+            raise FlowTypeError(f"function() inputs must be tensors made with flowml.tensor, not {v}", current_loc())
+    pairs = list(updates.items()) if isinstance(updates, dict) else list(updates or [])
+    upd = []
+    for p, value in pairs:
+        if not isinstance(p, Var) or p.op.name != "param":
+            raise FlowTypeError(f"only params can be updated, not {p}", current_loc())
+        value = L.as_var(value, prog.graph)
+        if value.type.weak:
+            value = L.cast(value, p.dtype)
+        upd.append(UpdateDecl(p.name, value, current_loc()))
+    fn = FnDecl(name, [v.name for v in inputs],
+                [(v.name or f"out{i}", v) for i, v in enumerate(outs)], upd, current_loc())
+    sub = Program(prog.graph, prog.file, dict(prog.inputs), dict(prog.params), {name: fn}, prog.seed)
+    state = _session.state(backend_obj)
+    model = Model(sub, backend=backend_obj, state=state)
+    f = model.functions[name]
+    f.single_output = True if single else False
+    return f
+
+
+def get_value(p: Var, backend: str | None = None) -> np.ndarray:
+    """The current value of a param of the default graph."""
+    state = _session.state(get_backend(backend))
+    _ensure_initialized(p, state)
+    return state.get(p.name)
+
+
+def set_value(p: Var, value, backend: str | None = None) -> None:
+    decl = _session.program.params[p.name]
+    state = _session.state(get_backend(backend))
+    state.set(p.name, coerce_array(value, decl.var.type, f"param '{p.name}'", decl.loc, {}))
+
+
+def _ensure_initialized(p: Var, state) -> None:
+    if p.op.name != "param":
+        raise FlowTypeError(f"{p} is not a param", current_loc())
+    from .program import param_rng
+    if not state.has(p.name):
+        decl = _session.program.params[p.name]
+        state.set(p.name, np.asarray(decl.init(param_rng(_session.program.seed, p.name)), dtype=p.dtype))
+
+
+# Constructors build in the default graph (the library versions take a graph first).
+def zeros(shape, dtype="f64") -> Var:
+    return L.zeros(default_graph(), shape, dtype)
+
+
+def ones(shape, dtype="f64") -> Var:
+    return L.ones(default_graph(), shape, dtype)
+
+
+def full(shape, value, dtype=None) -> Var:
+    return L.full(default_graph(), shape, value, dtype)
+
+
+def arange(start, stop=None, step=1) -> Var:
+    return L.arange(default_graph(), start, stop, step)

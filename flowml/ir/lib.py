@@ -1,0 +1,591 @@
+"""Building graphs: `Var` (a symbolic value) and the function library with numpy's names and
+calling conventions.
+
+The same functions serve the .flow language's built-ins, the Python builder API and the VJP
+rules in `ops`. They handle what numpy users expect — python scalars as weak literals, type
+promotion, negative axes, `axis=None`, `keepdims` — and then apply one primitive.
+"""
+
+from __future__ import annotations
+
+import builtins
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import FlowTypeError
+from . import ops as P
+from .graph import Graph, current_loc
+from .types import (DTYPES, Sym, TensorType, dim_div, dim_mul, dims_product, dtype_of, is_float, promote,
+                    sym)
+
+
+class Var:
+    """A value in a graph: the handle users and rules build with. Arithmetic on Vars (and on
+    Vars with python numbers or numpy arrays) adds nodes to the graph."""
+
+    __slots__ = ("graph", "id")
+    __array_priority__ = 1000  # make numpy defer `ndarray * Var` to Var.__rmul__
+
+    def __init__(self, graph: Graph, id: int):
+        self.graph = graph
+        self.id = id
+
+    @property
+    def type(self) -> TensorType:
+        return self.graph.type(self.id)
+
+    @property
+    def op(self):
+        return self.graph.op(self.id)
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.type.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.type.dtype
+
+    @property
+    def T(self) -> "Var":
+        return transpose(self)
+
+    @property
+    def name(self) -> str | None:
+        return self.graph.name(self.id)
+
+    def __repr__(self) -> str:
+        label = self.name or f"%{self.id}"
+        return f"<Var {label}: {self.type}>"
+
+    def __bool__(self):
+        raise TypeError("a flowml Var has no truth value; use `ifelse` or `where`")
+
+    __hash__ = object.__hash__
+
+    # arithmetic
+    def __add__(self, o): return add(self, o)
+    def __radd__(self, o): return add(o, self)
+    def __sub__(self, o): return subtract(self, o)
+    def __rsub__(self, o): return subtract(o, self)
+    def __mul__(self, o): return multiply(self, o)
+    def __rmul__(self, o): return multiply(o, self)
+    def __truediv__(self, o): return divide(self, o)
+    def __rtruediv__(self, o): return divide(o, self)
+    def __floordiv__(self, o): return floor_div(self, o)
+    def __rfloordiv__(self, o): return floor_div(o, self)
+    def __mod__(self, o): return mod(self, o)
+    def __rmod__(self, o): return mod(o, self)
+    def __pow__(self, o): return power(self, o)
+    def __rpow__(self, o): return power(o, self)
+    def __matmul__(self, o): return matmul(self, o)
+    def __rmatmul__(self, o): return matmul(o, self)
+    def __neg__(self): return negative(self)
+    def __pos__(self): return self
+    def __abs__(self): return abs(self)
+    def __invert__(self): return logical_not(self)
+    def __and__(self, o): return logical_and(self, o)
+    def __or__(self, o): return logical_or(self, o)
+
+    # comparisons build nodes (so a Var can't be a dict key by value; hashing is by identity)
+    def __eq__(self, o): return equal(self, o)  # type: ignore[override]
+    def __ne__(self, o): return not_equal(self, o)  # type: ignore[override]
+    def __lt__(self, o): return less(self, o)
+    def __le__(self, o): return less_equal(self, o)
+    def __gt__(self, o): return greater(self, o)
+    def __ge__(self, o): return greater_equal(self, o)
+
+    def __getitem__(self, item): return getitem(self, item)
+
+    def sum(self, axis=None, keepdims=False): return sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
+    def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
+    def astype(self, dtype): return cast(self, dtype)
+
+
+# ----------------------------------------------------------------- constants and leaves
+
+
+def _apply(op, operands: Sequence[Var], graph: Graph | None = None, **attrs) -> Var:
+    graph = graph or operands[0].graph
+    return Var(graph, graph.add(op, [v.id for v in operands], attrs))
+
+
+def constant(value, graph: Graph, dtype=None, weak: bool | None = None) -> Var:
+    """A constant node. Python scalars are weak (they take the dtype of what they meet)."""
+    if weak is None:
+        weak = dtype is None and isinstance(value, (bool, numbers.Number)) and not isinstance(value, np.generic)
+    arr = np.asarray(value)
+    if dtype is not None:
+        arr = arr.astype(dtype_of(dtype))
+    elif arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float64) if weak else arr
+    elif arr.dtype.kind != "b":
+        raise FlowTypeError(f"cannot make a flowml constant of {type(value).__name__} {value!r}", current_loc())
+    if arr.dtype not in (DTYPES[k] for k in DTYPES):
+        arr = arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
+    arr.setflags(write=False)
+    t = TensorType(arr.dtype, arr.shape, weak)
+    return Var(graph, graph.add(P.const, [], {"value": arr}, type=t))
+
+
+def input(graph: Graph, name: str, type: TensorType) -> Var:
+    return Var(graph, graph.add(P.input_, [], {"name": name}, name=name, type=type))
+
+
+def param(graph: Graph, name: str, type: TensorType) -> Var:
+    return Var(graph, graph.add(P.param, [], {"name": name}, name=name, type=type))
+
+
+def dim(graph: Graph, d) -> Var:
+    """The size of a dim (int or symbol) as an i64 scalar value."""
+    d = sym(d) if isinstance(d, str) else d
+    if isinstance(d, int):
+        return constant(d, graph, dtype="i64")
+    return Var(graph, graph.add(P.dim, [], {"dim": d}, type=TensorType(DTYPES["i64"], ())))
+
+
+def const_value(v):
+    """The python/numpy value of a constant Var (or the value itself); None if not constant."""
+    if not isinstance(v, Var):
+        return v
+    if v.op is P.const:
+        arr = v.graph.attrs(v.id)["value"]
+        return arr.item() if arr.ndim == 0 else arr
+    return None
+
+
+def _graph_of(*values) -> Graph:
+    for v in values:
+        if isinstance(v, Var):
+            return v.graph
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                if isinstance(x, Var):
+                    return x.graph
+    raise FlowTypeError("at least one operand must be a flowml value", current_loc())
+
+
+def as_var(value, graph: Graph) -> Var:
+    if isinstance(value, Var):
+        if value.graph is not graph:
+            raise FlowTypeError("cannot combine values from two different graphs", current_loc())
+        return value
+    return constant(value, graph)
+
+
+def _coerce(values: Sequence[Var]) -> list[Var]:
+    """Give weak literals the dtype they meet (so `x32 * 0.5` stays f32 on every backend)."""
+    dt, weak = promote(*(v.type for v in values))
+    if weak:
+        return list(values)
+    out = []
+    for v in values:
+        if v.type.weak:
+            value = const_value(v)
+            v = constant(value, v.graph, dtype=dt) if value is not None else _apply(P.cast, [v], dtype=dt)
+        out.append(v)
+    return out
+
+
+def _elementwise(op, *values) -> Var:
+    g = _graph_of(*values)
+    return _apply(op, _coerce([as_var(v, g) for v in values]))
+
+
+# ----------------------------------------------------------------- elementwise
+
+
+def add(a, b): return _elementwise(P.add, a, b)
+def subtract(a, b): return _elementwise(P.sub, a, b)
+def multiply(a, b): return _elementwise(P.mul, a, b)
+def divide(a, b): return _elementwise(P.div, a, b)
+def floor_div(a, b): return _elementwise(P.floordiv, a, b)
+def mod(a, b): return _elementwise(P.mod, a, b)
+def maximum(a, b): return _elementwise(P.maximum, a, b)
+def minimum(a, b): return _elementwise(P.minimum, a, b)
+def equal(a, b): return _elementwise(P.eq, a, b)
+def not_equal(a, b): return _elementwise(P.ne, a, b)
+def less(a, b): return _elementwise(P.lt, a, b)
+def less_equal(a, b): return _elementwise(P.le, a, b)
+def greater(a, b): return _elementwise(P.gt, a, b)
+def greater_equal(a, b): return _elementwise(P.ge, a, b)
+def logical_and(a, b): return _elementwise(P.logical_and, a, b)
+def logical_or(a, b): return _elementwise(P.logical_or, a, b)
+def logical_not(x): return _elementwise(P.logical_not, x)
+def negative(x): return _elementwise(P.neg, x)
+def exp(x): return _elementwise(P.exp, x)
+def log(x): return _elementwise(P.log, x)
+def log1p(x): return _elementwise(P.log1p, x)
+def expm1(x): return _elementwise(P.expm1, x)
+def sqrt(x): return _elementwise(P.sqrt, x)
+def abs(x): return _elementwise(P.abs_, x)  # noqa: A001 - numpy's name
+def sign(x): return _elementwise(P.sign, x)
+def sin(x): return _elementwise(P.sin, x)
+def cos(x): return _elementwise(P.cos, x)
+def tanh(x): return _elementwise(P.tanh, x)
+def erf(x): return _elementwise(P.erf, x)
+def sigmoid(x): return _elementwise(P.sigmoid, x)
+def softplus(x): return _elementwise(P.softplus, x)
+def relu(x): return _elementwise(P.relu, x)
+
+
+def power(a, b):
+    if isinstance(a, Var) and a.dtype.kind in "iu" and const_value(b) is not None and np.any(np.asarray(const_value(b)) < 0):
+        raise FlowTypeError(f"cannot raise the integers {a.type} to a negative power; cast to a float first",
+                            current_loc())
+    return _elementwise(P.pow_, a, b)
+
+
+def where(cond, a, b):
+    g = _graph_of(cond, a, b)
+    cond = as_var(cond, g)
+    if cond.dtype != DTYPES["bool"]:
+        cond = cast(cond, "bool")
+    a, b = _coerce([as_var(a, g), as_var(b, g)])
+    return _apply(P.where, [cond, a, b])
+
+
+def ifelse(cond, a, b):
+    """A lazy conditional: only the chosen branch runs (`if c then a else b` in .flow)."""
+    g = _graph_of(cond, a, b)
+    a, b = _coerce([as_var(a, g), as_var(b, g)])
+    return _apply(P.ifelse, [as_var(cond, g), a, b])
+
+
+def clip(x, lo, hi):
+    return minimum(maximum(x, lo), hi)
+
+
+def cast(x, dtype):
+    dt = dtype_of(_static_dtype(dtype))
+    if x.type.dtype == dt and not x.type.weak:
+        return x
+    return _apply(P.cast, [x], dtype=dt)
+
+
+def _static_dtype(dtype):
+    return dtype.dtype_name if isinstance(dtype, TensorType) else dtype
+
+
+def zeros_like(x, dtype=None):
+    return _apply(P.zeros_like, [x], dtype=dtype_of(dtype) if dtype is not None else x.dtype)
+
+
+def ones_like(x, dtype=None):
+    return zeros_like(x, dtype) + 1
+
+
+# ----------------------------------------------------------------- static arguments
+
+
+def static_int(v, what: str) -> int:
+    value = const_value(v)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise FlowTypeError(f"{what} must be a constant integer, not {_describe(v)}", current_loc())
+    return int(value)
+
+
+def static_bool(v, what: str) -> bool:
+    value = const_value(v)
+    if not isinstance(value, (bool, np.bool_)):
+        raise FlowTypeError(f"{what} must be true or false, not {_describe(v)}", current_loc())
+    return bool(value)
+
+
+def _describe(v) -> str:
+    return f"a value of type {v.type}" if isinstance(v, Var) else repr(v)
+
+
+def _normalize_axis(axis, ndim: int, what="axis") -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in axes:
+        a = static_int(a, what)
+        if not -ndim <= a < builtins.max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+            raise FlowTypeError(f"{what} {a} is out of range for an array of rank {ndim}", current_loc())
+        out.append(a % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise FlowTypeError(f"repeated {what} in {tuple(axes)}", current_loc())
+    return tuple(sorted(out)) if ndim else ()
+
+
+def as_dim(v):
+    """A shape entry: an int, a symbol, or a value that is one (N, x.shape[0], 2 * N)."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, Sym):
+        return v
+    if isinstance(v, str):
+        return sym(v)
+    if isinstance(v, Var):
+        if v.op is P.dim:
+            return v.graph.attrs(v.id)["dim"]
+        value = const_value(v)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+        if v.op is P.mul:
+            a, b = (Var(v.graph, o) for o in v.graph.operands(v.id))
+            return dim_mul(as_dim(a), as_dim(b))
+        if v.op is P.neg:
+            (a,) = (Var(v.graph, o) for o in v.graph.operands(v.id))
+            inner = as_dim(a)
+            if isinstance(inner, int):
+                return -inner
+    raise FlowTypeError(f"a shape entry must be an integer or a dim like N or x.shape[0], not {_describe(v)}",
+                        current_loc())
+
+
+def as_shape(shape) -> tuple:
+    if isinstance(shape, (tuple, list)):
+        return tuple(as_dim(d) for d in shape)
+    return (as_dim(shape),)
+
+
+# ----------------------------------------------------------------- reductions
+
+
+def _reduce(op, x, axis, keepdims):
+    g = _graph_of(x)
+    x = as_var(x, g)
+    return _apply(op, [x], axis=_normalize_axis(axis, x.ndim), keepdims=static_bool(keepdims, "keepdims"))
+
+
+def sum(x, axis=None, keepdims=False): return _reduce(P.sum_, x, axis, keepdims)  # noqa: A001
+def prod(x, axis=None, keepdims=False): return _reduce(P.prod, x, axis, keepdims)
+def max(x, axis=None, keepdims=False): return _reduce(P.max_, x, axis, keepdims)  # noqa: A001
+def min(x, axis=None, keepdims=False): return _reduce(P.min_, x, axis, keepdims)  # noqa: A001
+def logsumexp(x, axis=None, keepdims=False): return _reduce(P.logsumexp, x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    axes = _normalize_axis(axis, x.ndim)
+    total = sum(x, axes, keepdims)
+    count = dims_product(x.type.shape[i] for i in axes)
+    dt = x.dtype if is_float(x.dtype) else DTYPES["f64"]
+    return total / cast(dim(x.graph, count), dt)
+
+
+def _argreduce(op, x, axis, keepdims):
+    axis = None if axis is None else _normalize_axis(axis, x.ndim)[0]
+    return _apply(op, [x], axis=axis, keepdims=static_bool(keepdims, "keepdims"))
+
+
+def argmax(x, axis=None, keepdims=False): return _argreduce(P.argmax, x, axis, keepdims)
+def argmin(x, axis=None, keepdims=False): return _argreduce(P.argmin, x, axis, keepdims)
+
+
+def softmax(x, axis=-1):
+    return _apply(P.softmax, [x], axis=_normalize_axis(axis, x.ndim)[0])
+
+
+def log_softmax(x, axis=-1):
+    return _apply(P.log_softmax, [x], axis=_normalize_axis(axis, x.ndim)[0])
+
+
+def sum_to(v: Var, shape: tuple) -> Var:
+    """Sum `v` down to `shape` (undo broadcasting): the adjoint of broadcasting."""
+    lead = v.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and v.type.shape[lead + i] != 1)
+    if axes:
+        v = sum(v, axes, keepdims=True)
+    if v.ndim != len(shape) or v.type.shape != tuple(shape):
+        v = reshape(v, shape)
+    return v
+
+
+# ----------------------------------------------------------------- linear algebra
+
+
+def matmul(a, b):
+    g = _graph_of(a, b)
+    return _apply(P.matmul, [as_var(a, g), as_var(b, g)])
+
+
+def dot(a, b):
+    """numpy's dot for 1-D and 2-D operands (matmul; scalars multiply)."""
+    if (isinstance(a, Var) and a.ndim == 0) or (isinstance(b, Var) and b.ndim == 0):
+        return multiply(a, b)
+    return matmul(a, b)
+
+
+def outer(a, b):
+    return multiply(reshape(a, (-1, 1)), reshape(b, (1, -1)))
+
+
+# ----------------------------------------------------------------- shape ops
+
+
+def transpose(x, axes=None):
+    axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(static_int(a, "axes") % x.ndim for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise FlowTypeError(f"axes {axes} are not a permutation of the {x.ndim} axes of {x.type}", current_loc())
+    if axes == tuple(range(x.ndim)):
+        return x
+    return _apply(P.transpose, [x], axes=axes)
+
+
+def swap_last(x):
+    axes = list(range(x.ndim))
+    axes[-2:] = axes[-2:][::-1]
+    return transpose(x, tuple(axes))
+
+
+def reshape(x, shape):
+    shape = as_shape(shape)
+    if sum_count(d == -1 for d in shape) > 1:
+        raise FlowTypeError("reshape: only one dim can be -1", current_loc())
+    total = dims_product(x.type.shape)
+    if -1 in shape:
+        known = dims_product(d for d in shape if d != -1)
+        rest = dim_div(total, known)
+        if rest is None:
+            raise FlowTypeError(f"cannot reshape {x.type} to ({', '.join(map(str, shape))})", current_loc())
+        shape = tuple(rest if d == -1 else d for d in shape)
+    elif dims_product(shape) != total:
+        raise FlowTypeError(f"cannot reshape {x.type} to [{', '.join(map(str, shape))}]: sizes differ",
+                            current_loc())
+    if shape == x.type.shape:
+        return x
+    return _apply(P.reshape, [x], shape=shape)
+
+
+def sum_count(bools) -> int:
+    n = 0
+    for b in bools:
+        n += bool(b)
+    return n
+
+
+def expand_axes(x, axes):
+    """Insert unit dims so that they end up at `axes` of the result (numpy's expand_dims)."""
+    shape = list(x.type.shape)
+    for a in sorted(axes):
+        shape.insert(a, 1)
+    return reshape(x, tuple(shape))
+
+
+def expand_dims(x, axis):
+    ndim = x.ndim + (len(axis) if isinstance(axis, (tuple, list)) else 1)
+    return expand_axes(x, _normalize_axis(axis, ndim))
+
+
+def broadcast_to(x, shape):
+    g = _graph_of(x)
+    x = as_var(x, g)
+    shape = as_shape(shape)
+    if shape == x.type.shape:
+        return x
+    return _apply(P.broadcast_to, [x], shape=shape)
+
+
+def _var_list(xs) -> list[Var]:
+    xs = list(xs)
+    g = _graph_of(*xs)
+    return _coerce([as_var(x, g) for x in xs])
+
+
+def concatenate(xs, axis=0):
+    xs = _var_list(xs)
+    axis = _normalize_axis(axis, xs[0].ndim)[0]
+    if len(xs) == 1:
+        return xs[0]
+    return _apply(P.concatenate, xs, axis=axis)
+
+
+def stack(xs, axis=0):
+    xs = _var_list(xs)
+    axis = _normalize_axis(axis, xs[0].ndim + 1)[0]
+    return concatenate([expand_axes(x, (axis,)) for x in xs], axis=axis)
+
+
+def concat_part(g, xs, axis, k):
+    return _apply(P.concat_part, [g, *xs], axis=axis, k=k)
+
+
+# ----------------------------------------------------------------- indexing
+
+
+def getitem(x: Var, item) -> Var:
+    """numpy indexing: ints, slices, None (new axis) and integer arrays."""
+    items = item if isinstance(item, tuple) else (item,)
+    spec, arrays = [], []
+    for it in items:
+        if it is None:
+            spec.append(("new",))
+        elif isinstance(it, slice):
+            spec.append(("slice",) + tuple(None if v is None else as_dim(v) for v in (it.start, it.stop, it.step)))
+        elif isinstance(it, Var) and const_value(it) is None or isinstance(it, (np.ndarray, list)):
+            arr = as_var(np.asarray(it) if not isinstance(it, Var) else it, x.graph)
+            arrays.append(arr)
+            spec.append(("arr", len(arrays)))
+        else:
+            value = const_value(it)
+            if isinstance(value, np.ndarray):
+                arrays.append(it)
+                spec.append(("arr", len(arrays)))
+            else:
+                spec.append(("int", static_int(it, "an index")))
+    return index_var(x, arrays, tuple(spec))
+
+
+def index_var(x, arrays, spec):
+    return _apply(P.index, [x, *arrays], spec=tuple(spec))
+
+
+def index_add(g, arrays, spec, like):
+    return _apply(P.index_add, [g, like, *arrays], spec=tuple(spec))
+
+
+def take(x, indices, axis=0):
+    axis = _normalize_axis(axis, x.ndim)[0]
+    return getitem(x, (slice(None),) * axis + (indices,))
+
+
+# ----------------------------------------------------------------- constructors
+
+
+def _shape_arg(shape):
+    return as_shape(shape)
+
+
+def full(graph: Graph, shape, value, dtype=None):
+    if dtype is None:
+        dtype = "f64" if isinstance(value, float) else ("bool" if isinstance(value, bool) else "i64")
+    return Var(graph, graph.add(P.full, [], {"shape": _shape_arg(shape), "value": value,
+                                             "dtype": dtype_of(_static_dtype(dtype))}))
+
+
+def zeros(graph: Graph, shape, dtype="f64"):
+    return full(graph, shape, 0, dtype)
+
+
+def ones(graph: Graph, shape, dtype="f64"):
+    return full(graph, shape, 1, dtype)
+
+
+def arange(graph: Graph, start, stop=None, step=1):
+    if stop is None:
+        start, stop = 0, start
+    start = static_int(start, "arange's start")
+    step = static_int(step, "arange's step")
+    if step == 0:
+        raise FlowTypeError("arange's step must not be zero", current_loc())
+    stop = as_dim(stop)
+    return Var(graph, graph.add(P.arange, [], {"start": start, "stop": stop, "step": step}))
+
+
+def onehot(y, n, dtype="f64"):
+    return _apply(P.onehot, [y], n=static_int(n, "onehot's number of classes"),
+                  dtype=dtype_of(_static_dtype(dtype)))

@@ -1,0 +1,801 @@
+"""The primitive ops. Each is defined once, here: its type rule, its numpy reference
+implementation and its VJP (reverse-mode rule).
+
+VJP rules are written with IR-building functions (`flowml.ir.lib`, imported as `L`), never with
+numpy, so a gradient is a graph that can be optimized, compiled and differentiated again. A rule
+gets the output cotangent `g`, the op's output `out` and its operands (all `Var`s) plus the
+node's attrs, and returns one entry per operand: a zero-argument function building that
+operand's cotangent, or None when the operand gets no gradient through this op. Returning
+functions means a rule builds nothing for operands that nobody differentiates.
+
+Users don't call these directly; `flowml.ir.lib` wraps them with numpy's calling conventions
+(promotion, axis normalization, broadcasting of python scalars).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.special
+
+from . import lib as L
+from .graph import ShapeError
+from .types import (DTYPES, Sym, TensorType, broadcast_shapes, dim_div, dim_mul, dims_product,
+                    is_float, promote, resolve_dim)
+
+OPS: dict[str, "Op"] = {}
+
+
+class Op:
+    """A primitive. `infer(types, attrs) -> TensorType`, `impl(*arrays, **attrs) -> ndarray`,
+    `vjp(g, out, *operands, **attrs) -> [thunk | None per operand]` (None: no derivative)."""
+
+    elementwise = False
+    lazy = False  # only some operands are evaluated (see `choose`)
+    needs_env = False  # impl takes env= (the values of symbolic dims)
+    leaf = False  # input / param / const / dim: evaluated by the backend itself
+
+    def __init__(self, name, infer=None, impl=None, vjp=None, verb=None):
+        self.name = name
+        if infer is not None:
+            self.infer = infer
+        if impl is not None:
+            self.impl = impl
+        self._vjp = vjp
+        self.verb = verb or name
+        OPS[name] = self
+
+    def vjp(self, g, out, *operands, **attrs):
+        if self._vjp is None:
+            return [None] * len(operands)
+        return self._vjp(g, out, *operands, **attrs)
+
+    @property
+    def has_vjp(self) -> bool:
+        return self._vjp is not None
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+def _type_names(types) -> str:
+    return " and ".join(str(t) for t in types)
+
+
+# ----------------------------------------------------------------- leaves
+
+
+class Leaf(Op):
+    leaf = True
+
+    def infer(self, types, attrs):
+        raise ShapeError(f"{self.name} nodes are typed when created")
+
+
+input_ = Leaf("input")
+param = Leaf("param")
+const = Leaf("const")
+dim = Leaf("dim")  # attrs: dim (int or Sym): the size of a symbolic dim, as an i64 scalar
+
+
+# ----------------------------------------------------------------- elementwise
+
+
+class Elementwise(Op):
+    """Broadcasting elementwise op. `out_dtype(dtype) -> dtype` maps the promoted operand dtype
+    to the result dtype (e.g. `exp` of an int is f64, a comparison is bool)."""
+
+    elementwise = True
+
+    def __init__(self, name, impl, vjp=None, verb=None, out_dtype=None, nin=2):
+        super().__init__(name, impl=impl, vjp=vjp, verb=verb)
+        self.out_dtype = out_dtype or (lambda dt: dt)
+        self.nin = nin
+
+    def infer(self, types, attrs):
+        if len(types) != self.nin:
+            raise ShapeError(f"{self.name} takes {self.nin} operands, got {len(types)}")
+        shape = broadcast_shapes(*(t.shape for t in types))
+        if shape is None:
+            raise ShapeError(f"cannot {self.verb} {_type_names(types)}: shapes do not broadcast")
+        dt, weak = promote(*types)
+        return TensorType(np.dtype(self.out_dtype(dt)), shape, weak)
+
+
+def _float_dtype(dt):
+    return dt if is_float(dt) else DTYPES["f64"]
+
+
+def _as_float(x):
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+def unary_float(name, fn, vjp):
+    """An elementwise function of floats; ints and bools are first converted to f64."""
+    return Elementwise(name, lambda x: fn(_as_float(x)), vjp, out_dtype=_float_dtype, nin=1)
+
+
+def _bool(dt):
+    return DTYPES["bool"]
+
+
+neg = Elementwise("neg", np.negative, lambda g, y, x: [lambda: -g], verb="negate", nin=1)
+exp = unary_float("exp", np.exp, lambda g, y, x: [lambda: g * y])
+log = unary_float("log", np.log, lambda g, y, x: [lambda: g / x])
+log1p = unary_float("log1p", np.log1p, lambda g, y, x: [lambda: g / (x + 1)])
+expm1 = unary_float("expm1", np.expm1, lambda g, y, x: [lambda: g * (y + 1)])
+sqrt = unary_float("sqrt", np.sqrt, lambda g, y, x: [lambda: g / (y * 2)])
+sin = unary_float("sin", np.sin, lambda g, y, x: [lambda: g * L.cos(x)])
+cos = unary_float("cos", np.cos, lambda g, y, x: [lambda: -(g * L.sin(x))])
+tanh = unary_float("tanh", np.tanh, lambda g, y, x: [lambda: g * (1 - y * y)])
+erf = unary_float("erf", scipy.special.erf,
+                  lambda g, y, x: [lambda: g * (2 / math.sqrt(math.pi)) * L.exp(-(x * x))])
+sigmoid = unary_float("sigmoid", scipy.special.expit, lambda g, y, x: [lambda: g * y * (1 - y)])
+# log(1 + exp(x)) computed without overflow for large |x|.
+softplus = unary_float("softplus", lambda x: np.logaddexp(x.dtype.type(0), x),
+                       lambda g, y, x: [lambda: g * L.sigmoid(x)])
+abs_ = Elementwise("abs", np.abs, lambda g, y, x: [lambda: g * L.sign(x)], nin=1)
+# d sign(x)/dx is zero wherever it exists.
+sign = Elementwise("sign", np.sign, lambda g, y, x: [lambda: L.zeros_like(x)], nin=1)
+relu = Elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
+                   lambda g, y, x: [lambda: L.where(x > 0, g, 0)], nin=1)
+logical_not = Elementwise("not", np.logical_not, verb="negate", out_dtype=_bool, nin=1)
+
+
+def _sum_to(v, like):
+    return L.sum_to(v, like.type.shape)
+
+
+add = Elementwise("add", np.add, lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(g, b)])
+sub = Elementwise("sub", np.subtract,
+                  lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(-g, b)], verb="subtract")
+mul = Elementwise("mul", np.multiply,
+                  lambda g, y, a, b: [lambda: _sum_to(g * b, a), lambda: _sum_to(g * a, b)],
+                  verb="multiply")
+div = Elementwise("div", np.true_divide,
+                  lambda g, y, a, b: [lambda: _sum_to(g / b, a), lambda: _sum_to(-(g * y) / b, b)],
+                  verb="divide", out_dtype=_float_dtype)
+# floor(a / b) is piecewise constant: zero derivative wherever it exists.
+floordiv = Elementwise("floordiv", np.floor_divide,
+                       lambda g, y, a, b: [lambda: L.zeros_like(a), lambda: L.zeros_like(b)],
+                       verb="floor-divide")
+mod = Elementwise("mod", np.mod,
+                  lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(-(g * L.floor_div(a, b)), b)],
+                  verb="take the remainder of")
+
+
+def _pow_vjp(g, y, a, b):
+    # d/db a**b = a**b log a; where a == 0 the limit (b > 0) is 0, which also keeps NaN out.
+    safe_log = L.where(a == 0, 0, L.log(L.where(a == 0, 1, a)))
+    return [lambda: _sum_to(g * b * a ** (b - 1), a), lambda: _sum_to(g * y * safe_log, b)]
+
+
+pow_ = Elementwise("pow", np.power, _pow_vjp, verb="raise")
+
+
+def _minmax_vjp(pick):
+    # The winner takes the gradient; a tie splits it evenly (as JAX does).
+    def rule(g, y, a, b):
+        return [lambda: _sum_to(L.where(pick(a, b), g, L.where(a == b, g * 0.5, 0)), a),
+                lambda: _sum_to(L.where(pick(b, a), g, L.where(a == b, g * 0.5, 0)), b)]
+    return rule
+
+
+maximum = Elementwise("maximum", np.maximum, _minmax_vjp(lambda a, b: a > b), verb="take the maximum of")
+minimum = Elementwise("minimum", np.minimum, _minmax_vjp(lambda a, b: a < b), verb="take the minimum of")
+
+eq = Elementwise("eq", np.equal, verb="compare", out_dtype=_bool)
+ne = Elementwise("ne", np.not_equal, verb="compare", out_dtype=_bool)
+lt = Elementwise("lt", np.less, verb="compare", out_dtype=_bool)
+le = Elementwise("le", np.less_equal, verb="compare", out_dtype=_bool)
+gt = Elementwise("gt", np.greater, verb="compare", out_dtype=_bool)
+ge = Elementwise("ge", np.greater_equal, verb="compare", out_dtype=_bool)
+logical_and = Elementwise("and", np.logical_and, verb="combine", out_dtype=_bool)
+logical_or = Elementwise("or", np.logical_or, verb="combine", out_dtype=_bool)
+
+
+class Where(Elementwise):
+    """where(c, a, b): elementwise choice, eager (both sides are computed)."""
+
+    def __init__(self):
+        super().__init__("where", np.where, self._rule, verb="select between", nin=3)
+
+    def infer(self, types, attrs):
+        shape = broadcast_shapes(*(t.shape for t in types))
+        if shape is None:
+            raise ShapeError(f"where: condition {types[0]} and values {_type_names(types[1:])} do not broadcast")
+        dt, weak = promote(types[1], types[2])
+        return TensorType(dt, shape, weak)
+
+    @staticmethod
+    def _rule(g, y, c, a, b):
+        return [None, lambda: _sum_to(L.where(c, g, 0), a), lambda: _sum_to(L.where(c, 0, g), b)]
+
+
+where = Where()
+
+
+class Cast(Op):
+    def __init__(self):
+        super().__init__("cast", vjp=self._rule, verb="cast")
+
+    elementwise = True
+
+    def infer(self, types, attrs):
+        return TensorType(np.dtype(attrs["dtype"]), types[0].shape)
+
+    def impl(self, x, dtype):
+        return x.astype(dtype)
+
+    @staticmethod
+    def _rule(g, y, x, dtype):
+        return [lambda: L.cast(g, x.type.dtype) if is_float(x.type.dtype) else None]
+
+
+cast = Cast()
+
+
+class IfElse(Op):
+    """`if c then a else b`: lazy — only the chosen branch is evaluated."""
+
+    lazy = True
+
+    def __init__(self):
+        super().__init__("ifelse", vjp=self._rule, verb="choose between")
+
+    def infer(self, types, attrs):
+        c, a, b = types
+        if c.shape != () or c.dtype != DTYPES["bool"]:
+            raise ShapeError(f"the condition of `if` must be a bool scalar, not {c}")
+        shape = broadcast_shapes(a.shape, b.shape)
+        if shape is None:
+            raise ShapeError(f"the branches of `if` have types {a} and {b}, which do not broadcast")
+        dt, weak = promote(a, b)
+        return TensorType(dt, shape, weak)
+
+    @staticmethod
+    def choose(cond_value) -> int:
+        """The operand index to evaluate, given the condition's value."""
+        return 1 if bool(cond_value) else 2
+
+    def impl(self, c, chosen):
+        return chosen
+
+    @staticmethod
+    def _rule(g, y, c, a, b):
+        return [None, lambda: _sum_to(L.ifelse(c, g, L.zeros_like(g)), a),
+                lambda: _sum_to(L.ifelse(c, L.zeros_like(g), g), b)]
+
+
+ifelse = IfElse()
+
+
+# ----------------------------------------------------------------- reductions
+
+
+def _reduced_shape(shape, axis, keepdims):
+    if keepdims:
+        return tuple(1 if i in axis else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axis)
+
+
+class Reduce(Op):
+    """A reduction over `axis` (a tuple of non-negative ints) with `keepdims`."""
+
+    def __init__(self, name, impl, vjp=None, out_dtype=None):
+        super().__init__(name, impl=impl, vjp=vjp, verb=f"take the {name} of")
+        self.out_dtype = out_dtype or (lambda dt: dt)
+
+    def infer(self, types, attrs):
+        (t,) = types
+        return TensorType(np.dtype(self.out_dtype(t.dtype)), _reduced_shape(t.shape, attrs["axis"], attrs["keepdims"]))
+
+
+def _sum_dtype(dt):
+    # numpy sums bools and small ints in the platform integer.
+    return DTYPES["i64"] if dt.kind in "biu" else dt
+
+
+def _keep(v, x, axis, keepdims):
+    """`v` (a reduction of `x`) with the reduced axes put back as size 1."""
+    return v if keepdims else L.expand_axes(v, axis)
+
+
+def _sum_vjp(g, y, x, axis, keepdims):
+    return [lambda: L.broadcast_to(_keep(g, x, axis, keepdims), x.type.shape)]
+
+
+def _extreme_vjp(g, y, x, axis, keepdims):
+    # The gradient goes to the entries equal to the extreme, split evenly between ties.
+    def build():
+        mask = L.cast(x == _keep(y, x, axis, keepdims), x.type.dtype)
+        count = L.sum(mask, axis=axis, keepdims=True)
+        return mask * (_keep(g, x, axis, keepdims) / count)
+    return [build]
+
+
+def _prod_vjp(g, y, x, axis, keepdims):
+    # d prod / d x_i = product of the others. Dividing y by x_i fails at zeros, so where x_i == 0
+    # use the product of the nonzero entries when x_i is the only zero (0 otherwise).
+    def build():
+        is_zero = x == 0
+        nonzero = L.where(is_zero, 1, x)
+        prod_nonzero = L.prod(nonzero, axis=axis, keepdims=True)
+        zeros = L.sum(L.cast(is_zero, x.type.dtype), axis=axis, keepdims=True)
+        others = L.where(is_zero, L.where(zeros == 1, prod_nonzero, 0), _keep(y, x, axis, keepdims) / nonzero)
+        return _keep(g, x, axis, keepdims) * others
+    return [build]
+
+
+def _logsumexp_vjp(g, y, x, axis, keepdims):
+    return [lambda: _keep(g, x, axis, keepdims) * L.exp(x - _keep(y, x, axis, keepdims))]
+
+
+def _np_logsumexp(x, axis, keepdims):
+    return scipy.special.logsumexp(_as_float(x), axis=axis, keepdims=keepdims)
+
+
+sum_ = Reduce("sum", lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
+              _sum_vjp, out_dtype=_sum_dtype)
+prod = Reduce("prod", lambda x, axis, keepdims: np.prod(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
+              _prod_vjp, out_dtype=_sum_dtype)
+max_ = Reduce("max", lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp)
+min_ = Reduce("min", lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp)
+logsumexp = Reduce("logsumexp", _np_logsumexp, _logsumexp_vjp, out_dtype=_float_dtype)
+
+
+class ArgReduce(Op):
+    """argmax / argmin over one axis (or the flattened array when axis is None); i64."""
+
+    def __init__(self, name, fn):
+        super().__init__(name, verb=f"take the {name} of")
+        self.fn = fn
+
+    def infer(self, types, attrs):
+        (t,) = types
+        axis, keepdims = attrs["axis"], attrs["keepdims"]
+        if axis is None:
+            shape = (1,) * t.ndim if keepdims else ()
+        else:
+            shape = _reduced_shape(t.shape, (axis,), keepdims)
+        return TensorType(DTYPES["i64"], shape)
+
+    def impl(self, x, axis, keepdims):
+        return np.asarray(self.fn(x, axis=axis, keepdims=keepdims), dtype=np.int64)
+
+
+argmax = ArgReduce("argmax", np.argmax)
+argmin = ArgReduce("argmin", np.argmin)
+
+
+class Softmax(Op):
+    """softmax / log_softmax along one axis, computed with the max subtracted."""
+
+    def __init__(self, name, impl, vjp):
+        super().__init__(name, impl=impl, vjp=vjp)
+
+    def infer(self, types, attrs):
+        (t,) = types
+        return TensorType(_float_dtype(t.dtype), t.shape)
+
+
+def _np_softmax(x, axis):
+    x = _as_float(x)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _np_log_softmax(x, axis):
+    x = _as_float(x)
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+softmax = Softmax("softmax", _np_softmax,
+                  lambda g, y, x, axis: [lambda: y * (g - L.sum(g * y, axis=(axis,), keepdims=True))])
+log_softmax = Softmax("log_softmax", _np_log_softmax,
+                      lambda g, y, x, axis: [lambda: g - L.exp(y) * L.sum(g, axis=(axis,), keepdims=True)])
+
+
+# ----------------------------------------------------------------- linear algebra
+
+
+class Matmul(Op):
+    """numpy's matmul: 1-D operands are promoted to matrices and the added dim removed; leading
+    dims broadcast as batch dims."""
+
+    def __init__(self):
+        super().__init__("matmul", impl=np.matmul, vjp=self._rule, verb="matmul")
+
+    def infer(self, types, attrs):
+        a, b = types
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError(f"cannot matmul {a} and {b}: matmul needs arrays, not scalars (use *)")
+        a_shape = (1,) + a.shape if a.ndim == 1 else a.shape
+        b_shape = b.shape + (1,) if b.ndim == 1 else b.shape
+        if a_shape[-1] != b_shape[-2]:
+            raise ShapeError(f"cannot matmul {a} and {b}: inner dims {a_shape[-1]} and {b_shape[-2]} differ")
+        batch = broadcast_shapes(a_shape[:-2], b_shape[:-2])
+        if batch is None:
+            raise ShapeError(f"cannot matmul {a} and {b}: batch dims do not broadcast")
+        shape = batch + ((a_shape[-2],) if a.ndim > 1 else ()) + ((b_shape[-1],) if b.ndim > 1 else ())
+        dt, _ = promote(a, b)
+        return TensorType(dt, shape)
+
+    @staticmethod
+    def _rule(g, y, a, b):
+        # Work on the matrix forms (1-D operands get their unit dim back), then undo.
+        a2 = L.reshape(a, (1,) + a.type.shape) if a.type.ndim == 1 else a
+        b2 = L.reshape(b, b.type.shape + (1,)) if b.type.ndim == 1 else b
+        g2 = g
+        if a.type.ndim == 1:
+            g2 = L.expand_axes(g2, (g2.type.ndim - (1 if b.type.ndim == 1 else 2),))
+        if b.type.ndim == 1:
+            g2 = L.expand_axes(g2, (g2.type.ndim,))
+
+        def grad_a():
+            ga = L.matmul(g2, L.swap_last(b2))
+            return L.reshape(L.sum_to(ga, a2.type.shape), a.type.shape)
+
+        def grad_b():
+            gb = L.matmul(L.swap_last(a2), g2)
+            return L.reshape(L.sum_to(gb, b2.type.shape), b.type.shape)
+        return [grad_a, grad_b]
+
+
+matmul = Matmul()
+
+
+# ----------------------------------------------------------------- shape ops
+
+
+class Transpose(Op):
+    def __init__(self):
+        super().__init__("transpose", vjp=self._rule)
+
+    def infer(self, types, attrs):
+        (t,) = types
+        return TensorType(t.dtype, tuple(t.shape[i] for i in attrs["axes"]), t.weak)
+
+    def impl(self, x, axes):
+        return np.transpose(x, axes)
+
+    @staticmethod
+    def _rule(g, y, x, axes):
+        return [lambda: L.transpose(g, tuple(int(i) for i in np.argsort(axes)))]
+
+
+transpose = Transpose()
+
+
+def _env_shape(shape, env):
+    return tuple(resolve_dim(d, env) for d in shape)
+
+
+class Reshape(Op):
+    """reshape to `shape` (a tuple of dims, -1 already resolved by `lib.reshape`)."""
+
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("reshape", vjp=lambda g, y, x, shape: [lambda: L.reshape(g, x.type.shape)])
+
+    def infer(self, types, attrs):
+        (t,) = types
+        return TensorType(t.dtype, tuple(attrs["shape"]), t.weak)
+
+    def impl(self, x, shape, env):
+        return np.reshape(x, _env_shape(shape, env))
+
+
+reshape = Reshape()
+
+
+class BroadcastTo(Op):
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("broadcast_to", vjp=lambda g, y, x, shape: [lambda: L.sum_to(g, x.type.shape)],
+                         verb="broadcast")
+
+    def infer(self, types, attrs):
+        (t,) = types
+        shape = tuple(attrs["shape"])
+        if len(shape) < t.ndim or broadcast_shapes(t.shape, shape) != shape:
+            raise ShapeError(f"cannot broadcast {t} to shape [{', '.join(map(str, shape))}]")
+        return TensorType(t.dtype, shape, t.weak)
+
+    def impl(self, x, shape, env):
+        return np.broadcast_to(x, _env_shape(shape, env))
+
+
+broadcast_to = BroadcastTo()
+
+
+def _concat_dim(dims):
+    total = 0
+    syms = []
+    for d in dims:
+        if isinstance(d, int):
+            total += d
+        else:
+            syms.append(str(d))
+    if not syms:
+        return total
+    # A sum of symbolic dims is not a monomial; it becomes its own symbol, bound at run time.
+    return Sym(("+".join(syms + ([str(total)] if total else [])),))
+
+
+class Concatenate(Op):
+    def __init__(self):
+        super().__init__("concatenate", vjp=self._rule)
+
+    def infer(self, types, attrs):
+        axis = attrs["axis"]
+        first = types[0]
+        for t in types[1:]:
+            if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
+                raise ShapeError(f"cannot concatenate {_type_names(types)} along axis {axis}")
+        dt, _ = promote(*types)
+        shape = list(first.shape)
+        shape[axis] = _concat_dim([t.shape[axis] for t in types])
+        return TensorType(dt, tuple(shape))
+
+    def impl(self, *xs, axis):
+        return np.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def _rule(g, y, *xs, axis):
+        return [(lambda k=k: L.concat_part(g, xs, axis, k)) for k in range(len(xs))]
+
+
+concatenate = Concatenate()
+
+
+class ConcatPart(Op):
+    """The k-th part of `g` split along `axis` as `xs` were concatenated (the VJP of
+    concatenate). The `xs` are operands only to give the parts' sizes."""
+
+    def __init__(self):
+        super().__init__("concat_part", vjp=self._rule)
+
+    def infer(self, types, attrs):
+        g, xs = types[0], types[1:]
+        return TensorType(g.dtype, xs[attrs["k"]].shape)
+
+    def impl(self, g, *xs, axis, k):
+        start = sum(x.shape[axis] for x in xs[:k])
+        index = [slice(None)] * g.ndim
+        index[axis] = slice(start, start + xs[k].shape[axis])
+        return g[tuple(index)]
+
+    @staticmethod
+    def _rule(gk, y, g, *xs, axis, k):
+        parts = [gk if i == k else L.zeros_like(x, dtype=gk.type.dtype) for i, x in enumerate(xs)]
+        return [lambda: L.concatenate(parts, axis=axis)] + [None] * len(xs)
+
+
+concat_part = ConcatPart()
+
+
+# ----------------------------------------------------------------- indexing
+#
+# An index spec is a tuple with one item per index position, like numpy's index tuple:
+#   ("slice", start, stop, step)  ints, dims or None
+#   ("int", i)                    a static integer
+#   ("arr", k)                    operand k (k >= 1) is an integer array
+#   ("new",)                      a new unit axis (numpy's None)
+
+
+def _spec_to_numpy(spec, arrays, env):
+    out = []
+    for item in spec:
+        kind = item[0]
+        if kind == "slice":
+            out.append(slice(*(None if v is None else resolve_dim(v, env) for v in item[1:])))
+        elif kind == "int":
+            out.append(item[1])
+        elif kind == "arr":
+            out.append(arrays[item[1] - 1])
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def _slice_len(d, start, stop, step):
+    """The length of d[start:stop:step] as a dim (a derived symbol when it can't be known)."""
+    if isinstance(d, int) and all(isinstance(v, (int, type(None))) for v in (start, stop, step)):
+        return len(range(*slice(start, stop, step).indices(d)))
+    if step in (None, 1) and all(isinstance(v, (int, type(None))) for v in (start, stop)):
+        s = start or 0
+        if s >= 0 and stop is None:
+            return _offset_dim(d, -s)
+        if s >= 0 and stop < 0:
+            return _offset_dim(d, stop - s)
+        if s < 0 and stop is None:
+            return -s
+        if s >= 0 and stop >= 0:
+            return max(stop - s, 0)
+    if start is None and stop is None and step in (None, 1):
+        return d
+    return Sym((f"{d}[{'' if start is None else start}:{'' if stop is None else stop}"
+                f"{'' if step is None else ':' + str(step)}]",))
+
+
+def _offset_dim(d, offset):
+    if offset == 0:
+        return d
+    return Sym((f"{d}{offset:+d}",))
+
+
+def index_type(x: TensorType, spec, arr_types) -> tuple:
+    """The shape of x[spec] following numpy's basic and advanced indexing rules."""
+    consumed = sum(1 for it in spec if it[0] != "new")
+    if consumed > x.ndim:
+        raise ShapeError(f"too many indices for {x}: {consumed} given")
+    spec = tuple(spec) + (("slice", None, None, None),) * (x.ndim - consumed)
+    advanced = [i for i, it in enumerate(spec) if it[0] == "arr"]
+    if advanced:
+        if any(it[0] == "new" for it in spec):
+            raise ShapeError("a new axis combined with array indices is not supported")
+        # With arrays present, static ints index like (broadcast) arrays, as in numpy.
+        advanced = [i for i, it in enumerate(spec) if it[0] in ("arr", "int")]
+        bshape = broadcast_shapes(*(arr_types[spec[i][1] - 1].shape for i in advanced if spec[i][0] == "arr"))
+        if bshape is None:
+            raise ShapeError(f"index arrays of shapes {_type_names(arr_types)} do not broadcast")
+    out_before, out_after = [], []
+    axis = 0
+    for i, it in enumerate(spec):
+        kind = it[0]
+        target = out_before if not advanced or i < advanced[0] else out_after
+        if kind == "new":
+            target.append(1)
+            continue
+        d = x.shape[axis]
+        axis += 1
+        if kind == "slice":
+            target.append(_slice_len(d, *it[1:]))
+        elif kind == "int" and isinstance(d, int) and not -d <= it[1] < d:
+            raise ShapeError(f"index {it[1]} is out of bounds for axis {axis - 1} of {x}")
+    if not advanced:
+        return tuple(out_before)
+    contiguous = advanced == list(range(advanced[0], advanced[-1] + 1))
+    if contiguous:
+        return tuple(out_before) + bshape + tuple(out_after)
+    return bshape + tuple(out_before) + tuple(out_after)
+
+
+class Index(Op):
+    """x[spec]: basic slicing and numpy's integer-array indexing (a gather)."""
+
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("index", vjp=self._rule, verb="index")
+
+    def infer(self, types, attrs):
+        x, arrs = types[0], types[1:]
+        for t in arrs:
+            if t.dtype.kind not in "iu":
+                raise ShapeError(f"an index array must be integer, not {t}")
+        return TensorType(x.dtype, index_type(x, attrs["spec"], arrs), x.weak)
+
+    def impl(self, x, *arrays, spec, env):
+        return x[_spec_to_numpy(spec, arrays, env)]
+
+    @staticmethod
+    def _rule(g, y, x, *arrays, spec):
+        return [lambda: L.index_add(g, arrays, spec, x)] + [None] * len(arrays)
+
+
+index = Index()
+
+
+class IndexAdd(Op):
+    """zeros shaped like `like`, with g added at [spec] (repeated indices accumulate): the
+    VJP of `index` (a scatter-add). `like` is an operand only for its shape."""
+
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("index_add", vjp=self._rule)
+
+    def infer(self, types, attrs):
+        g, like = types[0], types[1]
+        return TensorType(g.dtype, like.shape)
+
+    def impl(self, g, like, *arrays, spec, env):
+        out = np.zeros(like.shape, dtype=g.dtype)
+        np.add.at(out, _spec_to_numpy(spec, arrays, env), g)
+        return out
+
+    @staticmethod
+    def _rule(gout, y, g, like, *arrays, spec):
+        return [lambda: L.index_var(gout, arrays, spec), None] + [None] * len(arrays)
+
+
+index_add = IndexAdd()
+
+
+# ----------------------------------------------------------------- constructors
+
+
+class Full(Op):
+    """An array of `shape` filled with `value` (zeros, ones, full)."""
+
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("full")
+
+    def infer(self, types, attrs):
+        return TensorType(np.dtype(attrs["dtype"]), tuple(attrs["shape"]))
+
+    def impl(self, value, shape, dtype, env):
+        return np.full(_env_shape(shape, env), value, dtype=dtype)
+
+
+full = Full()
+
+
+class ZerosLike(Op):
+    def __init__(self):
+        super().__init__("zeros_like", vjp=lambda g, y, x, dtype: [None])
+
+    def infer(self, types, attrs):
+        return TensorType(np.dtype(attrs["dtype"]), types[0].shape)
+
+    def impl(self, x, dtype):
+        return np.zeros(x.shape, dtype=dtype)
+
+
+zeros_like = ZerosLike()
+
+
+class Arange(Op):
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("arange")
+
+    def infer(self, types, attrs):
+        start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
+        if isinstance(stop, int):
+            n = len(range(start, stop, step))
+        elif start == 0 and step == 1:
+            n = stop
+        else:
+            n = Sym((f"arange({start},{stop},{step})",))
+        return TensorType(DTYPES["i64"], (n,))
+
+    def impl(self, start, stop, step, env):
+        return np.arange(start, resolve_dim(stop, env), step, dtype=np.int64)
+
+
+arange = Arange()
+
+
+class Onehot(Op):
+    def __init__(self):
+        super().__init__("onehot")
+
+    def infer(self, types, attrs):
+        (t,) = types
+        if t.dtype.kind not in "iu":
+            raise ShapeError(f"onehot needs integer class labels, not {t}")
+        return TensorType(np.dtype(attrs["dtype"]), t.shape + (attrs["n"],))
+
+    def impl(self, y, n, dtype):
+        return (y[..., None] == np.arange(n)).astype(dtype)
+
+
+onehot = Onehot()
+
+
+def symbolic_dim_product(shape, axis) -> object:
+    """The number of elements a reduction over `axis` combines (int or Sym)."""
+    return dims_product(shape[i] for i in axis)
+
+
+__all__ = ["OPS", "Op", "dim_div", "dim_mul"]

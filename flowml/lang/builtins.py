@@ -1,0 +1,76 @@
+"""The functions a .flow program can call, and the param initializers.
+
+Built-ins are the library functions of `flowml.ir.lib` under numpy's names; the ones that make
+new arrays from nothing (zeros, arange, ...) are marked `needs_graph` and get the graph first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import lib as L
+
+
+def _with_graph(fn):
+    fn.needs_graph = True
+    return fn
+
+
+@_with_graph
+def zeros(graph, shape, dtype="f64"):
+    return L.zeros(graph, shape, dtype)
+
+
+@_with_graph
+def ones(graph, shape, dtype="f64"):
+    return L.ones(graph, shape, dtype)
+
+
+@_with_graph
+def full(graph, shape, value, dtype=None):
+    return L.full(graph, shape, L.const_value(value), dtype)
+
+
+@_with_graph
+def arange(graph, start, stop=None, step=1):
+    return L.arange(graph, start, stop, step)
+
+
+def concatenate(*xs, axis=0):
+    """concatenate((a, b), axis=0) as in numpy, or concatenate(a, b, axis=0)."""
+    return L.concatenate(xs[0] if len(xs) == 1 and isinstance(xs[0], tuple) else xs, axis)
+
+
+def stack(*xs, axis=0):
+    return L.stack(xs[0] if len(xs) == 1 and isinstance(xs[0], tuple) else xs, axis)
+
+
+BUILTINS = {
+    name: getattr(L, name) for name in (
+        "exp log log1p expm1 sqrt abs sign sin cos tanh erf sigmoid softplus relu maximum minimum clip "
+        "where cast sum mean max min prod argmax argmin logsumexp softmax log_softmax matmul dot outer "
+        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take").split()
+}
+BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
+                ifelse=L.ifelse)
+BUILTINS["grad"] = None  # handled by the builder (it differentiates the graph)
+
+
+def _normal(rng, shape, mean=0.0, std=1.0):
+    return rng.normal(mean, std, size=shape)
+
+
+def _uniform(rng, shape, low=0.0, high=1.0):
+    return rng.uniform(low, high, size=shape)
+
+
+def _zeros(rng, shape):
+    return np.zeros(shape)
+
+
+def _ones(rng, shape):
+    return np.ones(shape)
+
+
+# `param w : f64[784, 10] = normal(0, 0.01)`: each draws the param's shape from its seeded stream.
+INITIALIZERS = {"normal": _normal, "uniform": _uniform, "zeros": _zeros, "ones": _ones}

@@ -1,0 +1,316 @@
+"""A program (inputs, params and entry functions over one graph) and the model that runs it.
+
+The language builder and the Python builder API both produce a `Program`; `Model` compiles its
+functions with a backend, owns the params' state, and checks every call at the boundary: no
+array reaches a backend without its dtype and shape checked against the declaration.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .backends import get_backend
+from .errors import FlowCallError, FlowError, FlowNameError, FlowTypeError, Loc, did_you_mean
+from .ir.graph import Graph
+from .ir.lib import Var
+from .ir.types import Sym, TensorType
+
+
+@dataclass
+class InputDecl:
+    name: str
+    var: Var
+    loc: Loc | None
+
+
+@dataclass
+class ParamDecl:
+    name: str
+    var: Var
+    loc: Loc | None
+    init: Callable[[np.random.Generator], np.ndarray]  # the initial value, from a seeded generator
+
+
+@dataclass
+class UpdateDecl:
+    param: str
+    value: Var
+    loc: Loc | None
+
+
+@dataclass
+class FnDecl:
+    name: str
+    inputs: list[str]
+    outputs: list[tuple[str, Var]]
+    updates: list[UpdateDecl] = field(default_factory=list)
+    loc: Loc | None = None
+
+
+@dataclass
+class Program:
+    graph: Graph
+    file: str = "<python>"
+    inputs: dict[str, InputDecl] = field(default_factory=dict)
+    params: dict[str, ParamDecl] = field(default_factory=dict)
+    functions: dict[str, FnDecl] = field(default_factory=dict)
+    seed: int = 0
+
+
+def _is_declared_symbol(name: str) -> bool:
+    return name.isidentifier()
+
+
+def check_function(program: Program, fn: FnDecl) -> None:
+    """Static checks of an entry function: what it uses it takes, updates fit their params."""
+    graph = program.graph
+    targets = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
+    used = graph.ancestors(targets)
+    takes = set(fn.inputs)
+    for n in sorted(used):
+        if graph.op(n).name == "input" and graph.name(n) not in takes:
+            name = graph.name(n)
+            decl = program.inputs[name]
+            raise FlowNameError(
+                f"fn {fn.name} uses input '{name}' (declared at {decl.loc}) but does not take it; "
+                f"write fn {fn.name}({', '.join(fn.inputs + [name])})", fn.loc)
+    bound = {n for name in fn.inputs for n in program.inputs[name].var.type.symbols()}
+    for n in sorted(used):
+        for s in graph.type(n).symbols() | _attr_symbols(graph.attrs(n)):
+            if _is_declared_symbol(s) and s not in bound:
+                raise FlowNameError(f"fn {fn.name} uses the dim {s}, but none of its inputs "
+                                    f"({', '.join(fn.inputs) or 'none'}) has a dim {s}", graph.loc(n) or fn.loc)
+    seen: set[str] = set()
+    for u in fn.updates:
+        if u.param in seen:
+            raise FlowNameError(f"param '{u.param}' is updated twice in fn {fn.name}", u.loc)
+        seen.add(u.param)
+        ptype = program.params[u.param].var.type
+        if u.value.type.shape != ptype.shape or u.value.type.dtype != ptype.dtype:
+            raise FlowTypeError(f"the update of param '{u.param}' has type {u.value.type}, "
+                                f"but '{u.param}' is {ptype}", u.loc)
+
+
+def _attr_symbols(attrs: dict) -> set[str]:
+    out: set[str] = set()
+    stack = list(attrs.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Sym):
+            out.update(v.names)
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+    return out
+
+
+def param_rng(seed: int, name: str) -> np.random.Generator:
+    """Each param draws from its own stream, so adding a param leaves the others unchanged."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+class Params:
+    """`model.params`: read (a copy) and write params by name, like a dict."""
+
+    def __init__(self, model: "Model"):
+        self._model = model
+
+    def _decl(self, name: str) -> ParamDecl:
+        decls = self._model.program.params
+        if name not in decls:
+            hint = did_you_mean(name, decls)
+            raise FlowNameError(f"the model has no param '{name}'" + (f"; {hint}" if hint else "")
+                                + f" (params: {', '.join(decls) or 'none'})")
+        return decls[name]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        self._decl(name)
+        return self._model._state.get(name)
+
+    def __setitem__(self, name: str, value) -> None:
+        decl = self._decl(name)
+        self._model._state.set(name, coerce_array(value, decl.var.type, f"param '{name}'", decl.loc, {}))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._model.program.params
+
+    def __iter__(self):
+        return iter(self._model.program.params)
+
+    def __len__(self) -> int:
+        return len(self._model.program.params)
+
+    def keys(self):
+        return list(self._model.program.params)
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.items())
+
+    def update(self, values: dict) -> None:
+        for k, v in values.items():
+            self[k] = v
+
+    def __repr__(self) -> str:
+        return "Params(" + ", ".join(f"{k}: {self._model.program.params[k].var.type}" for k in self.keys()) + ")"
+
+
+def _given(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of dtype {value.dtype} and shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str, int]) -> np.ndarray:
+    """`value` as an array of type `t`, binding t's symbols in `env`; a FlowCallError naming
+    `what` and its declaration otherwise. Safe casts only for arrays (no silent downcast);
+    python scalars and lists convert like literals."""
+    where = f" (declared at {loc})" if loc else ""
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - any object numpy can't take is a user error here
+        raise FlowCallError(f"{what} expects {t}{where}, got {_given(value)}") from None
+    if arr.dtype.kind not in "biuf":
+        raise FlowCallError(f"{what} expects {t}{where}, got {_given(value)} (not numeric)")
+    if arr.dtype != t.dtype:
+        rule = "safe" if isinstance(value, np.ndarray) or isinstance(value, np.generic) else "same_kind"
+        if not np.can_cast(arr.dtype, t.dtype, rule):
+            raise FlowCallError(f"{what} expects {t}{where}, got {_given(arr)}; convert it explicitly "
+                                f"(e.g. .astype(np.{t.dtype.name})) — flowml does not downcast silently")
+        arr = arr.astype(t.dtype)
+    if arr.ndim != t.ndim:
+        raise FlowCallError(f"{what} expects {t} (rank {t.ndim}){where}, got {_given(arr)} (rank {arr.ndim})")
+    for axis, (d, actual) in enumerate(zip(t.shape, arr.shape)):
+        if isinstance(d, int):
+            if d != actual:
+                raise FlowCallError(f"{what} expects {t}{where}, got {_given(arr)}: axis {axis} must be {d}")
+        elif len(d.names) == 1 and d.coeff == 1:
+            name = d.names[0]
+            if name in env and env[name] != actual:
+                raise FlowCallError(f"{what} expects {t}{where}, got {_given(arr)}: axis {axis} is {name}, "
+                                    f"which is {env[name]} from an earlier input")
+            env[name] = actual
+    return np.asarray(arr, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
+
+
+class Function:
+    """A compiled entry function, called with numpy arrays by position or keyword."""
+
+    def __init__(self, model: "Model", decl: FnDecl):
+        self.model = model
+        self.decl = decl
+        self.name = decl.name
+        self.input_names = list(decl.inputs)
+        self.output_names = [n for n, _ in decl.outputs]
+        self.single_output: bool | None = None  # False: always return a tuple (outputs given as a list)
+        graph = model.program.graph
+        self._executable = model.backend.compile(
+            graph, [v.id for _, v in decl.outputs], [(u.param, u.value.id) for u in decl.updates])
+
+    @property
+    def signature(self) -> str:
+        prog = self.model.program
+        ins = ", ".join(f"{n}: {prog.inputs[n].var.type}" for n in self.input_names)
+        outs = ", ".join(f"{n}: {v.type}" for n, v in self.decl.outputs)
+        ups = ", ".join(u.param for u in self.decl.updates)
+        text = f"fn {self.name}({ins}) -> ({outs})"
+        return text + (f"  updates {ups}" if ups else "")
+
+    def __repr__(self) -> str:
+        return f"<flowml function {self.signature}>"
+
+    def ir(self) -> str:
+        from .ir.dump import dump_function
+        return dump_function(self.model.program, self.decl)
+
+    def dot(self) -> str:
+        from .ir.dump import to_dot
+        return to_dot(self.model.program, self.decl)
+
+    def _bind(self, args, kwargs) -> dict:
+        names = self.input_names
+        if len(args) > len(names):
+            raise FlowCallError(f"{self.name}() takes {len(names)} input(s) ({', '.join(names) or 'none'}), "
+                                f"got {len(args)} positional arguments")
+        bound = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                hint = did_you_mean(k, names)
+                raise FlowCallError(f"{self.name}() has no input '{k}'" + (f"; {hint}" if hint else "")
+                                    + f" (inputs: {', '.join(names) or 'none'})")
+            if k in bound:
+                raise FlowCallError(f"{self.name}() got input '{k}' twice")
+            bound[k] = v
+        missing = [n for n in names if n not in bound]
+        if missing:
+            decls = self.model.program.inputs
+            raise FlowCallError(f"{self.name}() is missing input(s) " + ", ".join(
+                f"'{n}' ({decls[n].var.type}, declared at {decls[n].loc})" for n in missing))
+        return bound
+
+    def __call__(self, *args, **kwargs):
+        bound = self._bind(args, kwargs)
+        env: dict[str, int] = {}
+        arrays = {}
+        for name in self.input_names:
+            decl = self.model.program.inputs[name]
+            arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc, env)
+        outs = self._executable(arrays, self.model._state, env)
+        outs = [np.array(o) for o in outs]
+        if not outs:
+            return None
+        if len(outs) == 1 and self.single_output is not False:
+            return outs[0]
+        return tuple(outs)
+
+
+class Model:
+    """A program compiled for a backend: its functions are attributes; `params` holds state."""
+
+    def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None):
+        self.program = program
+        self.backend = get_backend(backend) if not hasattr(backend, "compile") else backend
+        self.seed = program.seed if seed is None else seed
+        for fn in program.functions.values():
+            check_function(program, fn)
+        self._state = state if state is not None else self.backend.create_state({})
+        for name, decl in program.params.items():
+            if not self._state.has(name):  # a shared state may already hold it
+                self._state.set(name, coerce_array(decl.init(param_rng(self.seed, name)), decl.var.type,
+                                                   f"the initial value of param '{name}'", decl.loc, {}))
+        self.params = Params(self)
+        self.functions: dict[str, Function] = {
+            name: Function(self, fn) for name, fn in program.functions.items()}
+
+    def __getattr__(self, name: str) -> Function:
+        functions = self.__dict__.get("functions", {})
+        if name in functions:
+            return functions[name]
+        hint = did_you_mean(name, functions)
+        raise AttributeError(f"the model has no function '{name}'" + (f"; {hint}" if hint else "")
+                             + f" (functions: {', '.join(functions) or 'none'})")
+
+    def __dir__(self):
+        return list(super().__dir__()) + list(self.functions)
+
+    def save_params(self, path: str) -> None:
+        from .io import save_npz
+        save_npz(path, self.params.to_dict())
+
+    def load_params(self, path: str) -> None:
+        from .io import load_npz
+        values = load_npz(path)
+        unknown = [k for k in values if k not in self.program.params]
+        if unknown:
+            raise FlowError(f"{path}: has arrays for unknown params {', '.join(unknown)} "
+                            f"(params: {', '.join(self.program.params) or 'none'})")
+        self.params.update(values)
+
+    def __repr__(self) -> str:
+        fns = "\n  ".join(f.signature for f in self.functions.values())
+        return f"<flowml model {self.program.file} on {self.backend.name}>\n  {fns}"
