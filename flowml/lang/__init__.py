@@ -1,0 +1,1 @@
+"""The .flow language: its AST (`ast`), grammar (`grammar.lark`) and parser (`parser`)."""

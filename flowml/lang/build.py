@@ -387,13 +387,12 @@ class Builder:
         fn = BUILTINS[e.func]
         args = [self.expr(a, scope) for a in e.args]
         kwargs = self.keywords(e, scope)
+        graph_arg = (self.graph,) if getattr(fn, "needs_graph", False) else ()
         try:
-            inspect.signature(fn).bind(*args, **kwargs)
+            inspect.signature(fn).bind(*graph_arg, *args, **kwargs)
         except TypeError as err:
             raise FlowTypeError(f"{e.func}{_signature(fn)}: {_arg_error(err, fn)}", e.loc) from None
-        if getattr(fn, "needs_graph", False):
-            return fn(self.graph, *args, **kwargs)
-        return fn(*args, **kwargs)
+        return fn(*graph_arg, *args, **kwargs)
 
     def keywords(self, e: A.Call, scope: Scope) -> dict:
         kwargs = {}

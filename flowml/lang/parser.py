@@ -74,7 +74,7 @@ def _parse_tree(text: str, file: str, start: str) -> Tree:
         msg = f"{what} nested too deeply (more than {MAX_NESTING} levels)"
         raise FlowSyntaxError(msg, _tok_loc(e.token, file, text)) from None
     except UnexpectedInput as e:
-        raise _syntax_error(e, text, file) from None
+        raise _syntax_error(e, text, file, start) from None
 
 
 def _build(tree: Tree, file: str, text: str):
@@ -90,17 +90,16 @@ def _build(tree: Tree, file: str, text: str):
 
 
 def _decode(source: str | bytes, file: str) -> str:
-    """The text to parse: UTF-8 decoded, BOM dropped, and free of NUL characters."""
+    """The text to parse: UTF-8 decoded, normalised by `_normalise`, free of odd characters."""
     if isinstance(source, (bytes, bytearray)):
         source = bytes(source)
         try:
-            text = source.decode("utf-8")
+            source = source.decode("utf-8")
         except UnicodeDecodeError as e:
             raise _bad_byte(source, e.start, file) from None
-    else:
-        text = source
-    # One line ending, so that lark's line numbers and Loc.source_line's splitlines() agree.
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not isinstance(source, str):
+        raise TypeError(f"a .flow source must be str or bytes, not {type(source).__name__}")
+    text = _normalise(source)
     odd = _ODD_CHAR.search(text)
     if odd:
         line, col = _line_col(text, odd.start())
@@ -110,16 +109,21 @@ def _decode(source: str | bytes, file: str) -> str:
     return text
 
 
-# NUL, and the characters other than \n that str.splitlines() breaks lines at: refused anywhere,
-# even in comments, so that every line number means the same to lark and to Loc.
+def _normalise(text: str) -> str:
+    """Drops a BOM and makes every line end with \n alone, so that lark's line numbers and
+    those of Loc.source_line (which uses str.splitlines) agree."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+# NUL, and the characters other than \n at which str.splitlines() breaks lines: refused
+# anywhere, even in comments, for the same agreement.
 _ODD_CHAR = re.compile("[\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _bad_byte(data: bytes, pos: int, file: str) -> FlowSyntaxError:
-    line_start = data.rfind(b"\n", 0, pos) + 1
-    line = data.count(b"\n", 0, pos) + 1
-    col = len(data[line_start:pos].decode("utf-8")) + 1  # everything before `pos` is valid
-    shown = data.decode("utf-8", errors="replace")
+    before = _normalise(data[:pos].decode("utf-8"))  # everything before `pos` is valid
+    line, col = _line_col(before, len(before))
+    shown = _normalise(data.decode("utf-8", errors="replace"))
     msg = f"invalid UTF-8 byte 0x{data[pos]:02x}: a .flow file must be UTF-8 text"
     return FlowSyntaxError(msg, Loc(file, line, col, shown))
 
@@ -221,12 +225,12 @@ _TERMINAL_TEXT = {
 }
 
 
-def _syntax_error(e: UnexpectedInput, text: str, file: str) -> FlowSyntaxError:
+def _syntax_error(e: UnexpectedInput, text: str, file: str, start: str) -> FlowSyntaxError:
     if isinstance(e, UnexpectedCharacters):
         loc = Loc(file, e.line, e.column, text)
         return FlowSyntaxError(_bad_char_message(text[e.pos_in_stream]), loc)
     assert isinstance(e, UnexpectedToken), e  # the only other kind, UnexpectedEOF, is Earley's
-    return _unexpected_token(e, text, file)
+    return _unexpected_token(e, text, file, start)
 
 
 def _bad_char_message(char: str) -> str:
@@ -239,15 +243,18 @@ def _bad_char_message(char: str) -> str:
     return f"unexpected character U+{ord(char):04X}"
 
 
-def _unexpected_token(e: UnexpectedToken, text: str, file: str) -> FlowSyntaxError:
+def _unexpected_token(e: UnexpectedToken, text: str, file: str, start: str) -> FlowSyntaxError:
     tok = e.token
     loc = _tok_loc(tok, file, text)
     eof = _is_eof(tok)
     opened = _open_brackets(text, len(text) if eof else tok.start_pos)
     expected = set(e.accepts or e.expected)
+    if start == "type_only" and "_NL" in expected:  # a type stands alone: its _NL is the end
+        expected = expected - {"_NL"} | {"$END"}
 
     if eof and opened:
-        return FlowSyntaxError(f"unexpected end of input: {_bracket_at(opened[-1])} was never closed", loc)
+        message = f"unexpected end of input: {_bracket_at(opened[-1])} was never closed"
+        return FlowSyntaxError(message, loc)
     if tok.type in ("RPAR", "RSQB", "RBRACE"):
         if not opened:
             return FlowSyntaxError(f"unmatched '{tok}'", loc)
@@ -300,11 +307,11 @@ def _token_text(tok: Token) -> str:
     if tok.type == "_NL":
         return "';'" if tok.value == ";" else "end of line"
     if tok.type == "NAME":
-        return f"name '{tok}'"
+        return f"name '{_clip(tok)}'"
     if tok.type in ("INT", "FLOAT"):
-        return f"number {tok}"
+        return f"number {_clip(tok)}"
     if tok.type == "STRING":
-        return f"string {tok}"
+        return f"string {_clip(tok)}"
     if tok.value in KEYWORDS:
         return f"keyword '{tok}'"
     return f"'{tok}'"
@@ -363,6 +370,8 @@ _WHAT = {
     ast.Return: "'return'",
     ast.Assign: "an assignment",
 }
+_FN_BODY = "an fn body: only assignments and updates '<-' are"
+_DEF_BODY = "a def body: only assignments and a final 'return' are"
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
 
 
@@ -389,8 +398,8 @@ class _Builder(Transformer_NonRecursive):
         """Records `node`'s depth; refuses one deeper than MAX_DEPTH, pointing at `at`."""
         depth = 1 + max((self._depth[id(c)][0] for c in children if id(c) in self._depth), default=0)
         if depth > MAX_DEPTH:
-            msg = f"expression nested too deeply (more than {MAX_DEPTH} levels); split it into several definitions"
-            raise self._error(msg, at)
+            raise self._error(f"expression nested too deeply (more than {MAX_DEPTH} levels); "
+                              "split it into several definitions", at)
         self._depth[id(node)] = (depth, node)
         return node
 
@@ -455,9 +464,9 @@ class _Builder(Transformer_NonRecursive):
         for stmt in body:
             if isinstance(stmt, ast.Return):
                 raise self._error("'return' must be the last statement of a def body", stmt.loc)
-            self._only(stmt, (ast.Assign,), "a def body: only assignments and a final 'return' are")
+            self._only(stmt, (ast.Assign,), _DEF_BODY)
         if not isinstance(last, ast.Return):
-            self._only(last, (ast.Assign,), "a def body: only assignments and a final 'return' are")
+            self._only(last, (ast.Assign,), _DEF_BODY)
             raise self._error(f"the body of def '{name}' must end with 'return'", block.close)
         return ast.DefDecl(self._loc(meta), str(name), params or [], body, last.values)
 
@@ -467,8 +476,8 @@ class _Builder(Transformer_NonRecursive):
             if p.default is not None:
                 seen_default = p
             elif seen_default is not None:
-                msg = f"parameter '{p.name}' needs a default value: it follows '{seen_default.name}', which has one"
-                raise self._error(msg, p.loc)
+                raise self._error(f"parameter '{p.name}' needs a default value: it follows "
+                                  f"'{seen_default.name}', which has one", p.loc)
         return params
 
     def def_param(self, meta, children):
@@ -480,8 +489,9 @@ class _Builder(Transformer_NonRecursive):
         body = block.stmts if block is not None else []
         for stmt in body:
             if isinstance(stmt, ast.Return):
-                raise self._error("'return' is not allowed in an fn body: list its outputs after '->'", stmt.loc)
-            self._only(stmt, (ast.Assign, ast.Update), "an fn body: only assignments and updates '<-' are")
+                msg = "'return' is not allowed in an fn body: list its outputs after '->'"
+                raise self._error(msg, stmt.loc)
+            self._only(stmt, (ast.Assign, ast.Update), _FN_BODY)
         return ast.FnDecl(self._loc(meta), str(name), params or [], outputs or [], body)
 
     def fn_params(self, meta, names):
@@ -517,8 +527,8 @@ class _Builder(Transformer_NonRecursive):
     def compare(self, meta, children):
         if len(children) > 3:
             a, b = children[1], children[3]
-            msg = f"comparisons cannot be chained: write '(x {a} y) and (y {b} z)' instead of 'x {a} y {b} z'"
-            raise self._error(msg, b)
+            raise self._error(f"comparisons cannot be chained: write '(x {a} y) and (y {b} z)' "
+                              f"instead of 'x {a} y {b} z'", b)
         return self.binop(meta, children)
 
     def unop(self, meta, children):
@@ -538,11 +548,12 @@ class _Builder(Transformer_NonRecursive):
         return self._deep(node, meta, *(args or []))
 
     def _split_args(self, args):
-        positional, keywords = [], []
+        positional, keywords, names = [], [], set()
         for arg in args:
             if isinstance(arg, ast.Keyword):
-                if any(k.name == arg.name for k in keywords):
+                if arg.name in names:
                     raise self._error(f"keyword argument '{arg.name}' given twice", arg.loc)
+                names.add(arg.name)
                 keywords.append(arg)
             elif keywords:
                 raise self._error("a positional argument cannot follow a keyword argument", arg.loc)
@@ -593,7 +604,7 @@ class _Builder(Transformer_NonRecursive):
     def _unescape(self, tok: Token) -> str:
         def one(m: re.Match) -> str:
             if m.group(1) not in _ESCAPES:
-                col = tok.column + m.start()
+                col = tok.column + 1 + m.start()  # + 1 for the opening quote
                 msg = f"unknown escape '\\{m.group(1)}' in string (known: \\n \\t \\\\ \\\")"
                 raise self._error(msg, Loc(self._file, tok.line, col, self._text))
             return _ESCAPES[m.group(1)]
