@@ -4,7 +4,7 @@ Write a model in a .flow file (or build it in Python), differentiate it symbolic
 on numpy (the reference backend) — see README.md and docs/.
 """
 
-from .api import (arange, default_graph, full, ones, zeros, function, get_value, grad, load, loads, param, parse_program,
+from .api import (arange, default_graph, full, hessian, hessian_vector, jacobian, lop, ones, rop, zeros, function, get_value, grad, load, loads, param, parse_program,
                   reset_default_graph, set_value, shared, tensor)
 from .errors import (FlowCallError, FlowError, FlowGradError, FlowInternalError, FlowNameError,
                      FlowRuntimeError, FlowSyntaxError, FlowTypeError)
@@ -13,6 +13,8 @@ from .ir.lib import (Var, abs, argmax, argmin, broadcast_to, cast, clip, concate
                      maximum, mean, min, minimum, onehot, ones_like, outer, prod, relu, reshape,
                      sigmoid, sign, sin, softmax, softplus, sqrt, stack, sum, take, tanh, transpose, where,
                      zeros_like)
+from .gradcheck import GradientMismatch, verify_grad
+from .ir.lib import stop_gradient
 from .program import Function, Model
 
 __version__ = "0.1.0"

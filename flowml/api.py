@@ -87,6 +87,8 @@ def default_graph() -> Graph:
 def _parse_type(type_) -> TensorType:
     if isinstance(type_, TensorType):
         return type_
+    if not isinstance(type_, str):
+        raise FlowTypeError(f"a type is written as a string like \"f64[N, 784]\", not {type_!r}", current_loc())
     from .lang.parser import parse_type
     t = parse_type(type_)
     return TensorType(dtype_of(t.dtype), tuple(sym(d) if isinstance(d, str) else d for d in t.dims))
@@ -112,8 +114,12 @@ def param(name: str, value=None, type: str | TensorType | None = None, init=None
         arr = np.asarray(value)
         if arr.dtype.kind in "iu":
             arr = arr.astype(np.int64)
-        t = _parse_type(type) if type is not None else TensorType(dtype_of(arr.dtype), arr.shape)
-        initial = np.array(arr, dtype=t.dtype)
+        try:
+            t = _parse_type(type) if type is not None else TensorType(dtype_of(arr.dtype), arr.shape)
+            initial = np.array(arr, dtype=t.dtype)
+        except (TypeError, ValueError):
+            raise FlowTypeError(f"param '{name}': cannot make a param of {arr.dtype} values; "
+                                "flowml has bool, i32, i64, f32 and f64", current_loc()) from None
         init = lambda rng: initial  # noqa: E731
     elif type is None or init is None:
         raise FlowTypeError(f"param '{name}' needs a value, or a type and an init function", current_loc())
@@ -143,7 +149,7 @@ def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | N
     prog = _session.program
     backend_obj = get_backend(backend)
     single = isinstance(outputs, Var)
-    outs = [outputs] if single else list(outputs or [])
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else ([] if outputs is None else [outputs])
     for v in list(inputs) + outs:
         if not isinstance(v, Var) or v.graph is not prog.graph:
             raise FlowTypeError("function() takes Vars of the default graph", current_loc())
@@ -169,15 +175,27 @@ def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | N
     return f
 
 
+def _default_param(p) -> ParamDecl:
+    """The declaration of `p`, a param of the default graph (not of one reset since)."""
+    if not isinstance(p, Var) or p.op.name != "param":
+        raise FlowTypeError(f"{p!r} is not a param", current_loc())
+    decl = _session.program.params.get(p.name)
+    if decl is None or p.graph is not _session.program.graph:
+        raise FlowNameError(f"'{p.name}' is not a param of the default graph (it was made before "
+                            "reset_default_graph())", current_loc())
+    return decl
+
+
 def get_value(p: Var, backend: str | None = None) -> np.ndarray:
     """The current value of a param of the default graph."""
+    _default_param(p)
     state = _session.state(get_backend(backend))
     _ensure_initialized(p, state)
     return state.get(p.name)
 
 
 def set_value(p: Var, value, backend: str | None = None) -> None:
-    decl = _session.program.params[p.name]
+    decl = _default_param(p)
     state = _session.state(get_backend(backend))
     state.set(p.name, coerce_array(value, decl.var.type, f"param '{p.name}'", decl.loc, {}))
 
@@ -206,3 +224,7 @@ def full(shape, value, dtype=None) -> Var:
 
 def arange(start, stop=None, step=1) -> Var:
     return L.arange(default_graph(), start, stop, step)
+
+
+# Derivatives beyond grad (graph → graph, like grad): see flowml.passes.rop.
+from .passes.rop import hessian, hessian_vector, jacobian, lop, rop  # noqa: E402,F401

@@ -52,6 +52,19 @@ class FnDecl:
 
 
 @dataclass
+class Derivative:
+    """A derivative expression of a model (grad, rop or lop), kept for `flowml gradcheck`."""
+
+    kind: str
+    text: str
+    loc: Loc | None
+    ys: list[Var]
+    xs: list[Var]
+    directions: list[Var]  # rop's v / lop's u
+    results: list[Var]
+
+
+@dataclass
 class Program:
     graph: Graph
     file: str = "<python>"
@@ -59,6 +72,7 @@ class Program:
     params: dict[str, ParamDecl] = field(default_factory=dict)
     functions: dict[str, FnDecl] = field(default_factory=dict)
     seed: int = 0
+    derivatives: list[Derivative] = field(default_factory=list)
 
 
 def _is_declared_symbol(name: str) -> bool:
@@ -300,7 +314,10 @@ class Model:
 
     def save_params(self, path: str) -> None:
         from .io import save_npz
-        save_npz(path, self.params.to_dict())
+        try:
+            save_npz(path, self.params.to_dict())
+        except OSError as e:
+            raise FlowError(f"{path}: cannot write the params ({e.strerror or e})") from None
 
     def load_params(self, path: str) -> None:
         from .io import load_npz
@@ -309,7 +326,12 @@ class Model:
         if unknown:
             raise FlowError(f"{path}: has arrays for unknown params {', '.join(unknown)} "
                             f"(params: {', '.join(self.program.params) or 'none'})")
-        self.params.update(values)
+        checked = {}  # all or nothing: check every array before changing any param
+        for name, value in values.items():
+            decl = self.program.params[name]
+            checked[name] = coerce_array(value, decl.var.type, f"param '{name}'", decl.loc, {})
+        for name, value in checked.items():
+            self._state.set(name, value)
 
     def __repr__(self) -> str:
         fns = "\n  ".join(f.signature for f in self.functions.values())

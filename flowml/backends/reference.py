@@ -52,14 +52,18 @@ class ReferenceExecutable:
 
 
 def evaluate(graph: Graph, targets: list[int], inputs: dict[str, np.ndarray], params: dict[str, np.ndarray],
-             env: dict[str, int], order: list[int] | None = None) -> dict[int, np.ndarray]:
+             env: dict[str, int], order: list[int] | None = None,
+             overrides: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Values of `targets` (and of what they needed). With `order` (a topological list of all
     needed nodes) every node is computed in turn; without it, evaluation is demand-driven, which
-    lets `ifelse` compute only its chosen branch."""
-    values: dict[int, np.ndarray] = {}
+    lets `ifelse` compute only its chosen branch. `overrides` fixes the values of some nodes
+    (finite differences perturb intermediate values this way)."""
+    values: dict[int, np.ndarray] = dict(overrides or {})
     with np.errstate(all="ignore"):
         if order is not None:
             for n in order:
+                if n in values:
+                    continue
                 values[n] = _compute(graph, n, [values[o] for o in graph.operands(n)], inputs, params, env)
             return values
         stack = list(targets)
@@ -81,10 +85,24 @@ def evaluate(graph: Graph, targets: list[int], inputs: dict[str, np.ndarray], pa
             stack.pop()
             if op.lazy:
                 chosen = operands[op.choose(values[operands[0]])]
-                values[n] = _check(graph, n, np.asarray(values[chosen]).astype(graph.type(n).dtype, copy=False), env)
+                value = _broadcast_branch(np.asarray(values[chosen]), graph.type(n).shape, env)
+                values[n] = _check(graph, n, value.astype(graph.type(n).dtype, copy=False), env)
             else:
                 values[n] = _compute(graph, n, [values[o] for o in operands], inputs, params, env)
     return values
+
+
+def _broadcast_branch(value: np.ndarray, shape: tuple, env: dict[str, int]) -> np.ndarray:
+    """The chosen branch of an `ifelse` broadcast to the result's shape (the branches may
+    differ, e.g. f64[3] and f64). A dim not known from `env` is the branch's own."""
+    lead = len(shape) - value.ndim
+    target = []
+    for i, d in enumerate(shape):
+        try:
+            target.append(d.resolve(env) if isinstance(d, Sym) else d)
+        except KeyError:
+            target.append(value.shape[i - lead] if i >= lead else 1)
+    return np.broadcast_to(value, tuple(target))
 
 
 def _compute(graph: Graph, n: int, args: list, inputs, params, env) -> np.ndarray:

@@ -43,8 +43,8 @@ def current_loc() -> Loc | None:
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
-    if frame is None:
-        return None
+    if frame is None or frame.f_code.co_filename.startswith("<frozen"):
+        return None  # flowml called from its own CLI: no user Python line to point at
     return Loc(frame.f_code.co_filename, frame.f_lineno, 1)
 
 

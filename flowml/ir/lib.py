@@ -117,6 +117,11 @@ def _apply(op, operands: Sequence[Var], graph: Graph | None = None, **attrs) -> 
     return Var(graph, graph.add(op, [v.id for v in operands], attrs))
 
 
+def apply(op, operands: Sequence[Var], **attrs) -> Var:
+    """Apply a primitive to Vars as they are (no promotion): for rules that re-apply an op."""
+    return _apply(op, operands, **attrs)
+
+
 def constant(value, graph: Graph, dtype=None, weak: bool | None = None) -> Var:
     """A constant node. Python scalars are weak (they take the dtype of what they meet)."""
     if weak is None:
@@ -259,6 +264,11 @@ def ifelse(cond, a, b):
     g = _graph_of(cond, a, b)
     a, b = _coerce([as_var(a, g), as_var(b, g)])
     return _apply(P.ifelse, [as_var(cond, g), a, b])
+
+
+def stop_gradient(x):
+    """x, treated as a constant by derivatives."""
+    return _apply(P.stop_gradient, [as_var(x, _graph_of(x))])
 
 
 def clip(x, lo, hi):

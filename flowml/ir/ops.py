@@ -29,20 +29,22 @@ OPS: dict[str, "Op"] = {}
 
 class Op:
     """A primitive. `infer(types, attrs) -> TensorType`, `impl(*arrays, **attrs) -> ndarray`,
-    `vjp(g, out, *operands, **attrs) -> [thunk | None per operand]` (None: no derivative)."""
+    `vjp(g, out, *operands, **attrs) -> [thunk | None per operand]` (None: no derivative),
+    `jvp(tangents, out, *operands, **attrs) -> tangent | None` (tangents: None for zero)."""
 
     elementwise = False
     lazy = False  # only some operands are evaluated (see `choose`)
     needs_env = False  # impl takes env= (the values of symbolic dims)
     leaf = False  # input / param / const / dim: evaluated by the backend itself
 
-    def __init__(self, name, infer=None, impl=None, vjp=None, verb=None):
+    def __init__(self, name, infer=None, impl=None, vjp=None, verb=None, jvp=None):
         self.name = name
         if infer is not None:
             self.infer = infer
         if impl is not None:
             self.impl = impl
         self._vjp = vjp
+        self._jvp = jvp
         self.verb = verb or name
         OPS[name] = self
 
@@ -50,6 +52,13 @@ class Op:
         if self._vjp is None:
             return [None] * len(operands)
         return self._vjp(g, out, *operands, **attrs)
+
+    def jvp(self, tangents, out, *operands, **attrs):
+        """The tangent of the output given operand tangents (None: zero), or None for zero."""
+        if self._jvp is None:
+            from ..errors import FlowGradError
+            raise FlowGradError(f"{self.name} has no forward-mode derivative")
+        return self._jvp(tangents, out, *operands, **attrs)
 
     @property
     def has_vjp(self) -> bool:
@@ -61,6 +70,20 @@ class Op:
 
 def _type_names(types) -> str:
     return " and ".join(str(t) for t in types)
+
+
+def linear_in(*positions):
+    """The JVP of an op that is linear in the operands at `positions` (all when none are given;
+    the others — index arrays, shape witnesses — are kept): the op applied to the tangents."""
+    def jvp(tangents, out, *operands, **attrs):
+        nonlocal positions
+        positions = positions or tuple(range(len(operands)))
+        if all(tangents[i] is None for i in positions):
+            return None
+        args = [(tangents[i] if tangents[i] is not None else L.zeros_like(x)) if i in positions else x
+                for i, x in enumerate(operands)]
+        return L.apply(out.op, args, **attrs)
+    return jvp
 
 
 # ----------------------------------------------------------------- leaves
@@ -84,12 +107,22 @@ dim = Leaf("dim")  # attrs: dim (int or Sym): the size of a symbolic dim, as an 
 
 class Elementwise(Op):
     """Broadcasting elementwise op. `out_dtype(dtype) -> dtype` maps the promoted operand dtype
-    to the result dtype (e.g. `exp` of an int is f64, a comparison is bool)."""
+    to the result dtype (e.g. `exp` of an int is f64, a comparison is bool).
+
+    Its derivative is given once, as `deriv(out, *operands) -> [map | None per operand]`: map i
+    takes a tangent t of operand i to its effect on the output (t * ∂out/∂operand_i, written so
+    that it is safe where the untaken side of a `where` is inf). An elementwise linear map is
+    its own transpose, so the same maps give the VJP (applied to the cotangent, then summed
+    back over broadcast dims) and the JVP (applied to the tangents and added). None means a
+    zero derivative; an op without `deriv` has none at all (comparisons, logic)."""
 
     elementwise = True
 
-    def __init__(self, name, impl, vjp=None, verb=None, out_dtype=None, nin=2):
-        super().__init__(name, impl=impl, vjp=vjp, verb=verb)
+    def __init__(self, name, impl, deriv=None, verb=None, out_dtype=None, nin=2):
+        super().__init__(name, impl=impl, verb=verb,
+                         vjp=self._vjp_from_deriv if deriv is not None else None,
+                         jvp=self._jvp_from_deriv if deriv is not None else None)
+        self.deriv = deriv
         self.out_dtype = out_dtype or (lambda dt: dt)
         self.nin = nin
 
@@ -102,6 +135,24 @@ class Elementwise(Op):
         dt, weak = promote(*types)
         return TensorType(np.dtype(self.out_dtype(dt)), shape, weak)
 
+    def _vjp_from_deriv(self, g, out, *operands, **attrs):
+        maps = self.deriv(out, *operands)
+        return [None if m is None else (lambda m=m, x=x: _sum_to(m(g), x)) for m, x in zip(maps, operands)]
+
+    def _jvp_from_deriv(self, tangents, out, *operands, **attrs):
+        maps = self.deriv(out, *operands)
+        terms = [m(t) for m, t in zip(maps, tangents) if m is not None and t is not None]
+        return _add_all(terms)
+
+
+def _add_all(terms):
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
 
 def _float_dtype(dt):
     return dt if is_float(dt) else DTYPES["f64"]
@@ -111,35 +162,43 @@ def _as_float(x):
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
-def unary_float(name, fn, vjp):
+def unary_float(name, fn, deriv):
     """An elementwise function of floats; ints and bools are first converted to f64."""
-    return Elementwise(name, lambda x: fn(_as_float(x)), vjp, out_dtype=_float_dtype, nin=1)
+    return Elementwise(name, lambda x: fn(_as_float(x)), deriv, out_dtype=_float_dtype, nin=1)
 
 
 def _bool(dt):
     return DTYPES["bool"]
 
 
-neg = Elementwise("neg", np.negative, lambda g, y, x: [lambda: -g], verb="negate", nin=1)
-exp = unary_float("exp", np.exp, lambda g, y, x: [lambda: g * y])
-log = unary_float("log", np.log, lambda g, y, x: [lambda: g / x])
-log1p = unary_float("log1p", np.log1p, lambda g, y, x: [lambda: g / (x + 1)])
-expm1 = unary_float("expm1", np.expm1, lambda g, y, x: [lambda: g * (y + 1)])
-sqrt = unary_float("sqrt", np.sqrt, lambda g, y, x: [lambda: g / (y * 2)])
-sin = unary_float("sin", np.sin, lambda g, y, x: [lambda: g * L.cos(x)])
-cos = unary_float("cos", np.cos, lambda g, y, x: [lambda: -(g * L.sin(x))])
-tanh = unary_float("tanh", np.tanh, lambda g, y, x: [lambda: g * (1 - y * y)])
+def _identity(t):
+    return t
+
+
+def _zero_map(*operands):
+    return [None] * len(operands)
+
+
+neg = Elementwise("neg", np.negative, lambda y, x: [lambda t: -t], verb="negate", nin=1)
+exp = unary_float("exp", np.exp, lambda y, x: [lambda t: t * y])
+log = unary_float("log", np.log, lambda y, x: [lambda t: t / x])
+log1p = unary_float("log1p", np.log1p, lambda y, x: [lambda t: t / (x + 1)])
+expm1 = unary_float("expm1", np.expm1, lambda y, x: [lambda t: t * (y + 1)])
+sqrt = unary_float("sqrt", np.sqrt, lambda y, x: [lambda t: t / (y * 2)])
+sin = unary_float("sin", np.sin, lambda y, x: [lambda t: t * L.cos(x)])
+cos = unary_float("cos", np.cos, lambda y, x: [lambda t: -(t * L.sin(x))])
+tanh = unary_float("tanh", np.tanh, lambda y, x: [lambda t: t * (1 - y * y)])
 erf = unary_float("erf", scipy.special.erf,
-                  lambda g, y, x: [lambda: g * (2 / math.sqrt(math.pi)) * L.exp(-(x * x))])
-sigmoid = unary_float("sigmoid", scipy.special.expit, lambda g, y, x: [lambda: g * y * (1 - y)])
+                  lambda y, x: [lambda t: t * (2 / math.sqrt(math.pi)) * L.exp(-(x * x))])
+sigmoid = unary_float("sigmoid", scipy.special.expit, lambda y, x: [lambda t: t * y * (1 - y)])
 # log(1 + exp(x)) computed without overflow for large |x|.
 softplus = unary_float("softplus", lambda x: np.logaddexp(x.dtype.type(0), x),
-                       lambda g, y, x: [lambda: g * L.sigmoid(x)])
-abs_ = Elementwise("abs", np.abs, lambda g, y, x: [lambda: g * L.sign(x)], nin=1)
-# d sign(x)/dx is zero wherever it exists.
-sign = Elementwise("sign", np.sign, lambda g, y, x: [lambda: L.zeros_like(x)], nin=1)
+                       lambda y, x: [lambda t: t * L.sigmoid(x)])
+abs_ = Elementwise("abs", np.abs, lambda y, x: [lambda t: t * L.sign(x)], nin=1)
+# sign is piecewise constant: zero derivative wherever it exists.
+sign = Elementwise("sign", np.sign, lambda y, x: [None], nin=1)
 relu = Elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
-                   lambda g, y, x: [lambda: L.where(x > 0, g, 0)], nin=1)
+                   lambda y, x: [lambda t: L.where(x > 0, t, 0)], nin=1)
 logical_not = Elementwise("not", np.logical_not, verb="negate", out_dtype=_bool, nin=1)
 
 
@@ -147,43 +206,56 @@ def _sum_to(v, like):
     return L.sum_to(v, like.type.shape)
 
 
-add = Elementwise("add", np.add, lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(g, b)])
-sub = Elementwise("sub", np.subtract,
-                  lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(-g, b)], verb="subtract")
-mul = Elementwise("mul", np.multiply,
-                  lambda g, y, a, b: [lambda: _sum_to(g * b, a), lambda: _sum_to(g * a, b)],
-                  verb="multiply")
-div = Elementwise("div", np.true_divide,
-                  lambda g, y, a, b: [lambda: _sum_to(g / b, a), lambda: _sum_to(-(g * y) / b, b)],
+add = Elementwise("add", np.add, lambda y, a, b: [_identity, _identity])
+sub = Elementwise("sub", np.subtract, lambda y, a, b: [_identity, lambda t: -t], verb="subtract")
+mul = Elementwise("mul", np.multiply, lambda y, a, b: [lambda t: t * b, lambda t: t * a], verb="multiply")
+div = Elementwise("div", np.true_divide, lambda y, a, b: [lambda t: t / b, lambda t: -(t * y) / b],
                   verb="divide", out_dtype=_float_dtype)
+
+
+def _int_if_bool(dt):
+    return DTYPES["i64"] if dt.kind == "b" else dt
+
+
+def _on_ints_if_bool(fn):
+    """numpy computes floor_divide, mod and power of two bools in int8, which flowml lacks: it
+    computes them in i64 (as it sums bools in i64)."""
+    def impl(a, b):
+        if a.dtype.kind == "b" and b.dtype.kind == "b":
+            a, b = a.astype(np.int64), b.astype(np.int64)
+        return fn(a, b)
+    return impl
+
+
 # floor(a / b) is piecewise constant: zero derivative wherever it exists.
-floordiv = Elementwise("floordiv", np.floor_divide,
-                       lambda g, y, a, b: [lambda: L.zeros_like(a), lambda: L.zeros_like(b)],
-                       verb="floor-divide")
-mod = Elementwise("mod", np.mod,
-                  lambda g, y, a, b: [lambda: _sum_to(g, a), lambda: _sum_to(-(g * L.floor_div(a, b)), b)],
-                  verb="take the remainder of")
+floordiv = Elementwise("floordiv", _on_ints_if_bool(np.floor_divide), _zero_map,
+                       verb="floor-divide", out_dtype=_int_if_bool)
+mod = Elementwise("mod", _on_ints_if_bool(np.mod),
+                  lambda y, a, b: [_identity, lambda t: -(t * L.floor_div(a, b))],
+                  verb="take the remainder of", out_dtype=_int_if_bool)
 
 
-def _pow_vjp(g, y, a, b):
-    # d/db a**b = a**b log a; where a == 0 the limit (b > 0) is 0, which also keeps NaN out.
-    safe_log = L.where(a == 0, 0, L.log(L.where(a == 0, 1, a)))
-    return [lambda: _sum_to(g * b * a ** (b - 1), a), lambda: _sum_to(g * y * safe_log, b)]
+def _pow_deriv(y, a, b):
+    def by_b(t):
+        # d/db a**b = a**b log a; where a == 0 the limit (b > 0) is 0, which also keeps NaN out.
+        safe_log = L.where(a == 0, 0, L.log(L.where(a == 0, 1, a)))
+        return t * y * safe_log
+    return [lambda t: t * b * a ** (b - 1), by_b]
 
 
-pow_ = Elementwise("pow", np.power, _pow_vjp, verb="raise")
+pow_ = Elementwise("pow", _on_ints_if_bool(np.power), _pow_deriv, verb="raise", out_dtype=_int_if_bool)
 
 
-def _minmax_vjp(pick):
-    # The winner takes the gradient; a tie splits it evenly (as JAX does).
-    def rule(g, y, a, b):
-        return [lambda: _sum_to(L.where(pick(a, b), g, L.where(a == b, g * 0.5, 0)), a),
-                lambda: _sum_to(L.where(pick(b, a), g, L.where(a == b, g * 0.5, 0)), b)]
-    return rule
+def _minmax_deriv(pick):
+    # The winner takes the derivative; a tie splits it evenly (as JAX does).
+    def deriv(y, a, b):
+        return [lambda t: L.where(pick(a, b), t, L.where(a == b, t * 0.5, 0)),
+                lambda t: L.where(pick(b, a), t, L.where(a == b, t * 0.5, 0))]
+    return deriv
 
 
-maximum = Elementwise("maximum", np.maximum, _minmax_vjp(lambda a, b: a > b), verb="take the maximum of")
-minimum = Elementwise("minimum", np.minimum, _minmax_vjp(lambda a, b: a < b), verb="take the minimum of")
+maximum = Elementwise("maximum", np.maximum, _minmax_deriv(lambda a, b: a > b), verb="take the maximum of")
+minimum = Elementwise("minimum", np.minimum, _minmax_deriv(lambda a, b: a < b), verb="take the minimum of")
 
 eq = Elementwise("eq", np.equal, verb="compare", out_dtype=_bool)
 ne = Elementwise("ne", np.not_equal, verb="compare", out_dtype=_bool)
@@ -196,10 +268,11 @@ logical_or = Elementwise("or", np.logical_or, verb="combine", out_dtype=_bool)
 
 
 class Where(Elementwise):
-    """where(c, a, b): elementwise choice, eager (both sides are computed)."""
+    """where(c, a, b): elementwise choice, eager (both sides are computed). Its derivative is a
+    where too, so an inf or NaN on the untaken side never leaks into the derivative."""
 
     def __init__(self):
-        super().__init__("where", np.where, self._rule, verb="select between", nin=3)
+        super().__init__("where", np.where, self._deriv, verb="select between", nin=3)
 
     def infer(self, types, attrs):
         shape = broadcast_shapes(*(t.shape for t in types))
@@ -209,28 +282,22 @@ class Where(Elementwise):
         return TensorType(dt, shape, weak)
 
     @staticmethod
-    def _rule(g, y, c, a, b):
-        return [None, lambda: _sum_to(L.where(c, g, 0), a), lambda: _sum_to(L.where(c, 0, g), b)]
+    def _deriv(y, c, a, b):
+        return [None, lambda t: L.where(c, t, 0), lambda t: L.where(c, 0, t)]
 
 
 where = Where()
 
 
-class Cast(Op):
-    def __init__(self):
-        super().__init__("cast", vjp=self._rule, verb="cast")
+class Cast(Elementwise):
+    """Convert to `dtype`. Between float dtypes the derivative passes through (the passes cast
+    it back to the operand's dtype); to an integer dtype there is none."""
 
-    elementwise = True
+    def __init__(self):
+        super().__init__("cast", lambda x, dtype: x.astype(dtype), lambda y, x: [_identity], verb="cast", nin=1)
 
     def infer(self, types, attrs):
         return TensorType(np.dtype(attrs["dtype"]), types[0].shape)
-
-    def impl(self, x, dtype):
-        return x.astype(dtype)
-
-    @staticmethod
-    def _rule(g, y, x, dtype):
-        return [lambda: L.cast(g, x.type.dtype) if is_float(x.type.dtype) else None]
 
 
 cast = Cast()
@@ -242,7 +309,7 @@ class IfElse(Op):
     lazy = True
 
     def __init__(self):
-        super().__init__("ifelse", vjp=self._rule, verb="choose between")
+        super().__init__("ifelse", vjp=self._vjp_rule, jvp=self._jvp_rule, verb="choose between")
 
     def infer(self, types, attrs):
         c, a, b = types
@@ -263,9 +330,14 @@ class IfElse(Op):
         return chosen
 
     @staticmethod
-    def _rule(g, y, c, a, b):
+    def _vjp_rule(g, y, c, a, b):
         return [None, lambda: _sum_to(L.ifelse(c, g, L.zeros_like(g)), a),
                 lambda: _sum_to(L.ifelse(c, L.zeros_like(g), g), b)]
+
+    @staticmethod
+    def _jvp_rule(tangents, y, c, a, b):
+        _, ta, tb = tangents
+        return L.ifelse(c, ta if ta is not None else L.zeros_like(a), tb if tb is not None else L.zeros_like(b))
 
 
 ifelse = IfElse()
@@ -283,8 +355,8 @@ def _reduced_shape(shape, axis, keepdims):
 class Reduce(Op):
     """A reduction over `axis` (a tuple of non-negative ints) with `keepdims`."""
 
-    def __init__(self, name, impl, vjp=None, out_dtype=None):
-        super().__init__(name, impl=impl, vjp=vjp, verb=f"take the {name} of")
+    def __init__(self, name, impl, vjp=None, out_dtype=None, jvp=None):
+        super().__init__(name, impl=impl, vjp=vjp, verb=f"take the {name} of", jvp=jvp)
         self.out_dtype = out_dtype or (lambda dt: dt)
 
     def infer(self, types, attrs):
@@ -306,43 +378,61 @@ def _sum_vjp(g, y, x, axis, keepdims):
     return [lambda: L.broadcast_to(_keep(g, x, axis, keepdims), x.type.shape)]
 
 
+def _extreme_weights(y, x, axis, keepdims):
+    # The derivative goes to the entries equal to the extreme, split evenly between ties.
+    mask = L.cast(x == _keep(y, x, axis, keepdims), x.type.dtype)
+    return mask / L.sum(mask, axis=axis, keepdims=True)
+
+
 def _extreme_vjp(g, y, x, axis, keepdims):
-    # The gradient goes to the entries equal to the extreme, split evenly between ties.
-    def build():
-        mask = L.cast(x == _keep(y, x, axis, keepdims), x.type.dtype)
-        count = L.sum(mask, axis=axis, keepdims=True)
-        return mask * (_keep(g, x, axis, keepdims) / count)
-    return [build]
+    return [lambda: _extreme_weights(y, x, axis, keepdims) * _keep(g, x, axis, keepdims)]
+
+
+def _extreme_jvp(tangents, y, x, axis, keepdims):
+    return L.sum(tangents[0] * _extreme_weights(y, x, axis, keepdims), axis=axis, keepdims=keepdims)
+
+
+def _prod_others(y, x, axis, keepdims):
+    # d prod / d x_i = product of the others. Dividing y by x_i fails at zeros, so where x_i == 0
+    # use the product of the nonzero entries when x_i is the only zero (0 otherwise).
+    is_zero = x == 0
+    nonzero = L.where(is_zero, 1, x)
+    prod_nonzero = L.prod(nonzero, axis=axis, keepdims=True)
+    zeros = L.sum(L.cast(is_zero, x.type.dtype), axis=axis, keepdims=True)
+    return L.where(is_zero, L.where(zeros == 1, prod_nonzero, 0), _keep(y, x, axis, keepdims) / nonzero)
 
 
 def _prod_vjp(g, y, x, axis, keepdims):
-    # d prod / d x_i = product of the others. Dividing y by x_i fails at zeros, so where x_i == 0
-    # use the product of the nonzero entries when x_i is the only zero (0 otherwise).
-    def build():
-        is_zero = x == 0
-        nonzero = L.where(is_zero, 1, x)
-        prod_nonzero = L.prod(nonzero, axis=axis, keepdims=True)
-        zeros = L.sum(L.cast(is_zero, x.type.dtype), axis=axis, keepdims=True)
-        others = L.where(is_zero, L.where(zeros == 1, prod_nonzero, 0), _keep(y, x, axis, keepdims) / nonzero)
-        return _keep(g, x, axis, keepdims) * others
-    return [build]
+    return [lambda: _keep(g, x, axis, keepdims) * _prod_others(y, x, axis, keepdims)]
+
+
+def _prod_jvp(tangents, y, x, axis, keepdims):
+    return L.sum(tangents[0] * _prod_others(y, x, axis, keepdims), axis=axis, keepdims=keepdims)
 
 
 def _logsumexp_vjp(g, y, x, axis, keepdims):
     return [lambda: _keep(g, x, axis, keepdims) * L.exp(x - _keep(y, x, axis, keepdims))]
 
 
+def _logsumexp_jvp(tangents, y, x, axis, keepdims):
+    return L.sum(tangents[0] * L.exp(x - _keep(y, x, axis, keepdims)), axis=axis, keepdims=keepdims)
+
+
 def _np_logsumexp(x, axis, keepdims):
-    return scipy.special.logsumexp(_as_float(x), axis=axis, keepdims=keepdims)
+    out = scipy.special.logsumexp(_as_float(x), axis=axis, keepdims=keepdims)
+    # scipy gives shape (1,), not (), for some reductions of a 0-d array (keepdims or axis=()).
+    return np.reshape(out, _reduced_shape(x.shape, axis, keepdims))
 
 
 sum_ = Reduce("sum", lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
-              _sum_vjp, out_dtype=_sum_dtype)
+              _sum_vjp, out_dtype=_sum_dtype, jvp=linear_in(0))
 prod = Reduce("prod", lambda x, axis, keepdims: np.prod(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
-              _prod_vjp, out_dtype=_sum_dtype)
-max_ = Reduce("max", lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp)
-min_ = Reduce("min", lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp)
-logsumexp = Reduce("logsumexp", _np_logsumexp, _logsumexp_vjp, out_dtype=_float_dtype)
+              _prod_vjp, out_dtype=_sum_dtype, jvp=_prod_jvp)
+max_ = Reduce("max", lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp,
+              jvp=_extreme_jvp)
+min_ = Reduce("min", lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp,
+              jvp=_extreme_jvp)
+logsumexp = Reduce("logsumexp", _np_logsumexp, _logsumexp_vjp, out_dtype=_float_dtype, jvp=_logsumexp_jvp)
 
 
 class ArgReduce(Op):
@@ -372,8 +462,8 @@ argmin = ArgReduce("argmin", np.argmin)
 class Softmax(Op):
     """softmax / log_softmax along one axis, computed with the max subtracted."""
 
-    def __init__(self, name, impl, vjp):
-        super().__init__(name, impl=impl, vjp=vjp)
+    def __init__(self, name, impl, vjp, jvp):
+        super().__init__(name, impl=impl, vjp=vjp, jvp=jvp)
 
     def infer(self, types, attrs):
         (t,) = types
@@ -393,9 +483,11 @@ def _np_log_softmax(x, axis):
 
 
 softmax = Softmax("softmax", _np_softmax,
-                  lambda g, y, x, axis: [lambda: y * (g - L.sum(g * y, axis=(axis,), keepdims=True))])
+                  lambda g, y, x, axis: [lambda: y * (g - L.sum(g * y, axis=(axis,), keepdims=True))],
+                  lambda ts, y, x, axis: y * (ts[0] - L.sum(ts[0] * y, axis=(axis,), keepdims=True)))
 log_softmax = Softmax("log_softmax", _np_log_softmax,
-                      lambda g, y, x, axis: [lambda: g - L.exp(y) * L.sum(g, axis=(axis,), keepdims=True)])
+                      lambda g, y, x, axis: [lambda: g - L.exp(y) * L.sum(g, axis=(axis,), keepdims=True)],
+                      lambda ts, y, x, axis: ts[0] - L.sum(ts[0] * L.exp(y), axis=(axis,), keepdims=True))
 
 
 # ----------------------------------------------------------------- linear algebra
@@ -406,7 +498,13 @@ class Matmul(Op):
     dims broadcast as batch dims."""
 
     def __init__(self):
-        super().__init__("matmul", impl=np.matmul, vjp=self._rule, verb="matmul")
+        super().__init__("matmul", impl=np.matmul, vjp=self._rule, verb="matmul", jvp=self._jvp_rule)
+
+    @staticmethod
+    def _jvp_rule(tangents, y, a, b):
+        ta, tb = tangents  # bilinear: d(a @ b) = da @ b + a @ db
+        terms = ([L.matmul(ta, b)] if ta is not None else []) + ([L.matmul(a, tb)] if tb is not None else [])
+        return _add_all(terms)
 
     def infer(self, types, attrs):
         a, b = types
@@ -430,7 +528,9 @@ class Matmul(Op):
         b2 = L.reshape(b, b.type.shape + (1,)) if b.type.ndim == 1 else b
         g2 = g
         if a.type.ndim == 1:
-            g2 = L.expand_axes(g2, (g2.type.ndim - (1 if b.type.ndim == 1 else 2),))
+            # a's added row dim sits just before b's column dim (last in g), or last when b is
+            # 1-D too
+            g2 = L.expand_axes(g2, (g2.type.ndim - (0 if b.type.ndim == 1 else 1),))
         if b.type.ndim == 1:
             g2 = L.expand_axes(g2, (g2.type.ndim,))
 
@@ -452,7 +552,7 @@ matmul = Matmul()
 
 class Transpose(Op):
     def __init__(self):
-        super().__init__("transpose", vjp=self._rule)
+        super().__init__("transpose", vjp=self._rule, jvp=linear_in(0))
 
     def infer(self, types, attrs):
         (t,) = types
@@ -479,7 +579,8 @@ class Reshape(Op):
     needs_env = True
 
     def __init__(self):
-        super().__init__("reshape", vjp=lambda g, y, x, shape: [lambda: L.reshape(g, x.type.shape)])
+        super().__init__("reshape", vjp=lambda g, y, x, shape: [lambda: L.reshape(g, x.type.shape)],
+                         jvp=linear_in(0))
 
     def infer(self, types, attrs):
         (t,) = types
@@ -497,6 +598,7 @@ class BroadcastTo(Op):
 
     def __init__(self):
         super().__init__("broadcast_to", vjp=lambda g, y, x, shape: [lambda: L.sum_to(g, x.type.shape)],
+                         jvp=linear_in(0),
                          verb="broadcast")
 
     def infer(self, types, attrs):
@@ -529,7 +631,7 @@ def _concat_dim(dims):
 
 class Concatenate(Op):
     def __init__(self):
-        super().__init__("concatenate", vjp=self._rule)
+        super().__init__("concatenate", vjp=self._rule, jvp=linear_in())
 
     def infer(self, types, attrs):
         axis = attrs["axis"]
@@ -558,7 +660,7 @@ class ConcatPart(Op):
     concatenate). The `xs` are operands only to give the parts' sizes."""
 
     def __init__(self):
-        super().__init__("concat_part", vjp=self._rule)
+        super().__init__("concat_part", vjp=self._rule, jvp=linear_in(0))
 
     def infer(self, types, attrs):
         g, xs = types[0], types[1:]
@@ -672,7 +774,7 @@ class Index(Op):
     needs_env = True
 
     def __init__(self):
-        super().__init__("index", vjp=self._rule, verb="index")
+        super().__init__("index", vjp=self._rule, verb="index", jvp=linear_in(0))
 
     def infer(self, types, attrs):
         x, arrs = types[0], types[1:]
@@ -699,7 +801,7 @@ class IndexAdd(Op):
     needs_env = True
 
     def __init__(self):
-        super().__init__("index_add", vjp=self._rule)
+        super().__init__("index_add", vjp=self._rule, jvp=linear_in(0))
 
     def infer(self, types, attrs):
         g, like = types[0], types[1]
@@ -741,7 +843,7 @@ full = Full()
 
 class ZerosLike(Op):
     def __init__(self):
-        super().__init__("zeros_like", vjp=lambda g, y, x, dtype: [None])
+        super().__init__("zeros_like", vjp=lambda g, y, x, dtype: [None], jvp=lambda ts, y, x, dtype: None)
 
     def infer(self, types, attrs):
         return TensorType(np.dtype(attrs["dtype"]), types[0].shape)
@@ -799,3 +901,21 @@ def symbolic_dim_product(shape, axis) -> object:
 
 
 __all__ = ["OPS", "Op", "dim_div", "dim_mul"]
+
+
+class StopGradient(Op):
+    """The identity, through which no derivative flows (Theano's consider_constant /
+    disconnected_grad, JAX's stop_gradient): the value is treated as a constant."""
+
+    elementwise = True
+    stops_gradient = True
+
+    def __init__(self):
+        super().__init__("stop_gradient", impl=lambda x: x, jvp=lambda ts, y, x: None)
+
+    def infer(self, types, attrs):
+        (t,) = types
+        return TensorType(t.dtype, t.shape, t.weak)
+
+
+stop_gradient = StopGradient()

@@ -7,20 +7,22 @@ source location, and every error is a located `FlowError`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import FlowError, FlowNameError, FlowSyntaxError, FlowTypeError, Loc, did_you_mean
+from ..errors import FlowError, FlowGradError, FlowNameError, FlowSyntaxError, FlowTypeError, Loc, did_you_mean
 from ..ir import lib as L
 from ..ir import ops as P
 from ..ir.graph import Graph, at
 from ..ir.lib import Var
-from ..ir.types import DTYPES, TensorType, dim_symbols, sym
+from ..ir.types import DTYPES, TensorType, dim_symbols, dtype_of, sym
 from ..passes.grad import grad as grad_transform
-from ..program import FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
+from ..passes.rop import hessian, hessian_vector, jacobian, lop, rop
+from ..program import Derivative, FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
 from . import ast as A
 from .builtins import BUILTINS, INITIALIZERS
 
@@ -166,6 +168,10 @@ class Builder:
                 raise FlowTypeError(f"initializer {kind}{_signature(draw, skip=2)}: {e}", expr.loc) from None
             b = dict(bound.arguments)
             del b["rng"], b["shape"]
+            for k, v in b.items():
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+                    raise FlowTypeError(f"initializer {kind}{_signature(draw, skip=2)}: {k} must be a number, "
+                                        f"not {_kind_of(v)}", expr.loc)
             return lambda rng: np.asarray(draw(rng, shape, **b), dtype=t.dtype)
         value = np.asarray(self.static(expr, self.globals))
         try:
@@ -238,7 +244,7 @@ class Builder:
         for p in stmt.params:
             b = self.globals.lookup(p.name)
             if b is None or b.kind != "input":
-                what = f"is a {b.kind}" if b else "is not declared"
+                what = f"is {_a(b.kind)}" if b else "is not declared"
                 hint = did_you_mean(p.name, self.program.inputs)
                 raise FlowNameError(f"fn {stmt.name} takes '{p.name}', which {what}: an fn takes declared inputs"
                                     + (f"; {hint}" if hint else ""), p.loc)
@@ -264,8 +270,10 @@ class Builder:
         name = stmt.target.name
         b = self.globals.lookup(name)
         if b is None or b.kind != "param":
-            what = f"is a {b.kind}" if b else "is not declared"
-            raise FlowNameError(f"only params can be updated, and '{name}' {what}", stmt.target.loc)
+            what = f"is {_a(b.kind)}" if b else "is not declared"
+            hint = did_you_mean(name, self.program.params) if b is None else None
+            raise FlowNameError(f"only params can be updated, and '{name}' {what}" + (f"; {hint}" if hint else ""),
+                                stmt.target.loc)
         value = self.to_var(self.expr(stmt.value, scope))
         param_type = b.value.type
         if value.type.weak and value.type.shape == param_type.shape:
@@ -332,7 +340,7 @@ class Builder:
                 return e.name
             if e.name in BUILTINS:
                 raise FlowNameError(f"'{e.name}' is a function; call it: {e.name}(...)", e.loc)
-            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS))
+            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS) | set(DTYPES))
             raise FlowNameError(f"unknown name '{e.name}'" + (f"; {hint}" if hint else ""), e.loc)
         if b.kind == "def":
             raise FlowNameError(f"'{e.name}' is a def; call it: {e.name}(...)", e.loc)
@@ -376,10 +384,12 @@ class Builder:
         b = scope.lookup(e.func)
         if b is not None:
             if b.kind != "def":
-                raise FlowNameError(f"'{e.func}' is a {b.kind} (defined at {b.loc}), not a function", e.func_loc)
+                raise FlowNameError(f"'{e.func}' is {_a(b.kind)} (defined at {b.loc}), not a function", e.func_loc)
             return self.inline(b.value, e, scope)
         if e.func == "grad":
             return self.grad_call(e, scope)
+        if e.func in DERIVATIVES:
+            return self.derivative_call(e, scope)
         if e.func not in BUILTINS:
             hint = did_you_mean(e.func, {n for n in scope.visible() if (scope.lookup(n).kind == "def")}
                                 | set(BUILTINS))
@@ -392,6 +402,7 @@ class Builder:
             inspect.signature(fn).bind(*graph_arg, *args, **kwargs)
         except TypeError as err:
             raise FlowTypeError(f"{e.func}{_signature(fn)}: {_arg_error(err, fn)}", e.loc) from None
+        _check_dtype_arg(e.func, fn, graph_arg + tuple(args), kwargs, e.loc)
         return fn(*graph_arg, *args, **kwargs)
 
     def keywords(self, e: A.Call, scope: Scope) -> dict:
@@ -418,8 +429,47 @@ class Builder:
             if not isinstance(v, Var):
                 raise FlowTypeError(f"grad: cannot differentiate with respect to {_kind_of(v)}", a.loc)
             wrt.append(v)
-        grads = grad_transform(cost, *wrt, disconnected=policy)
+        with _located_at_call(e):
+            grads = grad_transform(cost, *wrt, disconnected=policy)
+        self.record("grad", e, [cost], wrt, [], grads)
         return grads[0] if len(grads) == 1 else tuple(grads)
+
+    def record(self, kind: str, e: A.Call, ys, xs, directions, results) -> None:
+        """Remember a derivative expression, for `flowml gradcheck`."""
+        text = e.loc.source_line().strip() if e.loc.source_line() else kind
+        self.program.derivatives.append(Derivative(kind, text, e.loc, list(ys), list(xs), list(directions),
+                                                   list(results)))
+
+    def derivative_call(self, e: A.Call, scope: Scope):
+        """rop(y, x, v), lop(y, x, u), jacobian(y, x), hessian(cost, x), hessian_vector(cost, x, v);
+        x/v (and y/u for lop) may be tuples for several pairs."""
+        arity = {"rop": 3, "lop": 3, "jacobian": 2, "hessian": 2, "hessian_vector": 3}[e.func]
+        kwargs = self.keywords(e, scope)
+        policy = kwargs.pop("disconnected", "error")
+        names = {"rop": "(y, x, v)", "lop": "(y, x, u)", "jacobian": "(y, x)", "hessian": "(cost, x)",
+                 "hessian_vector": "(cost, x, v)"}[e.func]
+        if kwargs or len(e.args) != arity:
+            problem = f"unexpected keyword '{next(iter(kwargs))}'" if kwargs else \
+                f"takes {arity} arguments, got {len(e.args)}"
+            raise FlowTypeError(f"{e.func}{names}: {problem}", e.loc)
+        args = [self.expr(a, scope) for a in e.args]
+        as_list = lambda v: [self.to_var(x) for x in v] if isinstance(v, tuple) else [self.to_var(v)]  # noqa: E731
+        with _located_at_call(e):
+            if e.func == "rop":
+                ys, xs, vs = as_list(args[0]), as_list(args[1]), as_list(args[2])
+                results = rop(ys, xs, vs, disconnected=policy)
+                self.record("rop", e, ys, xs, vs, results)
+            elif e.func == "lop":
+                ys, xs, us = as_list(args[0]), as_list(args[1]), as_list(args[2])
+                results = lop(ys, xs, us, disconnected=policy)
+                self.record("lop", e, ys, xs, us, results)
+            elif e.func == "jacobian":
+                results = [jacobian(self.to_var(args[0]), self.to_var(args[1]))]
+            elif e.func == "hessian":
+                results = [hessian(self.to_var(args[0]), self.to_var(args[1]))]
+            else:
+                results = [hessian_vector(self.to_var(args[0]), self.to_var(args[1]), args[2])]
+        return results[0] if len(results) == 1 else tuple(results)
 
     def inline(self, d: A.DefDecl, call: A.Call, scope: Scope):
         if d.name in self.expanding:
@@ -431,11 +481,13 @@ class Builder:
         names = [p.name for p in d.params]
         signature = f"{d.name}({', '.join(names)})"
         if len(args) > len(names):
-            raise FlowTypeError(f"{signature} takes {len(names)} arguments, got {len(args)}", call.loc)
+            raise FlowTypeError(f"{signature} takes {len(names)} argument{'' if len(names) == 1 else 's'}, "
+                                f"got {len(args)}", call.loc)
         bound = dict(zip(names, args))
         for k, v in kwargs.items():
             if k not in names:
-                raise FlowTypeError(f"{signature} has no parameter '{k}'", call.loc)
+                hint = did_you_mean(k, names)
+                raise FlowTypeError(f"{signature} has no parameter '{k}'" + (f"; {hint}" if hint else ""), call.loc)
             if k in bound:
                 raise FlowTypeError(f"{signature} got '{k}' twice", call.loc)
             bound[k] = v
@@ -457,6 +509,43 @@ class Builder:
         finally:
             self.expanding.pop()
         return results[0] if len(results) == 1 else tuple(results)
+
+
+def _a(kind: str) -> str:
+    """'an input', 'a param': a binding kind with its article."""
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
+def _check_dtype_arg(name: str, fn, args: tuple, kwargs: dict, loc) -> None:
+    """A builtin's `dtype` argument must name one of flowml's dtypes (numpy would raise its own
+    TypeError or ValueError from deep inside the library otherwise)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    if "dtype" not in bound or bound["dtype"] is None or isinstance(bound["dtype"], TensorType):
+        return
+    dt = bound["dtype"]
+    known = ", ".join(DTYPES)
+    if not isinstance(dt, str):
+        raise FlowTypeError(f"{name}: dtype must be one of {known}, not {_kind_of(dt)}", loc)
+    try:
+        dtype_of(dt)  # flowml's names, or a numpy name of one of its dtypes ("float64")
+    except (TypeError, ValueError):
+        raise FlowTypeError(f"{name}: unknown dtype '{dt}'; use one of {known}", loc) from None
+
+
+DERIVATIVES = ("rop", "lop", "jacobian", "hessian", "hessian_vector")
+
+
+@contextlib.contextmanager
+def _located_at_call(e: A.Call):
+    """The passes locate their errors at a value's definition, which may be far from the call:
+    point at the call, and keep the definition as a note."""
+    try:
+        yield
+    except FlowGradError as err:
+        if err.loc is None or err.loc == e.loc:
+            raise
+        notes = [f"the value it is about is defined at {err.loc}", *err.notes]
+        raise type(err)(err.message, e.loc, notes) from None
 
 
 def _kind_of(v) -> str:

@@ -49,11 +49,13 @@ BUILTINS = {
     name: getattr(L, name) for name in (
         "exp log log1p expm1 sqrt abs sign sin cos tanh erf sigmoid softplus relu maximum minimum clip "
         "where cast sum mean max min prod argmax argmin logsumexp softmax log_softmax matmul dot outer "
-        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take").split()
+        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take stop_gradient").split()
 }
 BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
                 ifelse=L.ifelse)
-BUILTINS["grad"] = None  # handled by the builder (it differentiates the graph)
+# Derivatives are handled by the builder (they transform the graph).
+for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector"):
+    BUILTINS[_name] = None
 
 
 def _normal(rng, shape, mean=0.0, std=1.0):

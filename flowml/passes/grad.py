@@ -30,12 +30,16 @@ def _carries_gradient(graph, n) -> bool:
     return is_float(graph.type(n).dtype)
 
 
-def _flows_from(graph, wrt: list[int], limit: set[int]) -> set[int]:
+def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = False) -> set[int]:
     """The nodes within `limit` that a derivative can reach from `wrt`: float-valued nodes whose
-    op has a VJP, fed by such a node (ids ascend topologically, so one forward scan suffices)."""
+    op has a VJP, fed by such a node (ids ascend topologically, so one forward scan suffices).
+    With `through_stops`, stop_gradient counts as passing (to tell a deliberate cut from an op
+    that has no derivative)."""
     reach = {w for w in wrt}
     for n in sorted(limit):
-        if n in reach or not _carries_gradient(graph, n) or not graph.op(n).has_vjp:
+        op = graph.op(n)
+        passes = op.has_vjp or (through_stops and getattr(op, "stops_gradient", False))
+        if n in reach or not _carries_gradient(graph, n) or not passes:
             continue
         if any(o in reach for o in graph.operands(n)):
             reach.add(n)
@@ -50,12 +54,41 @@ def _blocker(graph, w: int, cost_ancestors: set[int], reach: set[int]) -> int | 
     return None
 
 
+def check_connected(graph, y: Var, wrt, disconnected: str, what: str = "grad") -> None:
+    """Raise (policy "error") when `y` does not depend on some `w`, or only through ops that
+    have no derivative; with policy "zero" such a `w` simply gets a zero derivative."""
+    loc = graph.loc(y.id)
+    if disconnected not in DISCONNECTED_POLICIES:
+        raise FlowGradError(f"disconnected must be one of {DISCONNECTED_POLICIES}, not {disconnected!r}", loc)
+    for w in wrt:
+        if w.graph is not graph:
+            raise FlowGradError(f"{what}: the values come from different graphs", loc)
+        if not is_float(w.dtype):
+            raise FlowGradError(f"cannot differentiate with respect to {_describe(graph, w.id)} of type {w.type}: "
+                                "only float values have gradients", graph.loc(w.id) or loc)
+    if disconnected == "zero":
+        return
+    y_anc = graph.ancestors([y.id])
+    for w in wrt:
+        if w.id not in y_anc:
+            raise FlowGradError(f"{_subject(graph, y, what)} does not depend on {_describe(graph, w.id)}; pass "
+                                "disconnected=\"zero\" to get a zero derivative instead", loc)
+        reach = _flows_from(graph, [w.id], y_anc)
+        if y.id not in reach and y.id not in _flows_from(graph, [w.id], y_anc, through_stops=True):
+            b = _blocker(graph, w.id, y_anc, reach)
+            via = f"{graph.op(b).name} ({graph.loc(b)})" if b is not None else "an op without a derivative"
+            raise FlowGradError(f"{_subject(graph, y, what)} depends on {_describe(graph, w.id)} only through "
+                                f"{via}, which has no derivative", loc)
+
+
+def _subject(graph, y: Var, what: str) -> str:
+    return "the cost" if what == "grad" else f"the output of {what}"
+
+
 def grad(cost: Var, *wrt: Var, disconnected: str = "error") -> list[Var]:
     """d cost / d w for each w in `wrt`, as new nodes of the cost's graph."""
     graph = cost.graph
     loc = graph.loc(cost.id)
-    if disconnected not in DISCONNECTED_POLICIES:
-        raise FlowGradError(f"disconnected must be one of {DISCONNECTED_POLICIES}, not {disconnected!r}", loc)
     if cost.type.ndim != 0:
         raise FlowGradError(f"grad needs a scalar cost, but {_describe(graph, cost.id)} has type {cost.type}; "
                             "reduce it first (e.g. with sum or mean)", loc)
@@ -63,39 +96,31 @@ def grad(cost: Var, *wrt: Var, disconnected: str = "error") -> list[Var]:
         raise FlowGradError(f"grad needs a float cost, but {_describe(graph, cost.id)} has type {cost.type}", loc)
     if not wrt:
         raise FlowGradError("grad needs at least one value to differentiate with respect to", loc)
-    for w in wrt:
-        if w.graph is not graph:
-            raise FlowGradError("grad: the cost and the values to differentiate by are from different graphs", loc)
-        if not is_float(w.dtype):
-            raise FlowGradError(f"cannot differentiate with respect to {_describe(graph, w.id)} of type {w.type}: "
-                                "only float values have gradients", graph.loc(w.id) or loc)
-
-    cost_anc = graph.ancestors([cost.id])
-    wrt_ids = [w.id for w in wrt]
-    reach = _flows_from(graph, wrt_ids, cost_anc)
-    for w in wrt:
-        if w.id not in cost_anc:
-            if disconnected == "error":
-                raise FlowGradError(f"the cost does not depend on {_describe(graph, w.id)}; pass "
-                                    "disconnected=\"zero\" to get a zero gradient instead", loc)
-        elif cost.id not in _flows_from(graph, [w.id], cost_anc):
-            b = _blocker(graph, w.id, cost_anc, _flows_from(graph, [w.id], cost_anc))
-            what = f"{graph.op(b).name} ({graph.loc(b)})" if b is not None else "an op without a derivative"
-            if disconnected == "error":
-                raise FlowGradError(f"the cost depends on {_describe(graph, w.id)} only through {what}, "
-                                    "which has no gradient", loc)
-
-    active = reach & cost_anc  # nodes whose cotangent we need
-    cotangents: dict[int, list[Var]] = {}
     with at(loc):
-        cotangents[cost.id] = [L.constant(1.0, graph, dtype=cost.dtype)]
+        seed = L.constant(1.0, graph, dtype=cost.dtype)
+    return vjp([cost], list(wrt), [seed], disconnected=disconnected)
+
+
+def vjp(ys: list[Var], wrt: list[Var], seeds: list[Var], disconnected: str = "error",
+        what: str = "grad") -> list[Var]:
+    """Σ_k seeds[k]ᵀ · d ys[k] / d w for each w in `wrt`: one reverse sweep over the graph."""
+    graph = ys[0].graph
+    for y in ys:
+        check_connected(graph, y, wrt, disconnected, what)
+    y_anc = graph.ancestors([y.id for y in ys])
+    wrt_ids = [w.id for w in wrt]
+    active = _flows_from(graph, wrt_ids, y_anc) & y_anc  # nodes whose cotangent we need
+    cotangents: dict[int, list[Var]] = {}
+    for y, seed in zip(ys, seeds):
+        cotangents.setdefault(y.id, []).append(seed)
     for n in sorted(active, reverse=True):
         parts = cotangents.pop(n, None)
         if parts is None:
             continue
-        g = _accumulate(parts)
-        cotangents[n] = [g]  # keep the total for wrt lookups below
-        if n in wrt_ids and graph.op(n).leaf:
+        with at(graph.loc(n)):
+            g = _accumulate(parts)
+        cotangents[n] = [g]  # keep the total for the wrt lookups below
+        if graph.op(n).leaf:
             continue
         operands = graph.operands(n)
         if not any(o in active for o in operands):
@@ -116,11 +141,8 @@ def grad(cost: Var, *wrt: Var, disconnected: str = "error") -> list[Var]:
     results = []
     for w in wrt:
         parts = cotangents.get(w.id)
-        with at(graph.loc(w.id) or loc):
-            if parts is None:
-                results.append(L.zeros_like(w))
-            else:
-                results.append(_accumulate(parts))
+        with at(graph.loc(w.id) or graph.loc(ys[0].id)):
+            results.append(L.zeros_like(w) if parts is None else _accumulate(parts))
     return results
 
 

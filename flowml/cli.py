@@ -1,0 +1,283 @@
+"""The `flowml` command line: check, compile and run .flow models.
+
+Thin by design: every command calls the Python API. Errors print as `file:line:col: message`
+with the source line, never a traceback; they exit 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from .errors import FlowError
+
+
+def _print_error(err: BaseException) -> None:
+    print(f"error: {err}" if not getattr(err, "loc", None) else f"{err}", file=sys.stderr)
+
+
+def _read_program(path: str):
+    from .api import parse_program
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
+    return parse_program(data, path)
+
+
+def cmd_check(args) -> int:
+    from .program import Model
+    program = _read_program(args.file)
+    model = Model(program, backend="reference")
+    print(f"{args.file}: ok")
+    for fn in model.functions.values():
+        print(f"  {fn.signature}")
+    if program.params:
+        print("  params: " + ", ".join(f"{n}: {d.var.type}" for n, d in program.params.items()))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .ir.dump import dump_function, to_dot
+    from .program import check_function
+    program = _read_program(args.file)
+    fns = _select_functions(program, args.fn)
+    for fn in fns:
+        check_function(program, fn)
+    if args.emit == "ir":
+        text = "\n\n".join(dump_function(program, fn) for fn in fns)
+    else:
+        text = "\n".join(to_dot(program, fn) for fn in fns)
+    _write(text, args.output)
+    return 0
+
+
+def _select_functions(program, name):
+    if name is None:
+        if not program.functions:
+            raise FlowError(f"{program.file}: declares no fn")
+        return list(program.functions.values())
+    if name not in program.functions:
+        from .errors import did_you_mean
+        hint = did_you_mean(name, program.functions)
+        raise FlowError(f"{program.file}: no fn named '{name}'" + (f"; {hint}" if hint else "")
+                        + f" (functions: {', '.join(program.functions) or 'none'})")
+    return [program.functions[name]]
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        try:
+            with open(output, "w") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            raise FlowError(f"{output}: cannot write the file ({e.strerror or e})") from None
+    else:
+        print(text)
+
+
+def parse_random_spec(spec: str | None) -> dict[str, int]:
+    """`N=400,y=2` → {"N": 400, "y": 2}: dim sizes, and class counts for named inputs."""
+    out: dict[str, int] = {}
+    if not spec:
+        return out
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise UsageError(f"--random expects NAME=INT pairs (sizes of 0 or more) like N=400,y=2, "
+                             f"not {part!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+class UsageError(Exception):
+    pass
+
+
+def synthesize_inputs(fn, program, spec: dict[str, int], given: dict, rng: np.random.RandomState) -> dict:
+    """Random arrays of the declared shapes for the inputs not in `given`: normal floats, and
+    integers in [0, K) (K from `name=K` in the spec, else 2)."""
+    from .ir.types import Sym
+    out = {}
+    for name in fn.input_names:
+        if name in given:
+            continue
+        t = program.inputs[name].var.type
+        shape = []
+        for d in t.shape:
+            if isinstance(d, Sym):
+                missing = [s for s in d.names if s not in spec]
+                if missing:
+                    raise UsageError(f"input '{name}' has the dim {missing[0]}: give its size with "
+                                     f"--random {missing[0]}=SIZE")
+                shape.append(d.resolve(spec))
+            else:
+                shape.append(d)
+        if t.dtype.kind == "f":
+            out[name] = rng.randn(*shape).astype(t.dtype)
+        else:
+            out[name] = rng.randint(0, spec.get(name, 2), size=shape).astype(t.dtype)
+    return out
+
+
+def cmd_run(args) -> int:
+    from .api import load
+    from .io import load_npz
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, not {args.steps}")
+    model = load(args.file, backend=args.backend, seed=args.seed)
+    if args.fn not in model.functions:
+        _select_functions(model.program, args.fn)  # raises the helpful error
+    fn = model.functions[args.fn]
+    if args.load_params:
+        model.load_params(args.load_params)
+    inputs = {}
+    if args.data:
+        data = load_npz(args.data)
+        inputs = {k: v for k, v in data.items() if k in fn.input_names}
+    spec = parse_random_spec(args.random)
+    missing = [n for n in fn.input_names if n not in inputs]
+    if missing and args.random is None:
+        raise UsageError(f"fn {fn.name} needs input(s) {', '.join(missing)}: give them with --data FILE.npz "
+                         "or synthesize them with --random N=SIZE,...")
+    inputs.update(synthesize_inputs(fn, model.program, spec, inputs, np.random.RandomState(args.seed or 0)))
+    outputs = _run_steps(fn, inputs, args.steps)
+    _print_outputs(fn, outputs)
+    if args.save_params:
+        model.save_params(args.save_params)
+        print(f"params saved to {args.save_params}")
+    return 0
+
+
+def _as_tuple(result) -> tuple:
+    if result is None:
+        return ()
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _summary(value: np.ndarray) -> str:
+    if value.ndim == 0:
+        return f"{value.item():.8g}" if value.dtype.kind == "f" else str(value.item())
+    if value.size == 0:
+        return "(empty)"
+    return f"mean {np.mean(value):.6g}"
+
+
+def _run_steps(fn, inputs: dict, steps: int) -> tuple:
+    if steps <= 1:
+        return _as_tuple(fn(**inputs))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    label = fn.output_names[0] if fn.output_names else None
+    columns = [TextColumn(f"[bold]{fn.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if label:
+        columns.append(TextColumn("{task.fields[value]}"))
+    result: tuple = ()
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(fn.name, total=steps, value="")
+        for i in range(steps):
+            result = _as_tuple(fn(**inputs))
+            if i % 50 == 0 or i == steps - 1:
+                value = f"{label}: {_summary(result[0])}" if label else ""
+                progress.update(task, completed=i + 1, value=value)
+    return result
+
+
+def _print_outputs(fn, outputs: tuple) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    if not outputs:
+        print(f"{fn.name}: done (no outputs)")
+        return
+    table = Table(title=f"{fn.name} outputs")
+    for col in ("output", "type", "value"):
+        table.add_column(col)
+    for name, value in zip(fn.output_names, outputs):
+        dtype = {"f": "f", "i": "i", "b": "bool"}[value.dtype.kind]
+        dtype = f"{dtype}{value.dtype.itemsize * 8}" if dtype != "bool" else dtype
+        table.add_row(name, f"{dtype}{list(value.shape) if value.ndim else ''}", _summary(value))
+    Console().print(table)
+
+
+def cmd_gradcheck(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from .gradcheck import check_model
+    program = _read_program(args.file)
+    if args.fn is not None:
+        _select_functions(program, args.fn)
+    report = check_model(program, args.fn, parse_random_spec(args.random), seed=args.seed)
+    if not report.rows:
+        print(f"{args.file}: no grad, rop or lop to check" + (f" in fn {args.fn}" if args.fn else ""))
+        return 0
+    table = Table(title=f"gradcheck {args.file} (central differences, float64 where the model is)")
+    for col in ("expression", "max abs err", "max rel err", "result"):
+        table.add_column(col)
+    for r in report.rows:
+        table.add_row(r.expression, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
+                      "[green]pass[/]" if r.passed else f"[red]FAIL[/] ({r.worst})")
+    Console(width=160).print(table)
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowml", description="Compile and run .flow models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="parse and type-check a model; print its functions' signatures")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check)
+
+    c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT)")
+    c.add_argument("file")
+    c.add_argument("--emit", choices=["ir", "dot"], default="ir", help="what to print (default: ir)")
+    c.add_argument("--fn", help="only this function (default: all)")
+    c.add_argument("-o", "--output", help="write to this file instead of stdout")
+    c.set_defaults(func=cmd_compile)
+
+    c = sub.add_parser("gradcheck", help="check every grad, rop and lop of a model against finite differences")
+    c.add_argument("file")
+    c.add_argument("--fn", help="only the derivatives this fn uses")
+    c.add_argument("--random", metavar="N=3,...", help="sizes of symbolic dims (default 3) and NAME=K "
+                   "class counts for integer inputs")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_gradcheck)
+
+    c = sub.add_parser("run", help="run one function of a model, once or for several steps")
+    c.add_argument("file")
+    c.add_argument("fn", help="the fn to call")
+    c.add_argument("--data", help=".npz file whose arrays are matched to the fn's inputs by name")
+    c.add_argument("--random", metavar="N=400,...", help="synthesize missing inputs: dim sizes, and "
+                   "NAME=K to draw an integer input from [0, K)")
+    c.add_argument("--steps", type=int, default=1, help="call the fn this many times (default 1)")
+    c.add_argument("--seed", type=int, default=None, help="seed for param initializers and --random")
+    c.add_argument("--load-params", metavar="P.npz")
+    c.add_argument("--save-params", metavar="P.npz")
+    c.add_argument("--backend", default=None, help="reference (default; or FLOWML_BACKEND)")
+    c.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"flowml {args.command}: {e}", file=sys.stderr)
+        return 2
+    except FlowError as e:
+        _print_error(e)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
