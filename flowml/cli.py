@@ -119,9 +119,9 @@ def synthesize_inputs(fn, program, spec: dict[str, int], given: dict, rng: np.ra
                 shape.append(d.resolve(spec))
             else:
                 shape.append(d)
-        if t.dtype.kind == "f":
+        if t.dtype.kind == "f" and name not in spec:
             out[name] = rng.randn(*shape).astype(t.dtype)
-        else:
+        else:  # integer inputs, and any input given as NAME=K: integers in [0, K)
             out[name] = rng.randint(0, spec.get(name, 2), size=shape).astype(t.dtype)
     return out
 

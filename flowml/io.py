@@ -20,6 +20,9 @@ def save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,5 +36,6 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise FlowError(f"{path}: no such file") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise FlowError(f"{path}: not a readable .npz file ({e})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        # (numpy's own message suggests allow_pickle=True: never, for a file from elsewhere)
+        raise FlowError(f"{path}: not a readable .npz file of plain arrays") from None

@@ -571,6 +571,8 @@ def _shape_arg(shape):
 
 
 def full(graph: Graph, shape, value, dtype=None):
+    if any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
+        raise FlowTypeError(f"a shape must not have negative dims, got {as_shape(shape)}", current_loc())
     if dtype is None:
         dtype = "f64" if isinstance(value, float) else ("bool" if isinstance(value, bool) else "i64")
     return Var(graph, graph.add(P.full, [], {"shape": _shape_arg(shape), "value": value,

@@ -719,7 +719,7 @@ def _slice_len(d, start, stop, step):
             return -s
         if s >= 0 and stop >= 0:
             return max(stop - s, 0)
-    if start is None and stop is None and step in (None, 1):
+    if start is None and stop is None and step in (None, 1, -1):
         return d
     return Sym((f"{d}[{'' if start is None else start}:{'' if stop is None else stop}"
                 f"{'' if step is None else ':' + str(step)}]",))

@@ -336,6 +336,8 @@ class Builder:
     def name(self, e: A.Name, scope: Scope):
         b = scope.lookup(e.name)
         if b is None:
+            if e.name == "none":  # as in axis=none: numpy's None
+                return None
             if e.name in DTYPES:
                 return e.name
             if e.name in BUILTINS:
@@ -398,6 +400,8 @@ class Builder:
         args = [self.expr(a, scope) for a in e.args]
         kwargs = self.keywords(e, scope)
         graph_arg = (self.graph,) if getattr(fn, "needs_graph", False) else ()
+        if not graph_arg and args and not _has_var(args) and isinstance(args[0], (int, float)):
+            args[0] = self.to_var(args[0])  # `abs(-3)`, `exp(1.0)`: give the library a value
         try:
             inspect.signature(fn).bind(*graph_arg, *args, **kwargs)
         except TypeError as err:
@@ -546,6 +550,10 @@ def _located_at_call(e: A.Call):
             raise
         notes = [f"the value it is about is defined at {err.loc}", *err.notes]
         raise type(err)(err.message, e.loc, notes) from None
+
+
+def _has_var(values) -> bool:
+    return any(isinstance(v, Var) or (isinstance(v, tuple) and _has_var(v)) for v in values)
 
 
 def _kind_of(v) -> str:
