@@ -208,21 +208,25 @@ def cmd_gradcheck(args) -> int:
     from rich.console import Console
     from rich.table import Table
     from .gradcheck import check_model
-    program = _read_program(args.file)
-    if args.fn is not None:
-        _select_functions(program, args.fn)
-    report = check_model(program, args.fn, parse_random_spec(args.random), seed=args.seed)
-    if not report.rows:
-        print(f"{args.file}: no grad, rop or lop to check" + (f" in fn {args.fn}" if args.fn else ""))
-        return 0
-    table = Table(title=f"gradcheck {args.file} (central differences, float64 where the model is)")
-    for col in ("expression", "max abs err", "max rel err", "result"):
-        table.add_column(col)
-    for r in report.rows:
-        table.add_row(r.expression, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
-                      "[green]pass[/]" if r.passed else f"[red]FAIL[/] ({r.worst})")
-    Console(width=160).print(table)
-    return 0 if report.passed else 1
+    failed = False
+    for path in args.file:
+        program = _read_program(path)
+        if args.fn is not None:
+            _select_functions(program, args.fn)
+        report = check_model(program, args.fn, parse_random_spec(args.random), seed=args.seed)
+        if not report.rows:
+            print(f"{path}: no grad, rop or lop to check" + (f" in fn {args.fn}" if args.fn else ""))
+            continue
+        scale = "" if report.scale == 1 else f"; float inputs scaled by {report.scale:g} to keep values finite"
+        table = Table(title=f"gradcheck {path} (central differences{scale})")
+        for col in ("expression", "max abs err", "max rel err", "result"):
+            table.add_column(col)
+        for r in report.rows:
+            table.add_row(r.expression, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
+                          "[green]pass[/]" if r.passed else f"[red]FAIL[/] ({r.worst})")
+        Console(width=160).print(table)
+        failed = failed or not report.passed
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
     c.set_defaults(func=cmd_compile)
 
-    c = sub.add_parser("gradcheck", help="check every grad, rop and lop of a model against finite differences")
-    c.add_argument("file")
+    c = sub.add_parser("gradcheck", help="check every grad, rop and lop of models against finite differences")
+    c.add_argument("file", nargs="+")
     c.add_argument("--fn", help="only the derivatives this fn uses")
     c.add_argument("--random", metavar="N=3,...", help="sizes of symbolic dims (default 3) and NAME=K "
                    "class counts for integer inputs")

@@ -32,6 +32,7 @@ class CheckRow:
 @dataclass
 class GradCheckReport:
     rows: list[CheckRow] = field(default_factory=list)
+    scale: float = 1.0  # the scale of the random float inputs the check used
 
     @property
     def passed(self) -> bool:
@@ -227,21 +228,34 @@ def check_model(program, fn_name: str | None = None, dims: dict[str, int] | None
         fn = program.functions[fn_name]
         used = graph.ancestors([v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates])
         derivs = [d for d in derivs if any(r.id in used for r in d.results)]
-    point: dict[int, np.ndarray] = {}
     env: dict[str, int] = {}
-    for name, decl in program.inputs.items():
-        t = decl.var.type
-        for s in t.symbols():
-            env.setdefault(s, dims.get(s, 3))
-        shape = tuple(Sym(d.names, d.coeff).resolve(env) if isinstance(d, Sym) else d for d in t.shape)
-        if t.dtype.kind == "f":
-            point[decl.var.id] = rng.standard_normal(shape).astype(t.dtype)
-        else:
-            point[decl.var.id] = rng.integers(0, dims.get(name, 2), size=shape).astype(t.dtype)
-    for name, decl in program.params.items():
-        point[decl.var.id] = model.params[name]
-    ev = Evaluator(graph, point, env)
+
+    def draw(scale: float) -> dict[int, np.ndarray]:
+        point: dict[int, np.ndarray] = {}
+        for name, decl in program.inputs.items():
+            t = decl.var.type
+            for s in t.symbols():
+                env.setdefault(s, dims.get(s, 3))
+            shape = tuple(Sym(d.names, d.coeff).resolve(env) if isinstance(d, Sym) else d for d in t.shape)
+            if t.dtype.kind == "f" and name not in dims:
+                point[decl.var.id] = (scale * rng.standard_normal(shape)).astype(t.dtype)
+            else:
+                point[decl.var.id] = rng.integers(0, dims.get(name, 2), size=shape).astype(t.dtype)
+        for name, decl in program.params.items():
+            point[decl.var.id] = model.params[name]
+        return point
+
+    # Finite differences mean nothing where the model's values are not finite (a saturated
+    # log(sigmoid), say): then draw the float inputs again, closer to zero.
+    targets = [v.id for d in derivs for v in d.ys + d.results]
+    for scale in (1.0, 0.1, 0.01):
+        point = draw(scale)
+        ev = Evaluator(graph, point, env)
+        with np.errstate(all="ignore"):
+            if all(np.all(np.isfinite(v)) for v in ev(targets)):
+                break
     report = GradCheckReport()
+    report.scale = scale
     for d in derivs:
         # Values the derivative is taken with respect to may be intermediate: fix them at
         # their computed values so they can be perturbed.

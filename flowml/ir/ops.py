@@ -76,11 +76,11 @@ def linear_in(*positions):
     """The JVP of an op that is linear in the operands at `positions` (all when none are given;
     the others — index arrays, shape witnesses — are kept): the op applied to the tangents."""
     def jvp(tangents, out, *operands, **attrs):
-        nonlocal positions
-        positions = positions or tuple(range(len(operands)))
-        if all(tangents[i] is None for i in positions):
+        # (a local: the number of operands differs between calls, e.g. of concatenate)
+        linear = positions or tuple(range(len(operands)))
+        if all(tangents[i] is None for i in linear):
             return None
-        args = [(tangents[i] if tangents[i] is not None else L.zeros_like(x)) if i in positions else x
+        args = [(tangents[i] if tangents[i] is not None else L.zeros_like(x)) if i in linear else x
                 for i, x in enumerate(operands)]
         return L.apply(out.op, args, **attrs)
     return jvp
