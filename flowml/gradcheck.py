@@ -76,7 +76,14 @@ def compare(label: str, analytic, numeric, abs_tol: float, rel_tol: float, names
     ok &= np.isfinite(a) == np.isfinite(n)
     if a.size == 0:
         return CheckRow(label, 0.0, 0.0, "", True)
-    k = int(np.argmax(np.where(ok, 0, 1) * 1e300 + np.minimum(abs_err, rel_err * 1e300)))
+    # The worst entry: a finite/non-finite mismatch (or NaN error), else the one furthest from
+    # passing (its error over the tolerance; > 1 exactly when the entry fails). Adding 1e300 to
+    # failing entries, as before, rounded their errors away and named the first failure.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        badness = np.minimum(abs_err / abs_tol if abs_tol else np.where(abs_err > 0, np.inf, 0.0),
+                             rel_err / rel_tol if rel_tol else np.where(rel_err > 0, np.inf, 0.0))
+    badness = np.where((np.isfinite(a) != np.isfinite(n)) | np.isnan(badness), np.inf, badness)
+    k = int(np.argmax(np.where(ok, np.minimum(badness, 1.0), badness)))
     where = names[k] if names is not None else f"entry {k}"
     worst = f"{where}: symbolic {a[k]:.6g}, numeric {n[k]:.6g}"
     return CheckRow(label, float(abs_err.max()), float(rel_err.max()), worst, bool(ok.all()))

@@ -37,8 +37,8 @@ from flowml.passes.rop import hessian, hessian_vector, jacobian, lop, rop
 from autodiff_helpers import (Case, add_input, assert_close, build, check_dot_product, check_grad, check_hvp,
                               check_jvp, check_lop, fd_jvp, node_count, values)
 
-SETTINGS = settings(max_examples=15, deadline=None)
-GRAPH_SETTINGS = settings(max_examples=20, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None)
+GRAPH_SETTINGS = settings(max_examples=25, deadline=None)
 
 small_shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
 nonempty_shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
@@ -345,7 +345,7 @@ def test_op_cases_cover_every_differentiable_primitive():
     once and collecting the ops it uses), so a new op can't slip through untested."""
     seen = set()
     for name, strategy in OP_CASES.items():
-        @settings(max_examples=3, deadline=None, database=None)
+        @settings(max_examples=10, deadline=None, database=None, derandomize=True)
         @given(strategy)
         def collect(case):
             graph, _, _, _ = build(case)
@@ -371,6 +371,58 @@ def test_op_jvp_matches_finite_differences(name, data):
 def test_op_dot_product(name, data):
     """⟨u, J·v⟩ = ⟨Jᵀ·u, v⟩: each op's JVP (rop) and VJP (lop) are transposes of each other."""
     check_dot_product(data.draw(OP_CASES[name]))
+
+
+def tied(shape):
+    """Values from {-1, 0, 1}: ties, and zeros at the kinks of relu and abs."""
+    return hnp.arrays(np.float64, shape, elements=st.sampled_from([-1.0, 0.0, 1.0]))
+
+
+def tied_pair_case(fn):
+    @st.composite
+    def draw_case(draw):
+        shapes = draw(two_shapes)
+        return Case(fn, [draw(tied(shapes.input_shapes[0])), draw(tied(shapes.input_shapes[1]))])
+    return draw_case()
+
+
+@st.composite
+def tied_clip_case(draw):
+    shapes = draw(three_shapes)
+    return Case(L.clip, [draw(tied(s)) for s in shapes.input_shapes])
+
+
+# At kinks and ties the derivative is a convention (ties split evenly, relu'(0) = 0, ...): no
+# finite difference applies, but forward and reverse mode must follow the same convention.
+KINK_CASES = {
+    "max_ties": reduction_case(L.max, tied),
+    "min_ties": reduction_case(L.min, tied),
+    "maximum_ties": tied_pair_case(L.maximum),
+    "minimum_ties": tied_pair_case(L.minimum),
+    "clip_at_bounds": tied_clip_case(),
+    "relu_at_0": unary_case(lambda v: L.relu(v), 0.0, 0.0),
+    "abs_at_0": unary_case(lambda v: L.abs(v) + L.relu(-v), 0.0, 0.0),
+    "mixed_at_0": reduction_case(lambda v, axis, keepdims: L.max(L.abs(v) * L.relu(v + 1), axis, keepdims), tied),
+}
+
+
+@pytest.mark.parametrize("name", list(KINK_CASES))
+@SETTINGS
+@given(data=st.data())
+def test_op_dot_product_at_kinks_and_ties(name, data):
+    check_dot_product(data.draw(KINK_CASES[name]))
+
+
+def test_jvp_of_max_splits_ties_like_the_vjp():
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (2, 3)))
+    v = L.input(g, "v", TensorType(np.dtype(np.float64), (2, 3)))
+    xv = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    vv = np.array([[5.0, 1.0, 2.0], [3.0, 6.0, 9.0]])
+    got_max, got_maximum = values(g, [rop(L.max(x, axis=1), x, v), rop(L.maximum(x, 2.0), x, v)],
+                                  {"x": xv, "v": vv})
+    np.testing.assert_allclose(got_max, [1.5, 6.0])
+    np.testing.assert_allclose(got_maximum, [[0, 1, 2], [1.5, 3, 4.5]])
 
 
 def test_cast_f32_to_f64_tangent_is_exact():
@@ -487,13 +539,24 @@ POOL = {
     "reshape": lambda a, b, k: _roundtrip_reshape(a, k),
 }
 
+def graph_inputs(shape):
+    """Values in [-1.5, 1.5]: exact zeros (prod's special case) or |v| >= 1e-3. Not tiny ones:
+    prod's derivative is y / x_i, and differentiating that again cancels catastrophically when
+    x_i is tiny next to the other entries (at prod([1e-71, 1]) the Hessian-vector product
+    loses v's second entry entirely; see test_prod_second_derivative_conditioning)."""
+    return hnp.arrays(np.float64, shape, elements=st.one_of(
+        st.just(0.0), st.floats(1e-3, 1.5), st.floats(-1.5, -1e-3)))
+
+
+BINARY_POOL = {"add", "sub", "mul", "div", "pow", "mean", "where", "ifelse", "concat_shift", "stack_sum"}
+
 
 @st.composite
-def random_graphs(draw, max_ops=8):
+def random_graphs(draw, max_ops=10):
     n_inputs = draw(st.integers(1, 3))
     shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=n_inputs, min_dims=0, max_dims=3,
                                                     min_side=1, max_side=3))
-    arrays = [draw(floats(s, -1.5, 1.5)) for s in shapes.input_shapes]
+    arrays = [draw(graph_inputs(s)) for s in shapes.input_shapes]
     program = draw(st.lists(st.tuples(st.sampled_from(sorted(POOL)), st.integers(0, 99), st.integers(0, 99),
                                       st.integers(0, 99)), min_size=1, max_size=max_ops))
     result_shape = shapes.result_shape
@@ -502,7 +565,7 @@ def random_graphs(draw, max_ops=8):
         pool, used = list(xs), set()
         for op, i, j, k in program:
             i, j = i % len(pool), j % len(pool)
-            used.update((i, j))
+            used.update((i, j) if op in BINARY_POOL else (i,))
             pool.append(POOL[op](pool[i], pool[j], k))
         out = None
         for n, v in enumerate(pool):
@@ -531,7 +594,7 @@ def test_random_graph_grad(case):
 
 
 @GRAPH_SETTINGS
-@given(case=random_graphs(max_ops=6))
+@given(case=random_graphs(max_ops=8))
 def test_random_graph_hessian_vector(case):
     check_hvp(case, rtol=1e-6, atol=1e-8)
 
@@ -540,3 +603,579 @@ def test_random_graph_hessian_vector(case):
 @given(case=random_graphs())
 def test_random_graph_dot_product(case):
     check_dot_product(case)
+
+
+# ----------------------------------------------------------------- higher derivatives
+
+
+def _sech2(x):
+    return 1 - np.tanh(x) ** 2
+
+
+def _sig(x):
+    return scipy.special.expit(x)
+
+
+# f, f', f'', f''' (closed forms)
+CLOSED_FORMS = {
+    "tanh": (L.tanh, lambda x: _sech2(x), lambda x: -2 * np.tanh(x) * _sech2(x),
+             # d/dx(-2 t s) = -2 s·s - 2 t·(-2 t s) = -2 s (s - 2 t²), s = sech² x, t = tanh x
+             lambda x: -2 * _sech2(x) * (_sech2(x) - 2 * np.tanh(x) ** 2)),
+    "sigmoid": (L.sigmoid, lambda x: _sig(x) * (1 - _sig(x)),
+                lambda x: _sig(x) * (1 - _sig(x)) * (1 - 2 * _sig(x)),
+                lambda x: _sig(x) * (1 - _sig(x)) * (1 - 6 * _sig(x) + 6 * _sig(x) ** 2)),
+    "exp*sin": (lambda v: L.exp(v) * L.sin(v), lambda x: np.exp(x) * (np.sin(x) + np.cos(x)),
+                lambda x: 2 * np.exp(x) * np.cos(x), lambda x: 2 * np.exp(x) * (np.cos(x) - np.sin(x))),
+    "x**4": (lambda v: v ** 4, lambda x: 4 * x ** 3, lambda x: 12 * x ** 2, lambda x: 24 * x),
+}
+
+
+def _derivatives(mode, f, x):
+    """f', f'', f''' of an elementwise f, elementwise (its Jacobians are diagonal, so a
+    derivative along ones, or of the sum, gives the diagonal), by a mix of modes."""
+    ones = 1.0
+    if mode == "reverse":  # grad of grad of grad
+        d1 = grad(L.sum(f(x)), x)[0]
+        d2 = grad(L.sum(d1), x)[0]
+        d3 = grad(L.sum(d2), x)[0]
+    elif mode == "forward":  # rop of rop of rop
+        d1 = rop(f(x), x, ones)
+        d2 = rop(d1, x, ones)
+        d3 = rop(d2, x, ones)
+    elif mode == "forward-over-reverse":
+        d1 = grad(L.sum(f(x)), x)[0]
+        d2 = rop(d1, x, ones)
+        d3 = rop(d2, x, ones)
+    elif mode == "reverse-over-forward":
+        d1 = rop(f(x), x, ones)
+        d2 = lop(d1, x, ones)
+        d3 = grad(L.sum(d2), x)[0]
+    else:  # hessian_vector of the first derivative's sum, then lop
+        d1 = lop(f(x), x, ones)
+        d2 = hessian_vector(L.sum(f(x)), x, ones)
+        d3 = hessian_vector(L.sum(d1), x, ones)
+    return d1, d2, d3
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward", "forward-over-reverse", "reverse-over-forward",
+                                  "hessian_vector"])
+@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+def test_second_and_third_derivatives_closed_forms(name, mode):
+    f, f1, f2, f3 = CLOSED_FORMS[name]
+    xv = np.linspace(-2.0, 2.0, 9).reshape(3, 3)
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (3, 3)))
+    ds = _derivatives(mode, f, x)
+    got = values(g, list(ds), {"x": xv})
+    for k, (d, want) in enumerate(zip(got, (f1(xv), f2(xv), f3(xv))), 1):
+        assert d.shape == xv.shape and d.dtype == np.float64
+        np.testing.assert_allclose(d, want, rtol=1e-11, atol=1e-12, err_msg=f"derivative {k} of {name} ({mode})")
+
+
+def test_third_derivative_against_finite_differences_of_the_second():
+    """Closed forms aside: d³/dx³ tanh equals the central difference of the symbolic d²/dx²."""
+    xv = np.linspace(-2.5, 2.5, 11)
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (11,)))
+    d1, d2, d3 = _derivatives("forward-over-reverse", L.tanh, x)
+    got = values(g, d3, {"x": xv})
+    want = fd_jvp(lambda fd: values(g, d2, fd), {"x": xv}, {"x": np.ones(11)})
+    assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_hessian_vector_of_prod_with_zeros(data):
+    """prod's derivative is special-cased where entries are 0; its Hessian (the derivative of
+    that rule) must still be right with one, two or more zeros in a reduced slice."""
+    case = data.draw(reduction_case(L.prod, lambda shape: hnp.arrays(
+        np.float64, shape, elements=st.one_of(st.just(0.0), st.just(0.0), st.floats(-2, 2)))))
+    check_hvp(case, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("x", [[0.0, 0.0, 2.0], [0.0, 1.5, -2.0], [0.0, 0.0], [1.0, -0.5, 2.0, 0.0]])
+def test_third_derivative_of_prod_with_up_to_two_zeros(x):
+    """d³ prod along (v, v, w), forward over forward over reverse, against finite differences of
+    the symbolic H·v (e.g. ∂³ x0·x1·x2 / ∂x0 ∂x1 ∂x2 = 1 at 0, 0, 2)."""
+    xv = np.array(x)
+    g = Graph()
+    xs = L.input(g, "x", TensorType(np.dtype(np.float64), xv.shape))
+    v = add_input(g, "v", xv)
+    w = add_input(g, "w", xv)
+    hv = hessian_vector(L.prod(xs), xs, v)
+    third = rop(hv, xs, w)
+    rng = np.random.default_rng(0)
+    vv, wv = rng.uniform(-1, 1, xv.shape), rng.uniform(-1, 1, xv.shape)
+    got = values(g, third, {"x": xv, "v": vv, "w": wv})
+    want = fd_jvp(lambda fd: values(g, hv, {**fd, "v": vv}), {"x": xv}, {"x": wv})
+    assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("small", [1e-3, 1e-6])
+def test_prod_second_derivative_conditioning(small):
+    """prod's Hessian-vector product, through the y / x_i rule, loses about log10(max|x| / |x_i|)
+    digits where an entry x_i is small (not zero) — fine down to ~1e-6 relative; the Hessian by
+    basis directions has no cancellation and stays exact even at 1e-71."""
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (3,)))
+    v = add_input(g, "v", np.zeros(3))
+    cost = L.prod(x)
+    hv = hessian_vector(cost, x, v)
+    xv, vv = np.array([small, 1.5, -2.0]), np.array([0.7, -0.3, 0.9])
+    H = np.array([[0, xv[2], xv[1]], [xv[2], 0, xv[0]], [xv[1], xv[0], 0]])
+    np.testing.assert_allclose(values(g, hv, {"x": xv, "v": vv}), H @ vv, rtol=1e-15 / small * 10, atol=0)
+    H_sym = hessian(cost, x)
+    tiny = np.array([1e-71, 1.5, -2.0])
+    H_tiny = np.array([[0, -2.0, 1.5], [-2.0, 0, 1e-71], [1.5, 1e-71, 0]])
+    np.testing.assert_allclose(values(g, H_sym, {"x": tiny}), H_tiny, rtol=1e-15)
+
+
+def _fd_jacobian(graph, y, name, x0, feed=None):
+    """d y / d x by 5-point differences along each basis direction: shape y.shape + x.shape."""
+    feed = {**(feed or {}), name: x0}
+    cols = []
+    for j in range(x0.size):
+        e = np.zeros(x0.size)
+        e[j] = 1
+        cols.append(fd_jvp(lambda fd: values(graph, y, fd), feed, {name: e.reshape(x0.shape)}))
+    y_shape = np.shape(cols[0])
+    return np.stack([c.reshape(-1) for c in cols], axis=1).reshape(y_shape + x0.shape)
+
+
+HESSIAN_CASES = {
+    "vector": ((4,), lambda x: L.sum(L.tanh(x @ np.linspace(-1, 1, 16).reshape(4, 4)) ** 2) + L.prod(x)
+               + L.logsumexp(x * x)),
+    "matrix": ((2, 3), lambda x: L.logsumexp(x @ np.linspace(-1, 1, 12).reshape(3, 4)) + L.sum(x ** 3)
+               + L.sum(L.softmax(x, axis=0) * np.arange(6.0).reshape(2, 3))),
+}
+
+
+@pytest.mark.parametrize("name", list(HESSIAN_CASES))
+def test_hessian_matches_finite_differences_of_the_gradient_and_is_symmetric(name):
+    shape, f = HESSIAN_CASES[name]
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), shape))
+    cost = f(x)
+    H = hessian(cost, x)
+    assert H.type.shape == shape + shape
+    (gx,) = grad(cost, x)
+    xv = np.random.default_rng(1).uniform(-1, 1, size=shape)
+    got = values(g, H, {"x": xv})
+    assert_close(got, _fd_jacobian(g, gx, "x", xv), rtol=1e-7, atol=1e-9)
+    size = int(np.prod(shape))
+    flat = got.reshape(size, size)
+    np.testing.assert_allclose(flat, flat.T, rtol=1e-12, atol=1e-13)
+    # hessian_vector is hessian @ v, without forming the Hessian
+    v_var = add_input(g, "v", xv)
+    hv = hessian_vector(cost, x, v_var)
+    v = np.random.default_rng(2).standard_normal(shape)
+    np.testing.assert_allclose(values(g, hv, {"x": xv, "v": v}).reshape(-1), flat @ v.reshape(-1),
+                               rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape,y_fn,path", [
+    ((2,), lambda x: L.tanh(np.linspace(-1, 1, 8).reshape(4, 2) @ x), "rop"),  # n = 2 <= m = 4: columns
+    ((5,), lambda x: L.sin(np.linspace(-1, 1, 10).reshape(2, 5) @ x), "lop"),  # n = 5 > m = 2: rows
+    ((3,), lambda x: L.softmax(x) * L.sum(x), "rop"),  # n = m
+    ((2, 2), lambda x: L.reshape(L.exp(x) @ x, (4, 1)) * np.array([1.0, 2.0, 3.0]), "rop"),  # y: [4, 3]
+    ((2, 3), lambda x: L.sum(L.tanh(x), axis=1), "lop"),
+])
+def test_jacobian_both_paths_match_finite_differences(monkeypatch, x_shape, y_fn, path):
+    calls = {"rop": 0, "lop": 0}
+    for kind in ("rop", "lop"):
+        original = getattr(rop_module, kind)
+
+        def counting(*args, _kind=kind, _original=original, **kwargs):
+            calls[_kind] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(rop_module, kind, counting)
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), x_shape))
+    y = y_fn(x)
+    J = jacobian(y, x)
+    assert J.type.shape == y.type.shape + x_shape
+    n, m = int(np.prod(x_shape)), int(np.prod(y.type.shape))
+    assert calls == ({"rop": n, "lop": 0} if path == "rop" else {"rop": 0, "lop": m}), calls
+    xv = np.random.default_rng(3).uniform(-1, 1, size=x_shape)
+    assert_close(values(g, J, {"x": xv}), _fd_jacobian(g, y, "x", xv), rtol=1e-8, atol=1e-10)
+
+
+# ----------------------------------------------------------------- stop_gradient and policies
+
+
+def _vec_graph(*names, shape=(3,), dtype=np.float64):
+    g = Graph()
+    return g, [L.input(g, n, TensorType(np.dtype(dtype), shape)) for n in names]
+
+
+def test_stop_gradient_as_the_only_path_gives_zero_without_error():
+    g, (x, v, u) = _vec_graph("x", "v", "u")
+    y = L.tanh(L.stop_gradient(L.exp(x))) * 2.0
+    cost = L.sum(y)
+    (gx,) = grad(cost, x)  # default policy "error": a deliberate cut is not an error
+    jv = rop(y, x, v)
+    jtu = lop(y, x, u)
+    hv = hessian_vector(cost, x, v)
+    feed = {"x": np.array([0.3, -1.0, 2.0]), "v": np.ones(3), "u": np.ones(3)}
+    for got in values(g, [gx, jv, jtu, hv], feed):
+        np.testing.assert_array_equal(got, np.zeros(3))
+
+
+def test_stop_gradient_in_a_mixed_path_only_the_other_path_counts():
+    g, (x, v, u) = _vec_graph("x", "v", "u")
+    y = L.stop_gradient(L.tanh(x)) * x + x ** 2  # d/dx as if tanh(x) were a constant
+    cost = L.sum(L.stop_gradient(x) * x)  # c * x with c = x: the gradient is x, not 2x
+    (gy,) = grad(L.sum(y), x)
+    (gc,) = grad(cost, x)
+    jv = rop(y, x, v)
+    jtu = lop(y, x, u)
+    hv = hessian_vector(L.sum(L.stop_gradient(x) * x ** 2), x, v)  # grad = 2 c x, H = 2c
+    xv, vv, uv = np.array([0.3, -1.0, 2.0]), np.array([1.0, 2.0, -0.5]), np.array([0.5, -1.0, 3.0])
+    got_gy, got_gc, got_jv, got_jtu, got_hv = values(g, [gy, gc, jv, jtu, hv], {"x": xv, "v": vv, "u": uv})
+    d = np.tanh(xv) + 2 * xv
+    np.testing.assert_allclose(got_gy, d, rtol=1e-14)
+    np.testing.assert_allclose(got_gc, xv, rtol=1e-14)
+    np.testing.assert_allclose(got_jv, d * vv, rtol=1e-14)
+    np.testing.assert_allclose(got_jtu, d * uv, rtol=1e-14)
+    np.testing.assert_allclose(got_hv, 2 * xv * vv, rtol=1e-14)
+
+
+def test_stop_gradient_in_the_language():
+    model = flowml.loads("input x : f64[3]\n"
+                         "c = stop_gradient(x)\n"
+                         "fn f(x) -> grad(sum(c * x), x), grad(sum(stop_gradient(x ** 2)), x)\n")
+    g1, g2 = model.f([1.0, -2.0, 0.5])
+    np.testing.assert_array_equal(g1, [1.0, -2.0, 0.5])
+    np.testing.assert_array_equal(g2, np.zeros(3))
+
+
+def _disconnected_setup():
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (3,)))
+    w = L.input(g, "w", TensorType(np.dtype(np.float32), (2, 2)))
+    y = L.tanh(x) * 2.0
+    return g, x, w, y
+
+
+@pytest.mark.parametrize("kind", ["grad", "rop", "lop"])
+def test_disconnected_policy_error_names_the_value(kind):
+    g, x, w, y = _disconnected_setup()
+    call = {"grad": lambda **kw: grad(L.sum(y), x, w, **kw),
+            "rop": lambda **kw: rop(y, [x, w], [np.ones(3), np.ones((2, 2), np.float32)], **kw),
+            "lop": lambda **kw: lop(y, [x, w], np.ones(3), **kw)}[kind]
+    subject = "the cost" if kind == "grad" else f"the output of {kind}"
+    with pytest.raises(FlowGradError, match=rf"{subject} does not depend on input 'w'.*disconnected=\"zero\""):
+        call()  # "error" is the default
+    with pytest.raises(FlowGradError, match="does not depend on input 'w'"):
+        call(disconnected="error")
+    with pytest.raises(FlowGradError, match="disconnected must be one of"):
+        call(disconnected="ignore")
+
+
+@pytest.mark.parametrize("kind", ["grad", "rop", "lop"])
+def test_disconnected_policy_zero(kind):
+    g, x, w, y = _disconnected_setup()
+    xv = np.array([0.3, -1.0, 2.0])
+    d = 2 * (1 - np.tanh(xv) ** 2)
+    if kind == "rop":
+        # nothing depends on w: J·v is only x's part
+        out = rop(y, [x, w], [np.full(3, 0.5), np.ones((2, 2), np.float32)], disconnected="zero")
+        np.testing.assert_allclose(values(g, out, {"x": xv}), 0.5 * d, rtol=1e-14)
+        (alone,) = rop([y], [w], [np.ones((2, 2), np.float32)], disconnected="zero")
+        assert alone.type.shape == (3,) and alone.dtype == np.float64
+        np.testing.assert_array_equal(values(g, alone, {"x": xv}), np.zeros(3))
+        return
+    if kind == "grad":
+        gx, gw = grad(L.sum(y), x, w, disconnected="zero")
+    else:
+        gx, gw = lop(y, [x, w], np.ones(3), disconnected="zero")
+    assert gw.type.shape == (2, 2) and gw.dtype == np.float32
+    got_x, got_w = values(g, [gx, gw], {"x": xv, "w": np.ones((2, 2), np.float32)})
+    np.testing.assert_allclose(got_x, d, rtol=1e-14)
+    assert got_w.dtype == np.float32
+    np.testing.assert_array_equal(got_w, np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("kind", ["grad", "rop", "lop", "hessian_vector"])
+def test_integer_wrt_is_an_error(kind):
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (3,)))
+    i = L.input(g, "i", TensorType(np.dtype(np.int64), (3,)))
+    y = x * i
+    call = {"grad": lambda: grad(L.sum(y), i),
+            "rop": lambda: rop(y, i, np.ones(3, np.int64)),
+            "lop": lambda: lop(y, [x, i], np.ones(3)),
+            "hessian_vector": lambda: hessian_vector(L.sum(y), i, np.ones(3, np.int64))}[kind]
+    with pytest.raises(FlowGradError, match="with respect to input 'i' of type i64\\[3\\].*only float values"):
+        call()
+    with pytest.raises(FlowGradError, match="input 'i'"):
+        call_zero = {"grad": lambda: grad(L.sum(y), i, disconnected="zero"),
+                     "rop": lambda: rop(y, i, np.ones(3, np.int64), disconnected="zero"),
+                     "lop": lambda: lop(y, [x, i], np.ones(3), disconnected="zero"),
+                     "hessian_vector": lambda: hessian_vector(L.sum(y), i, np.ones(3, np.int64))}[kind]
+        call_zero()  # "zero" is about disconnection: an integer is still an error
+
+
+@pytest.mark.parametrize("kind", ["grad", "rop", "lop"])
+def test_gradient_through_argmax_only_is_a_located_error(kind):
+    g = Graph()
+    x = L.input(g, "x", TensorType(np.dtype(np.float64), (2, 3)))
+    am = L.argmax(x, axis=1); line = sys._getframe().f_lineno  # noqa: E702 - the same line
+    y = L.cast(am, "f64") * 2.0
+    call = {"grad": lambda **kw: grad(L.sum(y), x, **kw),
+            "rop": lambda **kw: rop(y, x, np.ones((2, 3)), **kw),
+            "lop": lambda **kw: lop(y, x, np.ones(2), **kw)}[kind]
+    with pytest.raises(FlowGradError) as info:
+        call()
+    message = str(info.value)
+    assert f"depends on input 'x' only through argmax ({__file__}:{line}:1), which has no derivative" in message
+    assert info.value.loc is not None and info.value.loc.file == __file__  # the error itself is located
+    out = call(disconnected="zero")
+    np.testing.assert_array_equal(values(g, out[0] if isinstance(out, list) else out,
+                                         {"x": np.ones((2, 3))}), 0)
+
+
+def test_gradient_through_argmax_only_is_a_located_error_in_the_language():
+    src = ("input x : f64[2, 3]\n"
+           "k = argmax(x, axis=1)\n"
+           "cost = sum(k * 1.0)\n"
+           "fn f(x) -> grad(cost, x)\n")
+    with pytest.raises(FlowGradError) as info:
+        flowml.loads(src, file="m.flow")
+    message = str(info.value)
+    assert "only through argmax (m.flow:2:" in message, message
+    assert info.value.loc is not None and info.value.loc.file == "m.flow" and info.value.loc.line == 4
+
+
+# ----------------------------------------------------------------- scale
+#
+# Derivative graphs must grow linearly with the forward graph: one VJP / JVP per node. The
+# counts are printed (run with -s); the asserts are on node counts, not timings.
+
+
+def _derivative_sizes(build_forward, label):
+    """{mode: total nodes / forward nodes} for grad, rop and lop, each on a fresh forward graph."""
+    sizes = {}
+    for mode in ("grad", "rop", "lop"):
+        g, xs, y, cost = build_forward()
+        forward = node_count(g)
+        if mode == "grad":
+            out = grad(cost, *xs)
+        elif mode == "rop":
+            out = rop(y, xs, [add_input(g, f"v{i}", x) for i, x in enumerate(xs)])
+        else:
+            out = lop(y, xs, add_input(g, "u", y))
+        total = node_count(g)
+        sizes[mode] = (g, total, out)
+        print(f"\n{label}: forward {forward} nodes; with {mode}: {total} nodes ({total / forward:.2f}x)")
+        assert total <= 10 * forward, (mode, forward, total)
+    return sizes
+
+
+def test_derivative_graphs_of_a_1000_layer_chain_are_linear():
+    layers = 1000
+
+    def build_forward():
+        g = Graph()
+        x = L.input(g, "x", TensorType(np.dtype(np.float64), (3,)))
+        h = x
+        for k in range(layers):
+            h = L.tanh(h) * 1.01 if k % 2 else L.sin(h) + 0.1
+        return g, [x], h, L.sum(h)
+
+    sizes = _derivative_sizes(build_forward, f"{layers}-layer chain")
+    # the derivative values are right too (the chain rule, unrolled in numpy)
+    xv = np.array([0.3, -0.8, 1.5])
+    d, hv = np.ones(3), xv.copy()
+    for k in range(layers):
+        if k % 2:
+            d, hv = d * (1 - np.tanh(hv) ** 2) * 1.01, np.tanh(hv) * 1.01
+        else:
+            d, hv = d * np.cos(hv), np.sin(hv) + 0.1
+    g, _, (gx,) = sizes["grad"]
+    np.testing.assert_allclose(values(g, gx, {"x": xv}), d, rtol=1e-9)
+    g, _, jv = sizes["rop"]
+    np.testing.assert_allclose(values(g, jv, {"x": xv, "v0": np.array([1.0, -2.0, 0.5])}),
+                               d * [1.0, -2.0, 0.5], rtol=1e-9)
+    g, _, (jtu,) = sizes["lop"]
+    np.testing.assert_allclose(values(g, jtu, {"x": xv, "u": np.array([2.0, 1.0, -1.0])}),
+                               d * [2.0, 1.0, -1.0], rtol=1e-9)
+
+
+def test_derivative_graphs_of_a_100_layer_mlp_are_linear():
+    layers, width, batch = 100, 8, 4
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((width, width)) / np.sqrt(width) for _ in range(layers)]
+    bs = [0.1 * rng.standard_normal(width) for _ in range(layers)]
+
+    def build_forward():
+        g = Graph()
+        x = L.input(g, "x", TensorType(np.dtype(np.float64), (batch, width)))
+        params = []
+        h = x
+        for k in range(layers):
+            W = L.input(g, f"W{k}", TensorType(np.dtype(np.float64), (width, width)))
+            b = L.input(g, f"b{k}", TensorType(np.dtype(np.float64), (width,)))
+            params += [W, b]
+            h = L.tanh(h @ W + b)
+        return g, params, h, L.mean(h * h)
+
+    sizes = _derivative_sizes(build_forward, f"{layers}-layer MLP (width {width})")
+    xv = rng.standard_normal((batch, width))
+    feed = {"x": xv, **{f"W{k}": W for k, W in enumerate(Ws)}, **{f"b{k}": b for k, b in enumerate(bs)}}
+    # spot-check the first layer's weight gradient along a random direction
+    g, _, grads = sizes["grad"]
+    gW0, gb99 = values(g, [grads[0], grads[-1]], feed)
+    d = rng.standard_normal((width, width))
+    num = float(fd_jvp(_mlp_cost(layers), feed, {"W0": d}))
+    assert abs(float(np.sum(gW0 * d)) - num) <= 1e-7 * max(1.0, abs(num))
+    d = rng.standard_normal(width)
+    num = float(fd_jvp(_mlp_cost(layers), feed, {f"b{layers - 1}": d}))
+    assert abs(float(np.sum(gb99 * d)) - num) <= 1e-7 * max(1.0, abs(num))
+
+
+def _mlp_cost(layers):
+    def cost(fd):
+        h = fd["x"]
+        for k in range(layers):
+            h = np.tanh(h @ fd[f"W{k}"] + fd[f"b{k}"])
+        return np.mean(h * h)
+    return cost
+
+
+def test_hessian_vector_of_a_784_500_10_mlp_builds_fast_and_is_right():
+    """The issue's case: H·v of a tanh MLP's softmax cross-entropy with respect to W1
+    (f64[784, 500]). Building it must be quick (the goal is well under 0.1 s; the assert allows
+    1 s for noisy machines); evaluated at N = 4 it matches a finite difference of the gradient."""
+    g = Graph()
+    f64 = np.dtype(np.float64)
+    N = Sym(("N",))
+    x = L.input(g, "x", TensorType(f64, (N, 784)))
+    y = L.input(g, "y", TensorType(np.dtype(np.int64), (N,)))
+    W1 = L.param(g, "W1", TensorType(f64, (784, 500)))
+    b1 = L.param(g, "b1", TensorType(f64, (500,)))
+    W2 = L.param(g, "W2", TensorType(f64, (500, 10)))
+    b2 = L.param(g, "b2", TensorType(f64, (10,)))
+    v = L.input(g, "v", TensorType(f64, (784, 500)))
+    logits = L.tanh(x @ W1 + b1) @ W2 + b2
+    loss = -L.mean(L.log_softmax(logits)[L.arange(g, N), y])
+    forward = node_count(g)
+    start = time.perf_counter()
+    hv = hessian_vector(loss, W1, v)
+    elapsed = time.perf_counter() - start
+    print(f"\nHVP of the 784-500-10 MLP w.r.t. W1: built in {elapsed * 1e3:.1f} ms; "
+          f"{forward} forward nodes, {node_count(g)} with the HVP")
+    assert elapsed < 1.0
+    assert hv.type.shape == (784, 500) and hv.dtype == f64
+    assert node_count(g) <= 15 * forward
+
+    (gW1,) = grad(loss, W1)
+    rng = np.random.default_rng(0)
+    n = 4
+    params = {"W1": rng.standard_normal((784, 500)) * 0.05, "b1": rng.standard_normal(500) * 0.1,
+              "W2": rng.standard_normal((500, 10)) * 0.1, "b2": rng.standard_normal(10) * 0.1}
+    feed = {"x": rng.standard_normal((n, 784)), "y": rng.integers(0, 10, size=n),
+            "v": rng.standard_normal((784, 500))}
+    got = values(g, hv, feed, env={"N": n}, params=params)
+
+    def gradient_at(fd):
+        return values(g, gW1, feed, env={"N": n}, params={**params, "W1": fd["W1"]})
+    # (a small step: v moves each hidden pre-activation by ~28 h)
+    want = fd_jvp(gradient_at, {"W1": params["W1"]}, {"W1": feed["v"]}, h=1e-4)
+    assert_close(got, want, rtol=1e-6, atol=1e-8, what="H·v")
+    assert np.max(np.abs(got)) > 1e-3  # not trivially zero
+
+
+# ----------------------------------------------------------------- verify_grad and gradcheck
+
+
+def test_verify_grad_passes_on_a_python_function():
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((2, 3)), rng.standard_normal((3, 4))
+    report = flowml.verify_grad(lambda a, b: L.log_softmax(L.tanh(a @ b) * L.sum(a), axis=0), [A, B], rng=1)
+    assert report.passed
+    assert len(report.rows) == 4  # two projections, two arguments
+    assert report.max_rel < 1e-5
+    assert "pass" in str(report) and "FAIL" not in str(report)
+
+
+def test_verify_grad_catches_a_gradient_cut_by_stop_gradient():
+    """x · stop_gradient(x) has the symbolic gradient x, but its value x² changes at 2x."""
+    x = np.array([0.5, -1.0, 2.0])
+    with pytest.raises(flowml.GradientMismatch) as info:
+        flowml.verify_grad(lambda v: v * L.stop_gradient(v), [x], rng=0)
+    report = info.value.report
+    assert not report.passed and all(not r.passed for r in report.rows)
+    assert "FAIL (worst: entry [" in str(info.value)
+    report = flowml.verify_grad(lambda v: v * L.stop_gradient(v), [x], rng=0, raise_error=False)
+    assert not report.passed
+
+
+def test_verify_grad_names_the_worst_entry(monkeypatch):
+    """A VJP made wrong in a context (monkeypatched): off by 0.1% at entry [0, 0] and by a factor
+    3 at entry [1, 2]. Both fail; the report names [1, 2], the worst."""
+    wrong = np.ones((2, 3))
+    wrong[0, 0] = 1.001
+    wrong[1, 2] = 3.0
+
+    def wrong_vjp(g, out, x):
+        return [lambda: g * (1 - out * out) * wrong]
+    monkeypatch.setattr(P.tanh, "_vjp", wrong_vjp)
+    x = np.array([[0.1, 0.2, 0.3], [-0.4, 0.5, -0.6]])
+    with pytest.raises(flowml.GradientMismatch) as info:
+        flowml.verify_grad(L.tanh, [x], n_tests=1, rng=0)
+    (row,) = info.value.report.rows
+    assert not row.passed
+    assert row.worst.startswith("entry [1, 2]:"), row.worst
+    assert "worst: entry [1, 2]" in str(info.value)
+    monkeypatch.undo()
+    assert flowml.verify_grad(L.tanh, [x], n_tests=1, rng=0).passed
+
+
+def test_verify_grad_on_flow_source_with_a_point_dict():
+    src = ("input x : f64[3]\n"
+           "input w : f64[3, 2]\n"
+           "input k : i64[3]\n"
+           "param b : f64[2] = zeros\n"
+           "fn f(x, w, k) -> sum(tanh(x @ w + b) ** 2) + sum(x[k] * x)\n")
+    rng = np.random.default_rng(0)
+    point = {"x": rng.standard_normal(3), "w": rng.standard_normal((3, 2)), "k": np.array([2, 0, 2]),
+             "b": np.array([0.1, -0.2])}
+    report = flowml.verify_grad(src, point, rng=0)
+    assert report.passed
+    labels = " ".join(r.expression for r in report.rows)
+    assert "d/d x" in labels and "d/d w" in labels and "d/d b" in labels and "d/d k" not in labels
+    # and a wrong derivative in the source is caught
+    bad = src.replace("sum(x[k] * x)", "sum(x[k] * stop_gradient(x))")
+    with pytest.raises(flowml.GradientMismatch, match="d/d x"):
+        flowml.verify_grad(bad, point, rng=0)
+
+
+GRADCHECK_MODEL = """\
+input x : f64[N, 3]
+input y : i64[N]
+input v : f64[3, 2]
+param W : f64[3, 2] = normal(0, 0.5)
+param b : f64[2] = zeros
+logits = tanh(x @ W + b)
+loss   = -mean(log_softmax(logits)[arange(N), y])
+gW, gb = grad(loss, W, b)
+Jv     = rop(logits, W, v)
+uJ     = lop(logits, W, logits * 2.0)
+fn f(x, y, v) -> loss, gW, gb, Jv, uJ
+"""
+
+
+def test_gradcheck_cli_checks_grad_rop_and_lop(tmp_path):
+    path = tmp_path / "model.flow"
+    path.write_text(GRADCHECK_MODEL)
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "flowml.cli", "gradcheck", str(path), "--random", "N=4"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "(" in line and ("pass" in line or "FAIL" in line)]
+    expected = ["grad(loss, W, b)", "d/d W", "d/d b", "rop(logits, W, v)", "lop(logits, W, logits * 2.0)"]
+    for text in expected:
+        assert any(text in line and "pass" in line for line in rows), (text, proc.stdout)
+    assert len(rows) == 4, proc.stdout  # grad by W, grad by b, rop, lop
+    assert "FAIL" not in proc.stdout

@@ -394,12 +394,17 @@ def _extreme_jvp(tangents, y, x, axis, keepdims):
 
 def _prod_others(y, x, axis, keepdims):
     # d prod / d x_i = product of the others. Dividing y by x_i fails at zeros, so where x_i == 0
-    # use the product of the nonzero entries when x_i is the only zero (0 otherwise).
+    # use the product of the nonzero entries when x_i is the only zero; with two zeros, that
+    # product times the other zero entry (0, but its derivative — a second derivative of prod —
+    # is not); with more, 0 (exact up to second derivatives).
     is_zero = x == 0
     nonzero = L.where(is_zero, 1, x)
     prod_nonzero = L.prod(nonzero, axis=axis, keepdims=True)
     zeros = L.sum(L.cast(is_zero, x.type.dtype), axis=axis, keepdims=True)
-    return L.where(is_zero, L.where(zeros == 1, prod_nonzero, 0), _keep(y, x, axis, keepdims) / nonzero)
+    zero_part = L.where(is_zero, x, 0)
+    other_zero = L.sum(zero_part, axis=axis, keepdims=True) - zero_part
+    at_zeros = L.where(zeros == 1, prod_nonzero, L.where(zeros == 2, prod_nonzero * other_zero, 0))
+    return L.where(is_zero, at_zeros, _keep(y, x, axis, keepdims) / nonzero)
 
 
 def _prod_vjp(g, y, x, axis, keepdims):
