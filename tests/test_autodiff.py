@@ -277,6 +277,24 @@ def index_add_case(draw):
 
 
 @st.composite
+def concat_part_case(draw):
+    """concat_part, made as the VJP (lop) of a concatenation: one part of the cotangent g, linear
+    in g (the concatenated values only give the parts' sizes)."""
+    shape = draw(nonempty_shapes)
+    axis = draw(st.integers(0, len(shape) - 1))
+    sizes = [draw(st.integers(1, 3)) for _ in range(3)]
+    parts = [draw(floats(shape[:axis] + (n,) + shape[axis + 1:])) for n in sizes]
+    k = draw(st.integers(0, 2))
+    g = draw(floats(shape[:axis] + (sum(sizes),) + shape[axis + 1:]))
+
+    def fn(gv, *xs):
+        out = lop(L.concatenate(list(xs), axis=axis), list(xs), gv)[k]
+        assert out.op is P.concat_part
+        return out * 1.0
+    return Case(fn, [g] + parts)
+
+
+@st.composite
 def clip_case(draw):
     shapes = draw(three_shapes)
     x = draw(grid(shapes.input_shapes[0], 0.0))
@@ -337,6 +355,7 @@ OP_CASES = {
     "slicing": slicing_case(),
     "integer_array_indexing": gather_case(),
     "index_add": index_add_case(),
+    "concat_part": concat_part_case(),
 }
 
 
@@ -352,9 +371,8 @@ def test_op_cases_cover_every_differentiable_primitive():
             seen.update(graph.op(n).name for n in graph.nodes())
         collect()
     differentiable = {name for name, op in P.OPS.items() if op.has_vjp or getattr(op, "stops_gradient", False)}
-    # concat_part (the VJP of concatenate) is checked by the dot-product test of concatenate;
     # zeros_like has a zero derivative; stop_gradient has its own tests below.
-    missing = differentiable - seen - {"concat_part", "zeros_like", "stop_gradient"}
+    missing = differentiable - seen - {"zeros_like", "stop_gradient"}
     assert not missing, f"ops without a JVP test: {sorted(missing)}"
 
 
@@ -902,18 +920,14 @@ def test_integer_wrt_is_an_error(kind):
     x = L.input(g, "x", TensorType(np.dtype(np.float64), (3,)))
     i = L.input(g, "i", TensorType(np.dtype(np.int64), (3,)))
     y = x * i
-    call = {"grad": lambda: grad(L.sum(y), i),
-            "rop": lambda: rop(y, i, np.ones(3, np.int64)),
-            "lop": lambda: lop(y, [x, i], np.ones(3)),
-            "hessian_vector": lambda: hessian_vector(L.sum(y), i, np.ones(3, np.int64))}[kind]
+    call = {"grad": lambda **kw: grad(L.sum(y), i, **kw),
+            "rop": lambda **kw: rop(y, i, np.ones(3, np.int64), **kw),
+            "lop": lambda **kw: lop(y, [x, i], np.ones(3), **kw),
+            "hessian_vector": lambda **kw: hessian_vector(L.sum(y), i, np.ones(3, np.int64))}[kind]
     with pytest.raises(FlowGradError, match="with respect to input 'i' of type i64\\[3\\].*only float values"):
         call()
     with pytest.raises(FlowGradError, match="input 'i'"):
-        call_zero = {"grad": lambda: grad(L.sum(y), i, disconnected="zero"),
-                     "rop": lambda: rop(y, i, np.ones(3, np.int64), disconnected="zero"),
-                     "lop": lambda: lop(y, [x, i], np.ones(3), disconnected="zero"),
-                     "hessian_vector": lambda: hessian_vector(L.sum(y), i, np.ones(3, np.int64))}[kind]
-        call_zero()  # "zero" is about disconnection: an integer is still an error
+        call(disconnected="zero")  # "zero" is about disconnection: an integer is still an error
 
 
 @pytest.mark.parametrize("kind", ["grad", "rop", "lop"])
