@@ -132,6 +132,17 @@ def node_count(var) -> int:
 
 
 @st.composite
+def axis_args(draw, ndim):
+    """axis: None, an int (maybe negative) or a tuple of distinct axes (maybe negative)."""
+    kind = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none", "tuple"]))
+    if kind == "none":
+        return None
+    if kind == "int":
+        return draw(st.integers(-ndim, ndim - 1))
+    return draw(hnp.valid_tuple_axes(ndim))
+
+
+@st.composite
 def matmul_shapes(draw, max_batch_dims=2, max_side=4):
     """Operand shapes for matmul: 1-D or matrices, with batch dims that broadcast."""
     n, k, m = (draw(st.integers(1, max_side)) for _ in range(3))

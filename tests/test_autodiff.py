@@ -36,6 +36,7 @@ from flowml.passes.grad import grad
 from flowml.passes.rop import hessian, hessian_vector, jacobian, lop, rop
 from autodiff_helpers import (Case, add_input, assert_close, build, check_dot_product, check_grad, check_hvp,
                               check_jvp, check_lop, fd_jvp, node_count, values)
+from helpers import axis_args, matmul_shapes
 
 SETTINGS = settings(max_examples=25, deadline=None)
 GRAPH_SETTINGS = settings(max_examples=25, deadline=None)
@@ -66,28 +67,6 @@ def distinct(shape):
     size = int(np.prod(shape))
     return st.permutations(range(-size, size, 2)).map(
         lambda p: np.asarray(p[:size], dtype=np.float64).reshape(shape) * 0.1 + 0.03)
-
-
-@st.composite
-def axis_args(draw, ndim):
-    kind = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none", "tuple"]))
-    if kind == "none":
-        return None
-    if kind == "int":
-        return draw(st.integers(-ndim, ndim - 1))
-    return draw(hnp.valid_tuple_axes(ndim))
-
-
-@st.composite
-def matmul_shapes(draw, max_batch_dims=2, max_side=3):
-    """Operand shapes for matmul: 1-D, 2-D or batched (batch dims broadcasting)."""
-    n, k, m = (draw(st.integers(1, max_side)) for _ in range(3))
-    batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=max_batch_dims,
-                                                   min_side=1, max_side=3))
-    a_vec, b_vec = draw(st.booleans()), draw(st.booleans())
-    a = (k,) if a_vec else batch.input_shapes[0] + (n, k)
-    b = (k,) if b_vec else batch.input_shapes[1] + (k, m)
-    return a, b
 
 
 # ----------------------------------------------------------------- op cases
@@ -187,7 +166,7 @@ def softmax_case(fn):
 
 @st.composite
 def matmul_case(draw):
-    sa, sb = draw(matmul_shapes())
+    sa, sb = draw(matmul_shapes(max_side=3))
     return Case(L.matmul, [draw(floats(sa)), draw(floats(sb))], label=f"{sa} @ {sb}")
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import flowml
 from flowml.errors import FlowGradError
 from flowml.ir import ops as P
-from helpers import build, check_grad, matmul_shapes, node_count, numeric_grad, projection
+from helpers import axis_args, build, check_grad, matmul_shapes, node_count, numeric_grad, projection
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -225,16 +225,6 @@ def test_cast_vjp_dtypes():
 
 
 # ----------------------------------------------------------------- reductions
-
-
-@st.composite
-def axis_args(draw, ndim):
-    kind = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none", "tuple"]))
-    if kind == "none":
-        return None
-    if kind == "int":
-        return draw(st.integers(-ndim, ndim - 1))
-    return draw(hnp.valid_tuple_axes(ndim))
 
 
 REDUCTIONS = {"sum": flowml.sum, "mean": flowml.mean, "max": flowml.max, "min": flowml.min,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import flowml
 from flowml.errors import FlowError, FlowTypeError
 from flowml.ir import lib as L
-from helpers import ALL_DTYPES, FLOAT_DTYPES, NUMERIC_DTYPES, assert_same, check, matmul_shapes, run
+from helpers import ALL_DTYPES, FLOAT_DTYPES, NUMERIC_DTYPES, assert_same, axis_args, check, matmul_shapes, run
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -369,17 +369,6 @@ def test_clip_matches_numpy(data, shapes, dt):
 
 
 # ----------------------------------------------------------------- reductions
-
-
-@st.composite
-def axis_args(draw, ndim):
-    """axis: None, an int (maybe negative) or a tuple of distinct axes (maybe negative)."""
-    kind = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none", "tuple"]))
-    if kind == "none":
-        return None
-    if kind == "int":
-        return draw(st.integers(-ndim, ndim - 1))
-    return draw(hnp.valid_tuple_axes(ndim))
 
 
 def _logsumexp_ref(x, axis=None, keepdims=False):
