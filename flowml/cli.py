@@ -42,17 +42,50 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from .ir.dump import dump_function, to_dot
+    from .passes.pipeline import check_phase, optimize
     from .program import check_function
+    check_phase(args.after)
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
+    dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
+    texts = []
     for fn in fns:
         check_function(program, fn)
-    if args.emit == "ir":
-        text = "\n\n".join(dump_function(program, fn) for fn in fns)
-    else:
-        text = "\n".join(to_dot(program, fn) for fn in fns)
-    _write(text, args.output)
+        opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
+                       level=args.O, after=args.after)
+        if args.emit == "ir":
+            text = dump_function(program, fn, opt.graph, opt.outputs, opt.updates)
+        else:
+            text = to_dot(program, fn, opt.graph, opt.outputs, opt.updates)
+        if args.stats:
+            text += "\n" + format_stats(program, fn, opt, dims)
+        texts.append(text)
+    _write(("\n\n" if args.emit == "ir" else "\n").join(texts), args.output)
     return 0
+
+
+DEFAULT_STATS_DIM = 1000
+
+
+def format_stats(program, fn, opt, dims: dict[str, int]) -> str:
+    """`--stats`: rule counts by phase, kernels, and the memory plan's peak bytes."""
+    lines = [f"# stats for fn {fn.name} (after {opt.phase})"]
+    width = max((len(k) for k in opt.stats), default=0)
+    for key, count in opt.stats.items():
+        lines.append(f"#   {key:<{width}}  {count}")
+    lines.append(f"#   kernels: {opt.kernels()} ({opt.fused_kernels()} fused)")
+    if opt.plan is not None:
+        symbols = sorted({s for n in opt.graph.nodes() for s in opt.graph.type(n).symbols() if s.isidentifier()})
+        env = {s: dims.get(s, DEFAULT_STATS_DIM) for s in symbols}
+        try:
+            before, after = opt.plan.bytes_before(opt.graph, env), opt.plan.bytes_after(env)
+        except KeyError:  # a derived dim (N-1) is known only at run time
+            lines.append("#   peak bytes: depend on dims known only at run time")
+        else:
+            binding = ", ".join(f"{k}={v}" for k, v in env.items()) or "no symbolic dims"
+            lines.append(f"#   intermediate bytes ({binding}): {before:,} unplanned, {after:,} planned "
+                         f"({len(opt.plan.buffers)} buffers, {len(opt.plan.inplace)} in-place updates)")
+    return "\n".join(lines)
 
 
 def _select_functions(program, name):
@@ -79,7 +112,7 @@ def _write(text: str, output: str | None) -> None:
         print(text)
 
 
-def parse_random_spec(spec: str | None) -> dict[str, int]:
+def parse_random_spec(spec: str | None, option: str = "--random") -> dict[str, int]:
     """`N=400,y=2` → {"N": 400, "y": 2}: dim sizes, and class counts for named inputs."""
     out: dict[str, int] = {}
     if not spec:
@@ -90,7 +123,7 @@ def parse_random_spec(spec: str | None) -> dict[str, int]:
             continue
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or not value.strip().isdigit():
-            raise UsageError(f"--random expects NAME=INT pairs (sizes of 0 or more) like N=400,y=2, "
+            raise UsageError(f"{option} expects NAME=INT pairs (sizes of 0 or more) like N=400,y=2, "
                              f"not {part!r}")
         out[name.strip()] = int(value)
     return out
@@ -242,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", choices=["ir", "dot"], default="ir", help="what to print (default: ir)")
     c.add_argument("--fn", help="only this function (default: all)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
+    c.add_argument("--after", metavar="PHASE", help="show the graph after this optimizer phase "
+                   "(canonicalize, stabilize, specialize, fuse, memory; default: all)")
+    c.add_argument("--stats", action="store_true", help="how often each rewrite rule fired, kernels, "
+                   "and the memory plan's bytes")
+    c.add_argument("-O", type=int, default=1, choices=[0, 1], help="-O0: no optimization (the graph "
+                   "as built); -O1: all phases (default)")
+    c.add_argument("--dims", metavar="N=400,...", help=f"sizes of symbolic dims for --stats' byte counts "
+                   f"(default {DEFAULT_STATS_DIM})")
     c.set_defaults(func=cmd_compile)
 
     c = sub.add_parser("gradcheck", help="check every grad, rop and lop of models against finite differences")

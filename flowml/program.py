@@ -222,9 +222,19 @@ class Function:
         self.input_names = list(decl.inputs)
         self.output_names = [n for n, _ in decl.outputs]
         self.single_output: bool | None = None  # False: always return a tuple (outputs given as a list)
-        graph = model.program.graph
-        self._executable = model.backend.compile(
-            graph, [v.id for _, v in decl.outputs], [(u.param, u.value.id) for u in decl.updates])
+        self.compiled = self.optimized()
+        self._executable = model.backend.compile(self.compiled.graph, self.compiled.outputs,
+                                                 self.compiled.updates, plan=self.compiled.plan)
+
+    def optimized(self, after: str | None = None, level: int | None = None):
+        """This function through the optimizer's phases up to `after` (all by default) at
+        `level` (the model's by default; 0 = as built): an `Optimized` (graph, stats, plan)."""
+        from .passes.pipeline import optimize
+        level = self.model.opt_level if level is None else level
+        if after is None and level == self.model.opt_level and getattr(self, "compiled", None) is not None:
+            return self.compiled
+        return optimize(self.model.program.graph, [v.id for _, v in self.decl.outputs],
+                        [(u.param, u.value.id) for u in self.decl.updates], level=level, after=after)
 
     @property
     def signature(self) -> str:
@@ -238,9 +248,19 @@ class Function:
     def __repr__(self) -> str:
         return f"<flowml function {self.signature}>"
 
-    def ir(self) -> str:
+    def ir(self, after: str | None = None, level: int | None = None) -> str:
+        """The function's IR as SSA text: optimized (through phase `after`, default all) at
+        `level` (the model's; 0 shows the graph as built)."""
         from .ir.dump import dump_function
-        return dump_function(self.model.program, self.decl)
+        opt = self.optimized(after, level)
+        return dump_function(self.model.program, self.decl, opt.graph, opt.outputs, opt.updates)
+
+    def stats(self, after: str | None = None, level: int | None = None) -> dict[str, int]:
+        """How often each rewrite rule fired (keys "phase: rule"), kernels, buffers."""
+        opt = self.optimized(after, level)
+        out = dict(opt.stats)
+        out["kernels"] = opt.kernels()
+        return out
 
     def dot(self) -> str:
         from .ir.dump import to_dot
@@ -286,8 +306,10 @@ class Function:
 class Model:
     """A program compiled for a backend: its functions are attributes; `params` holds state."""
 
-    def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None):
+    def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None,
+                 opt_level: int = 1):
         self.program = program
+        self.opt_level = opt_level
         self.backend = get_backend(backend) if not hasattr(backend, "compile") else backend
         self.seed = program.seed if seed is None else seed
         for fn in program.functions.values():

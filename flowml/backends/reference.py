@@ -160,5 +160,7 @@ class ReferenceBackend:
     def create_state(self, values: dict[str, np.ndarray]) -> ReferenceState:
         return ReferenceState(values)
 
-    def compile(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]]) -> ReferenceExecutable:
+    def compile(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]],
+                plan=None) -> ReferenceExecutable:
+        """`plan` (the optimizer's memory plan) is for native backends: numpy allocates."""
         return ReferenceExecutable(graph, outputs, updates)

@@ -53,6 +53,8 @@ def node_line(graph, n: int, ids: dict[int, str]) -> str:
         body = f"const {_fmt_value(attrs['value'])}"
     elif op.name == "dim":
         body = f"dim {attrs['dim']}"
+    elif op.name == "fused":
+        body = f"fused[{fused_formula(attrs['body'], attrs['reduce'], [ids[o] for o in graph.operands(n)])}]"
     else:
         shown = ", ".join(f"{k}={_fmt_value(v)}" for k, v in attrs.items())
         body = op.name + (f" {args}" if args else "") + (f" {{{shown}}}" if shown else "")
@@ -61,21 +63,80 @@ def node_line(graph, n: int, ids: dict[int, str]) -> str:
     return line + (f"  # {comment}" if comment else "")
 
 
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "floordiv": "//", "mod": "%",
+          "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "and": "and", "or": "or"}
+
+
+def fused_formula(body, reduce, inputs: list[str]) -> str:
+    """A fused node's body as one scalar formula: `softplus(%3) * sigmoid(%3) + %3 * %3`.
+    A value used twice is named once (`t1 = exp(%3); t1 / (1 + t1)`)."""
+    uses: dict[int, int] = {}
+    for ins in body:
+        for a in ins.args:
+            uses[a] = uses.get(a, 0) + 1
+    nin = len(inputs)
+    text: dict[int, str] = {i: name for i, name in enumerate(inputs)}
+    lets: list[str] = []
+    for i, ins in enumerate(body):
+        k = nin + i
+        args = [text[a] for a in ins.args]
+        if ins.op == "const":
+            expr = _fmt_value(ins.attr("value"))
+        elif ins.op in _INFIX and len(args) == 2:
+            expr = f"({args[0]} {_INFIX[ins.op]} {args[1]})"
+        elif ins.op == "neg":
+            expr = f"-{args[0]}"
+        elif ins.op == "not":
+            expr = f"not {args[0]}"
+        elif ins.op in ("broadcast_to", "reshape"):
+            expr = args[0]  # the identity on each element
+        elif ins.op == "cast":
+            expr = f"cast({args[0]}, {_fmt_value(ins.attr('dtype'))})"
+        else:
+            expr = f"{ins.op}({', '.join(args)})"
+        if uses.get(k, 0) > 1 and ins.op != "const":
+            name = f"t{i}"
+            lets.append(f"{name} = {_strip(expr)}")
+            expr = name
+        text[k] = expr
+    result = _strip(text[nin + len(body) - 1] if body else inputs[0])
+    if reduce is not None:
+        name, axis, keepdims = reduce
+        result = f"{name}({result}, axis={_fmt_value(tuple(axis))}" + (", keepdims=true)" if keepdims else ")")
+    return "; ".join(lets + [result])
+
+
+def _strip(expr: str) -> str:
+    if expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, c in enumerate(expr):
+            depth += c == "("
+            depth -= c == ")"
+            if depth == 0 and i < len(expr) - 1:
+                return expr
+        return expr[1:-1]
+    return expr
+
+
 def dump_nodes(graph, roots: list[int]) -> tuple[list[str], dict[int, str]]:
     nodes = graph.topo(graph.ancestors(roots))
     ids = {n: f"%{i}" for i, n in enumerate(nodes)}
     return [node_line(graph, n, ids) for n in nodes], ids
 
 
-def dump_function(program, fn) -> str:
-    roots = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
-    lines, ids = dump_nodes(program.graph, roots)
+def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
+    """One function as SSA text; `graph`/`outputs`/`updates` give an optimized version of it
+    (outputs as node ids in the order of fn.outputs, updates as (param, node id) pairs)."""
+    graph = graph or program.graph
+    outputs = outputs if outputs is not None else [v.id for _, v in fn.outputs]
+    updates = updates if updates is not None else [(u.param, u.value.id) for u in fn.updates]
+    lines, ids = dump_nodes(graph, list(outputs) + [n for _, n in updates])
     header = f"fn {fn.name}({', '.join(f'{n}: {program.inputs[n].var.type}' for n in fn.inputs)}) {{"
     body = ["  " + line for line in lines]
-    if fn.outputs:
-        body.append("  return " + ", ".join(f"{ids[v.id]} ({name})" for name, v in fn.outputs))
-    for u in fn.updates:
-        body.append(f"  update {u.param} <- {ids[u.value.id]}")
+    if outputs:
+        body.append("  return " + ", ".join(f"{ids[n]} ({name})" for (name, _), n in zip(fn.outputs, outputs)))
+    for param, n in updates:
+        body.append(f"  update {param} <- {ids[n]}")
     return "\n".join([header] + body + ["}"])
 
 
@@ -88,10 +149,13 @@ def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def to_dot(program, fn) -> str:
-    """Graphviz DOT for one function: nodes labelled with op and type, edges with operand index."""
-    graph = program.graph
-    roots = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
+def to_dot(program, fn, graph=None, outputs=None, updates=None) -> str:
+    """Graphviz DOT for one function: nodes labelled with op and type, edges with operand index
+    (`graph`/`outputs`/`updates`: an optimized version, as for `dump_function`)."""
+    graph = graph or program.graph
+    outputs = outputs if outputs is not None else [v.id for _, v in fn.outputs]
+    updates = updates if updates is not None else [(u.param, u.value.id) for u in fn.updates]
+    roots = list(outputs) + [n for _, n in updates]
     nodes = graph.topo(graph.ancestors(roots))
     lines = [f'digraph "{_dot_escape(fn.name)}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
     for i, n in enumerate(nodes):
@@ -101,18 +165,21 @@ def to_dot(program, fn) -> str:
             label += f" {graph.attrs(n)['name']}"
         elif op.name == "const":
             label += f" {_fmt_value(graph.attrs(n)['value'])}"
+        elif op.name == "fused":
+            a = graph.attrs(n)
+            label += f" {fused_formula(a['body'], a['reduce'], [f'%{o}' for o in graph.operands(n)])}"
         label = _dot_escape(label) + "\\n" + _dot_escape(str(graph.type(n)))
         shape = ', shape=ellipse' if op.name in ("input", "param") else ""
         lines.append(f'  n{n} [label="{label}"{shape}];')
     for n in nodes:
         for k, o in enumerate(graph.operands(n)):
             lines.append(f'  n{o} -> n{n} [label="{k}"];')
-    for name, v in fn.outputs:
+    for (name, _), n in zip(fn.outputs, outputs):
         lines.append(f'  out_{_safe(name)} [label="{_dot_escape(name)}", shape=plaintext];')
-        lines.append(f"  n{v.id} -> out_{_safe(name)};")
-    for u in fn.updates:
-        lines.append(f'  upd_{_safe(u.param)} [label="{_dot_escape(u.param)} <-", shape=plaintext];')
-        lines.append(f"  n{u.value.id} -> upd_{_safe(u.param)};")
+        lines.append(f"  n{n} -> out_{_safe(name)};")
+    for param, n in updates:
+        lines.append(f'  upd_{_safe(param)} [label="{_dot_escape(param)} <-", shape=plaintext];')
+        lines.append(f"  n{n} -> upd_{_safe(param)};")
     lines.append("}")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ existed before it, so ascending ids are a topological order.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import os
 import sys
 from typing import Iterable
@@ -52,10 +53,25 @@ class ShapeError(Exception):
     """Raised by an op's type rule; the graph turns it into a located FlowTypeError."""
 
 
+@dataclass
+class DerivativeRecord:
+    """A derivative taken in this graph: `results` = vjp(ys, xs, directions) (kind "vjp": the
+    directions are the cotangent seeds of ys) or jvp (kind "jvp": tangents of xs). The optimizer
+    takes derivatives again after the stability rewrites, so the gradient of log(1 + exp(x)) is
+    sigmoid(x) and not exp(x) / (1 + exp(x))."""
+
+    kind: str
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    directions: tuple[int, ...]
+    results: tuple[int, ...]
+
+
 class Graph:
     def __init__(self) -> None:
         self.nx = nx.MultiDiGraph()
         self._next_id = 0
+        self.derivatives: list[DerivativeRecord] = []
 
     # ------------------------------------------------------------ building
 

@@ -238,6 +238,7 @@ def sin(x): return _elementwise(P.sin, x)
 def cos(x): return _elementwise(P.cos, x)
 def tanh(x): return _elementwise(P.tanh, x)
 def erf(x): return _elementwise(P.erf, x)
+def erfc(x): return _elementwise(P.erfc, x)
 def sigmoid(x): return _elementwise(P.sigmoid, x)
 def softplus(x): return _elementwise(P.softplus, x)
 def relu(x): return _elementwise(P.relu, x)
@@ -401,6 +402,12 @@ def softmax(x, axis=-1):
 
 def log_softmax(x, axis=-1):
     return _apply(P.log_softmax, [x], axis=_normalize_axis(axis, x.ndim)[0])
+
+
+def categorical_crossentropy(logits, labels):
+    """-log_softmax(logits)[i, labels[i]] per row: logits [N, K] float, labels [N] integer."""
+    g = _graph_of(logits, labels)
+    return _apply(P.categorical_crossentropy, [as_var(logits, g), as_var(labels, g)])
 
 
 def sum_to(v: Var, shape: tuple) -> Var:

@@ -190,6 +190,8 @@ cos = unary_float("cos", np.cos, lambda y, x: [lambda t: -(t * L.sin(x))])
 tanh = unary_float("tanh", np.tanh, lambda y, x: [lambda t: t * (1 - y * y)])
 erf = unary_float("erf", scipy.special.erf,
                   lambda y, x: [lambda t: t * (2 / math.sqrt(math.pi)) * L.exp(-(x * x))])
+erfc = unary_float("erfc", scipy.special.erfc,
+                   lambda y, x: [lambda t: t * (-2 / math.sqrt(math.pi)) * L.exp(-(x * x))])
 sigmoid = unary_float("sigmoid", scipy.special.expit, lambda y, x: [lambda t: t * y * (1 - y)])
 # log(1 + exp(x)) computed without overflow for large |x|.
 softplus = unary_float("softplus", lambda x: np.logaddexp(x.dtype.type(0), x),
@@ -485,6 +487,45 @@ def _np_log_softmax(x, axis):
     x = _as_float(x)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+class CategoricalCrossentropy(Op):
+    """-log_softmax(x)[i, y[i]] for each row i: the cross-entropy of logits x [N, K] and integer
+    labels y [N], computed as logsumexp(x[i]) - x[i, y[i]] without forming the log-softmax
+    (the stabilize phase rewrites -log(softmax(x))[arange(N), y] into it)."""
+
+    def __init__(self):
+        super().__init__("categorical_crossentropy", vjp=self._vjp_rule, jvp=self._jvp_rule,
+                         verb="take the cross-entropy of")
+
+    def infer(self, types, attrs):
+        x, y = types
+        if x.ndim != 2 or not is_float(x.dtype):
+            raise ShapeError(f"categorical_crossentropy needs float logits [N, K], not {x}")
+        if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
+            raise ShapeError(f"categorical_crossentropy needs integer labels [{x.shape[0]}], not {y}")
+        return TensorType(x.dtype, (x.shape[0],))
+
+    def impl(self, x, y):
+        lse = _np_logsumexp(x, (1,), False)
+        return (lse - x[np.arange(x.shape[0]), y]).astype(x.dtype)
+
+    @staticmethod
+    def _residual(x, y):
+        return L.softmax(x, axis=1) - L.onehot(y, x.type.shape[1], dtype=x.type.dtype)
+
+    @classmethod
+    def _vjp_rule(cls, g, out, x, y):
+        return [lambda: L.expand_axes(g, (1,)) * cls._residual(x, y), None]
+
+    @classmethod
+    def _jvp_rule(cls, tangents, out, x, y):
+        if tangents[0] is None:
+            return None
+        return L.sum(tangents[0] * cls._residual(x, y), axis=1)
+
+
+categorical_crossentropy = CategoricalCrossentropy()
 
 
 softmax = Softmax("softmax", _np_softmax,

@@ -47,9 +47,10 @@ def stack(*xs, axis=0):
 
 BUILTINS = {
     name: getattr(L, name) for name in (
-        "exp log log1p expm1 sqrt abs sign sin cos tanh erf sigmoid softplus relu maximum minimum clip "
+        "exp log log1p expm1 sqrt abs sign sin cos tanh erf erfc sigmoid softplus relu maximum minimum clip "
         "where cast sum mean max min prod argmax argmin logsumexp softmax log_softmax matmul dot outer "
-        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take stop_gradient").split()
+        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take stop_gradient "
+        "categorical_crossentropy").split()
 }
 BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
                 ifelse=L.ifelse)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import FlowGradError
 from ..ir import lib as L
-from ..ir.graph import at
+from ..ir.graph import DerivativeRecord, at
 from ..ir.lib import Var
 from ..ir.types import is_float
 
@@ -143,6 +143,8 @@ def vjp(ys: list[Var], wrt: list[Var], seeds: list[Var], disconnected: str = "er
         parts = cotangents.get(w.id)
         with at(graph.loc(w.id) or graph.loc(ys[0].id)):
             results.append(L.zeros_like(w) if parts is None else _accumulate(parts))
+    graph.derivatives.append(DerivativeRecord("vjp", tuple(y.id for y in ys), tuple(w.id for w in wrt),
+                                              tuple(s.id for s in seeds), tuple(r.id for r in results)))
     return results
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import FlowGradError
 from ..ir import lib as L
-from ..ir.graph import at
+from ..ir.graph import DerivativeRecord, at
 from ..ir.lib import Var
 from ..ir.types import dims_product, is_float
 from .grad import check_connected, vjp
@@ -75,6 +75,8 @@ def rop(ys, xs, vs, disconnected: str = "error"):
     for y in ys:
         with at(graph.loc(y.id)):
             results.append(tangents[y.id] if y.id in tangents else L.zeros_like(y))
+    graph.derivatives.append(DerivativeRecord("jvp", tuple(y.id for y in ys), tuple(x.id for x in xs),
+                                              tuple(v.id for v in vs), tuple(r.id for r in results)))
     return results[0] if single else results
 
 

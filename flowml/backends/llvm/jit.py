@@ -1,0 +1,193 @@
+"""Turning LLVM IR text into callable native code (llvmlite / MCJIT).
+
+Facts this relies on (see shared/notes/backend-facts.md, verified on llvmlite 0.50 / LLVM 22):
+* `llvm.initialize()` raises now; only the native target/asmprinter/asmparser need initializing.
+* Without the host CPU name and features the target machine is generic x86-64 and the loop
+  vectorizer stops at SSE width, so we always pass them.
+* Only the new pass manager exists; SLP vectorization is off by default, so we turn it on.
+* MCJIT does not complain about unresolved externals: `finalize_object` succeeds and the first
+  call segfaults. So every declared external is looked up before finalizing.
+* A `ctypes.CFUNCTYPE` pointer releases the GIL during the call (PYFUNCTYPE would not), which is
+  what lets Python threads run kernels in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+
+import llvmlite.binding as llvm
+
+from ...errors import FlowInternalError
+
+# LLVM's global state (symbol table, command-line options, the pass builder) is not documented as
+# thread-safe; compiles are rare and short, so they are simply serialized.
+_LOCK = threading.RLock()
+
+
+_process_symbols_engine = None
+
+
+@functools.lru_cache(maxsize=None)
+def _init_native() -> None:
+    global _process_symbols_engine
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()  # without it, finalize_object aborts the process
+    llvm.initialize_native_asmparser()
+    # `llvm.address_of_symbol` (and so the JIT's linker) only sees the process's own symbols
+    # (libc's memset, libm's expf, pthread_create...) once an MCJIT engine has been created: its
+    # constructor loads the process as a "permanent library"; llvmlite's
+    # load_library_permanently(None) cannot do that. An empty engine, kept alive, does it.
+    _process_symbols_engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
+
+
+@functools.lru_cache(maxsize=None)
+def host_cpu() -> tuple[str, str]:
+    """(CPU name, feature string) of this machine, as LLVM sees them."""
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def host_has_features(*features: str) -> bool:
+    """True when every feature (e.g. 'avx2', 'fma') is enabled on the host CPU."""
+    enabled = {f[1:] for f in host_cpu()[1].split(",") if f.startswith("+")}
+    return all(f in enabled for f in features)
+
+
+def _new_target_machine():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    cpu, features = host_cpu()
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features=features, opt=3, jit=True)
+
+
+@functools.lru_cache(maxsize=None)
+def target_machine():
+    """The host target machine (cached) used for optimization and assembly listings.
+
+    MCJIT takes ownership of the target machine it is given, so each engine gets its own
+    (`_new_target_machine`, ~1 ms) and this shared one never goes to an engine.
+    """
+    _init_native()
+    return _new_target_machine()
+
+
+def optimize(module, speed_level: int = 3) -> None:
+    """Run the new-pass-manager O`speed_level` pipeline on `module`, in place."""
+    with _LOCK:
+        tm = target_machine()
+        pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True  # off by default in llvmlite's tuning options
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(module, pb)
+
+
+def _parse(ir_text: str, name: str):
+    try:
+        mod = llvm.parse_assembly(ir_text)
+        mod.verify()
+    except RuntimeError as e:
+        raise FlowInternalError(f"generated LLVM IR for {name!r} is invalid: {e}") from None
+    tm = target_machine()
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.name = name
+    return mod
+
+
+def undefined_externals(module) -> list[str]:
+    """Names declared (not defined) in `module` that the JIT's symbol lookup cannot find.
+
+    LLVM intrinsics (`llvm.*`) are lowered by the code generator and need no symbol.
+    """
+    missing = []
+    for f in module.functions:
+        if f.is_declaration and not f.name.startswith("llvm.") and llvm.address_of_symbol(f.name) is None:
+            missing.append(f.name)
+    for g in module.global_variables:
+        if g.is_declaration and not g.name.startswith("llvm.") and llvm.address_of_symbol(g.name) is None:
+            missing.append(g.name)
+    return missing
+
+
+class JitModule:
+    """One LLVM module compiled to native code and kept loaded as long as this object lives.
+
+    `JitModule(ir_text)` parses, verifies, optimizes (O3 + loop/SLP vectorization) and compiles.
+    `JitModule(ir_text, cached_object=obj)` skips optimization and code generation and loads the
+    object code `obj` (a previous instance's `object_code`) instead; the IR text is still parsed
+    so that the module's external symbols can be checked. The caller (see `cache.py`) is
+    responsible for making the cache key cover everything that changes the object code.
+    """
+
+    def __init__(self, ir_text: str, cached_object: bytes | None = None, *, name: str = "flowml_module",
+                 speed_level: int = 3):
+        self.ir_text = ir_text
+        self.name = name
+        self._speed_level = speed_level
+        self._optimized_ir: str | None = None
+        self.object_code: bytes | None = None
+        self.from_cache = cached_object is not None
+        with _LOCK:
+            _init_native()
+            mod = _parse(ir_text, name)
+            if cached_object is None:
+                optimize(mod, speed_level)
+                self._optimized_ir = str(mod)
+            # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
+            missing = undefined_externals(mod)
+            if missing:
+                raise FlowInternalError(
+                    f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
+                    f"{', '.join(missing)}",
+                    notes=["vecmath.ensure_symbols() / blas.ensure_symbols() bind flowml's helper names; "
+                           "an unresolved symbol would crash the process at the first call"])
+            self._ee = llvm.create_mcjit_compiler(mod, _new_target_machine())
+            self._module = mod
+
+            def notify(_module, buf: bytes) -> None:  # called once code generation has run
+                self.object_code = bytes(buf)
+
+            def getbuffer(_module):  # None -> MCJIT compiles the module itself
+                return cached_object
+
+            self._ee.set_object_cache(notify, getbuffer)
+            self._ee.finalize_object()
+            if cached_object is not None:
+                self.object_code = bytes(cached_object)
+            # The callbacks reference `self` through closures; drop them to avoid a cycle that
+            # would delay freeing the engine (and its executable memory).
+            self._ee.set_object_cache(None, None)
+
+    def address(self, name: str) -> int:
+        """The address of function `name` in the compiled code."""
+        addr = self._ee.get_function_address(name)
+        if not addr:
+            raise FlowInternalError(f"no function {name!r} in compiled LLVM module {self.name!r}")
+        return addr
+
+    def cfunc(self, name: str, restype, *argtypes):
+        """A ctypes function for `name` (CFUNCTYPE: the GIL is released while it runs).
+
+        The returned object keeps this module (and so the machine code) alive.
+        """
+        f = ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+        f._flowml_jit_module = self
+        return f
+
+    def optimized_ir(self) -> str:
+        """The module's IR after the O3 pipeline (recomputed when the code came from a cache)."""
+        if self._optimized_ir is None:
+            with _LOCK:
+                mod = _parse(self.ir_text, self.name)
+                optimize(mod, self._speed_level)
+                self._optimized_ir = str(mod)
+        return self._optimized_ir
+
+    def assembly(self) -> str:
+        """Assembly text of the optimized module (generated again from a copy, for reading only)."""
+        with _LOCK:
+            mod = _parse(self.optimized_ir(), self.name)
+            return target_machine().emit_assembly(mod)

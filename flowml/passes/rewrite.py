@@ -1,0 +1,354 @@
+"""The rewrite engine: rules written as `before -> after` and a rebuild that applies them.
+
+A rule is a pattern and a replacement, both written as expressions in numpy's spelling:
+
+    Rule("log(1 + x) -> log1p(x)")
+
+The pattern is matched against a node and its operands (`+` and `*` in either order; a number
+matches a constant of that value of any shape; a name captures a node, and a name used twice
+must capture the same node; keyword arguments match or capture attrs). The replacement is
+built with `flowml.ir.lib`, so it gets the same types, promotion and broadcasting as user code.
+A rule may add a `when` condition on the captures, or be a plain function for what a pattern
+can't say.
+
+`rebuild` copies the part of a graph the roots need into a new graph, node by node in
+topological order: each copied node is merged with an identical one if it exists (common
+subexpressions), then the phase's rules are tried on it; the first that fires replaces it.
+What no root needs is never copied (dead code). A phase reruns `rebuild` until no rule fires.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FlowInternalError
+from ..ir import lib as L
+from ..ir import ops as P
+from ..ir.graph import DerivativeRecord, Graph, at
+from ..ir.lib import Var
+
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
+_COMMUTATIVE = {"add", "mul", "maximum", "minimum", "eq", "ne", "and", "or"}
+_CALL_NAMES = {"abs": "abs", "max": "max", "min": "min", "sum": "sum", "not_": "not"}
+
+
+class _Match:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes: dict[str, int] = {}
+        self.attrs: dict[str, object] = {}
+
+
+def _const_equals(graph: Graph, n: int, value) -> bool:
+    if graph.op(n) is not P.const:
+        return False
+    arr = graph.attrs(n)["value"]
+    return arr.size > 0 and bool(np.all(arr == value))
+
+
+def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
+    if isinstance(pat, ast.Name):
+        if pat.id in m.nodes:
+            return m.nodes[pat.id] == n
+        m.nodes[pat.id] = n
+        return True
+    if isinstance(pat, ast.Constant):
+        return _const_equals(graph, n, pat.value)
+    if isinstance(pat, ast.UnaryOp) and isinstance(pat.op, ast.USub):
+        if isinstance(pat.operand, ast.Constant):
+            return _const_equals(graph, n, -pat.operand.value)
+        return graph.op(n) is P.neg and _match(pat.operand, graph, graph.operands(n)[0], m)
+    if isinstance(pat, ast.BinOp):
+        return _match_op(_BINOPS[type(pat.op)], [pat.left, pat.right], [], graph, n, m)
+    if isinstance(pat, ast.Call):
+        name = pat.func.id
+        return _match_op(_CALL_NAMES.get(name, name), pat.args, pat.keywords, graph, n, m)
+    raise FlowInternalError(f"unsupported pattern syntax: {ast.dump(pat)}")
+
+
+def _match_op(opname, args, keywords, graph, n, m) -> bool:
+    if graph.op(n).name != opname:
+        return False
+    operands = graph.operands(n)
+    if len(operands) != len(args):
+        return False
+    orders = [operands]
+    if opname in _COMMUTATIVE and len(operands) == 2:
+        orders.append(operands[::-1])
+    for order in orders:
+        trial = _Match(graph)
+        trial.nodes, trial.attrs = dict(m.nodes), dict(m.attrs)
+        if all(_match(a, graph, o, trial) for a, o in zip(args, order)) and _match_attrs(keywords, graph, n, trial):
+            m.nodes, m.attrs = trial.nodes, trial.attrs
+            return True
+    return False
+
+
+def _match_attrs(keywords, graph, n, m) -> bool:
+    attrs = graph.attrs(n)
+    for kw in keywords:
+        value = attrs.get(kw.arg)
+        if isinstance(kw.value, ast.Name):
+            if kw.value.id in m.attrs and m.attrs[kw.value.id] != value:
+                return False
+            m.attrs[kw.value.id] = value
+        elif ast.literal_eval(kw.value) != value:
+            return False
+    return True
+
+
+# Names a replacement may use, besides the captures.
+_NAMESPACE = {name: getattr(L, name) for name in (
+    "exp", "log", "log1p", "expm1", "sqrt", "abs", "sigmoid", "softplus", "tanh", "erf", "erfc",
+    "softmax", "log_softmax", "logsumexp", "sum", "maximum", "minimum", "where", "transpose",
+    "reshape", "broadcast_to", "zeros_like", "ones_like", "cast", "square")
+    if hasattr(L, name)}
+
+
+@dataclass
+class Rule:
+    """`before -> after` (a string), optionally with a condition `when(**captures) -> bool`.
+    Or give `fn(graph, node) -> Var | None` with a `name` describing it."""
+
+    text: str
+    when: Callable[..., bool] | None = None
+    fn: Callable[[Graph, int], Var | None] | None = None
+    env: dict | None = None  # extra functions the replacement may call
+    _pattern: ast.expr | None = field(default=None, init=False, repr=False)
+    _replacement: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.fn is None:
+            before, after = (s.strip() for s in self.text.split("->"))
+            self._pattern = ast.parse(before, mode="eval").body
+            self._replacement = compile(after, f"<rule {self.text}>", "eval")
+
+    @property
+    def name(self) -> str:
+        return self.text
+
+    def apply(self, graph: Graph, n: int) -> Var | None:
+        if self.fn is not None:
+            return self.fn(graph, n)
+        m = _Match(graph)
+        if not _match(self._pattern, graph, n, m):
+            return None
+        captures = {k: Var(graph, v) for k, v in m.nodes.items()}
+        captures.update(m.attrs)
+        if self.when is not None and not self.when(**captures):
+            return None
+        return eval(self._replacement, {**_NAMESPACE, **(self.env or {})}, captures)  # noqa: S307 - our own rule text
+
+
+def rule(text: str):
+    """Decorator form: a function rule named by its `before -> after` text."""
+    def wrap(fn):
+        return Rule(text, fn=fn)
+    return wrap
+
+
+# ----------------------------------------------------------------- rebuilding
+
+
+def _freeze(v):
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, np.dtype):
+        return ("dtype", v.str)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def node_key(graph: Graph, n: int, operands: list[int]) -> tuple:
+    """Nodes with equal keys compute the same value (common-subexpression merging)."""
+    t = graph.type(n)
+    return (graph.op(n).name, _freeze(graph.attrs(n)), tuple(operands), t.dtype.str, t.shape, t.weak)
+
+
+class Rebuild:
+    """One copy of `old` into a fresh graph, applying `rules` at each node."""
+
+    def __init__(self, old: Graph, rules: list[Rule], stats: Counter):
+        self.old = old
+        self.new = Graph()
+        self.rules = rules
+        self.stats = stats
+        self.fired = 0
+        self.map: dict[int, int] = {}
+        self._keys: dict[tuple, int] = {}
+
+    def add(self, op, operands, attrs, type, loc=None, name=None) -> int:
+        """Add a node to the new graph, or return the identical one already there."""
+        n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
+        key = node_key(self.new, n, operands)
+        if not op.lazy and key in self._keys:
+            self.new.nx.remove_node(n)
+            found = self._keys[key]
+            if name:
+                self.new.set_name(found, name)
+            return found
+        self._keys[key] = n
+        return n
+
+    def copy(self, n: int) -> int:
+        old = self.old
+        operands = [self.map[o] for o in old.operands(n)]
+        d = old.data(n)
+        m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"])
+        if self.rules and not d["op"].leaf:
+            m = self.rewrite(m, d["type"], d["loc"], d["name"])
+        return m
+
+    def rewrite(self, m: int, type, loc, name) -> int:
+        for r in self.rules:
+            with at(loc):
+                try:
+                    out = r.apply(self.new, m)
+                except Exception as e:  # a rule that crashes is a bug in flowml: say which
+                    raise FlowInternalError(f"rewrite rule `{r.name}` failed on %{m}: {e}", loc) from e
+                if out is None or out.id == m:
+                    continue
+                out = _fit_type(out, type)
+            if out is None:
+                continue
+            self.stats[r.name] += 1
+            self.fired += 1
+            if name:
+                self.new.set_name(out.id, name)
+            return self._canonical_id(out.id)
+        return m
+
+    def _canonical_id(self, n: int) -> int:
+        """A node a rule built may duplicate an existing one: merge it."""
+        key = node_key(self.new, n, self.new.operands(n))
+        found = self._keys.get(key)
+        if found is not None and found != n and not self.new.op(n).lazy:
+            return found
+        self._keys.setdefault(key, n)
+        return n
+
+    def run(self, roots: list[int], rederive: bool = False) -> None:
+        old = self.old
+        records = [r for r in old.derivatives if rederive]
+        by_result = {res: r for r in records for res in r.results}
+        needed = _needed(old, roots, by_result)
+        done_records: set[int] = set()
+        for n in sorted(needed):
+            if n in self.map:
+                continue
+            rec = by_result.get(n)
+            if rec is not None and id(rec) not in done_records:
+                done_records.add(id(rec))
+                if self._rederive(rec, needed):
+                    continue
+            self.map[n] = self.copy(n)
+        # keep the derivative records whose nodes all survived (for a later rederive)
+        for r in old.derivatives:
+            if rederive:
+                continue
+            ids = r.ys + r.xs + r.directions + r.results
+            if all(i in self.map for i in ids):
+                self.new.derivatives.append(DerivativeRecord(
+                    r.kind, *(tuple(self.map[i] for i in part) for part in (r.ys, r.xs, r.directions, r.results))))
+
+    def _rederive(self, rec: DerivativeRecord, needed: set[int]) -> bool:
+        """Take the derivative again from the rewritten ys; False (copy as is) when a rewrite
+        absorbed one of the xs, so the new graph can't be differentiated by it."""
+        from .grad import vjp
+        from .rop import rop
+        for part in (rec.ys, rec.xs, rec.directions):
+            for i in part:
+                if i not in self.map:
+                    return False
+        new = self.new
+        ys = [Var(new, self.map[i]) for i in rec.ys]
+        xs = [Var(new, self.map[i]) for i in rec.xs]
+        dirs = [Var(new, self.map[i]) for i in rec.directions]
+        anc = new.ancestors([y.id for y in ys])
+        for x_old, x in zip(rec.xs, xs):
+            connected_before = x_old in self.old.ancestors(list(rec.ys))
+            if connected_before != (x.id in anc):
+                return False
+        with at(self.old.loc(rec.results[0])):
+            if rec.kind == "vjp":
+                results = vjp(ys, xs, dirs, disconnected="zero")
+            else:
+                results = rop(ys, xs, dirs, disconnected="zero")
+                results = results if isinstance(results, list) else [results]
+        new.derivatives.clear()  # records are only needed until this rederive
+        for old_id, r in zip(rec.results, results):
+            t = self.old.type(old_id)
+            r = _fit_type(r, t)
+            if r is None:
+                raise FlowInternalError(f"rederived derivative has type {r} instead of {t}")
+            self.map[old_id] = r.id
+        # the old naive derivative nodes are no longer needed unless something else uses them
+        return True
+
+
+def _needed(graph: Graph, roots: list[int], cut: dict[int, DerivativeRecord]) -> set[int]:
+    """The ancestors of `roots`, where a node in `cut` (a derivative result to be re-derived)
+    needs its record's ys, xs and directions instead of its own operands."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        rec = cut.get(n)
+        if rec is not None:
+            stack.extend(rec.ys + rec.xs + rec.directions)
+            # the naive derivative stays reachable for the fallback copy
+        stack.extend(u for u, _ in graph.nx.in_edges(n))
+    return seen
+
+
+def _fit_type(v: Var, t) -> Var | None:
+    """`v` made to have type `t` exactly (a rule's result may be a broadcastable smaller
+    shape or a weak literal); None if it can't be."""
+    if v.type.shape != t.shape:
+        try:
+            v = L.broadcast_to(v, t.shape)
+        except Exception:  # noqa: BLE001 - a rule result of the wrong shape: do not apply it
+            return None
+    if v.dtype != t.dtype:
+        v = L.cast(v, t.dtype)
+    return v
+
+
+@dataclass
+class Phase:
+    name: str
+    rules: list[Rule]
+    doc: str = ""
+
+
+MAX_ROUNDS = 30
+
+
+def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
+              rederive_first: bool = False) -> tuple[Graph, list[int]]:
+    """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots."""
+    for round_ in range(MAX_ROUNDS):
+        rb = Rebuild(graph, rules, stats)
+        rb.run(roots + _record_nodes(graph), rederive=rederive_first and round_ == 0)
+        graph, roots = rb.new, [rb.map[r] for r in roots]
+        if rb.fired == 0 and not (rederive_first and round_ == 0):
+            break
+    return graph, roots
+
+
+def _record_nodes(graph: Graph) -> list[int]:
+    out: list[int] = []
+    for r in graph.derivatives:
+        out.extend(r.ys + r.xs + r.directions + r.results)
+    return out
