@@ -11,11 +11,11 @@ import os
 
 from ..errors import FlowError
 
-DEFAULT_BACKEND = "reference"
+DEFAULT_BACKEND = "llvm"
 
 
 def backend_names() -> list[str]:
-    return ["reference"]
+    return ["llvm", "reference"]
 
 
 def get_backend(name: str | None = None):
@@ -23,4 +23,7 @@ def get_backend(name: str | None = None):
     if name == "reference":
         from .reference import ReferenceBackend
         return ReferenceBackend()
+    if name == "llvm":
+        from .llvm.backend import LLVMBackend
+        return LLVMBackend()
     raise FlowError(f"unknown backend {name!r}; available: {', '.join(backend_names())}")

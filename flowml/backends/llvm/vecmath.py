@@ -4,16 +4,24 @@ LLVM 22 (through llvmlite) has no usable vector math library: `llvm.exp.v8f32` i
 back into 8 `expf` calls, and `-vector-library=` is not reachable. What works ("recipe A" in
 shared/notes/backend-facts.md) is telling the loop vectorizer about a vector variant directly:
 
-* the scalar call goes to a name LLVM does not know as a libcall (`flowml_expf`), bound at run
-  time with `llvm.add_symbol` to libm's `expf` -- so LLVM never rewrites it into `llvm.exp`;
-* the call site carries `"vector-function-abi-variant"="_ZGV_LLVM_N8v_flowml_expf(_ZGVdN8v_expf)"`,
-  naming libmvec's 8-wide AVX2 variant;
+* the scalar call goes to a name LLVM does not know as a libcall (`flowml_mvec_expf`), bound
+  at run time with `llvm.add_symbol` -- so LLVM never rewrites it into `llvm.exp`;
+* the call site carries
+  `"vector-function-abi-variant"="_ZGV_LLVM_N8v_flowml_mvec_expf(_ZGVdN8v_expf)"`, naming
+  libmvec's 8-wide AVX2 variant;
 * the vector variant is declared and kept alive through GlobalDCE by `@llvm.compiler.used`.
 
-The vectorized loop then calls `_ZGVdN8v_expf` and the scalar remainder calls `flowml_expf`.
+The vectorized loop then calls `_ZGVdN8v_expf`; the scalar remainder (and any loop that does
+not vectorize) calls `flowml_mvec_expf`. That scalar name is bound to a tiny wrapper that splats
+its argument, calls the same vector variant and returns lane 0 -- not to libm's `expf`, whose
+results differ from libmvec's by an ulp or two. So every element gets bit-identical results
+whether it lands in the vector body or the remainder, i.e. results do not depend on how a loop
+is split across threads or on alignment. (Found by the 1-vs-2-thread test: with libm in the
+remainder, chunk boundaries changed results.)
+
 float32 uses the 8-wide AVX2 variants (`_ZGVdN8v_*f`), float64 the 4-wide ones (`_ZGVdN4v_*`).
-Without libmvec or AVX2 the same IR is emitted without the attribute: plain scalar libm calls,
-correct and slower.
+A few float64 variants miss the 2-ulp bar and are replaced (SCALAR_ONLY, INLINE below). Without
+libmvec or AVX2+FMA, calls go to plain scalar libm (`flowml_expf` = `expf`): correct, slower.
 
 Usage from a code generator::
 
@@ -21,6 +29,8 @@ Usage from a code generator::
     body.append(f"%y = {lib.call('exp', 'f32', '%x')}")
     body.append(lib.sigmoid('f64', '%z', '%s'))   # multi-line snippet defining %s
     module_text = ... + lib.declarations()        # declarations, attributes, llvm.compiler.used
+
+Accuracy (max ulp against numpy in float64 / long double, 10M samples): see tests and report.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ...errors import FlowInternalError
-from .jit import host_has_features
+from .jit import _init_native, host_has_features
 
 # name -> number of arguments. All exist in glibc 2.36's libm (scalar) and libmvec (vector).
 UNARY = ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p",
@@ -127,8 +137,13 @@ def scalar_name(fn: str, dtype) -> str:
 
 
 def flowml_name(fn: str, dtype) -> str:
-    """The name generated IR calls ('flowml_expf'); unknown to LLVM, bound to libm at run time."""
+    """Scalar-mode callee ('flowml_expf'): unknown to LLVM, bound to libm's `expf` at run time."""
     return "flowml_" + scalar_name(fn, dtype)
+
+
+def mvec_scalar_name(fn: str, dtype) -> str:
+    """Vector-mode scalar callee ('flowml_mvec_expf'): lane 0 of libmvec's variant."""
+    return "flowml_mvec_" + scalar_name(fn, dtype)
 
 
 def vector_name(fn: str, dtype) -> str:
@@ -165,14 +180,41 @@ def libmvec_available() -> bool:
     return llvm.address_of_symbol(vector_name("exp", "f32")) is not None
 
 
-def ensure_symbols() -> bool:
-    """Bind every `flowml_*` scalar name to libm and load libmvec. Idempotent.
+def _lane0_wrapper_ir(fn: str, d: str) -> str:
+    """`flowml_mvec_<f>(x...)` = lane 0 of libmvec's variant applied to splat(x...)."""
+    t, n = _IR_TYPE[d], _LANES[d]
+    vt = f"<{n} x {t}>"
+    k = ARITY[fn]
+    lines = [f"define {t} @{mvec_scalar_name(fn, d)}({', '.join(f'{t} %a{i}' for i in range(k))}) nounwind {{"]
+    for i in range(k):  # splat, not lane 0 only: garbage lanes could hit libmvec's slow paths
+        lines.append(f"  %v{i}.0 = insertelement {vt} poison, {t} %a{i}, i64 0")
+        lines.append(f"  %v{i} = shufflevector {vt} %v{i}.0, {vt} poison, <{n} x i32> zeroinitializer")
+    lines.append(f"  %r = call {vt} @{vector_name(fn, d)}({', '.join(f'{vt} %v{i}' for i in range(k))})")
+    lines.append(f"  %s = extractelement {vt} %r, i64 0")
+    lines.append(f"  ret {t} %s")
+    lines.append("}")
+    lines.append(f"declare {vt} @{vector_name(fn, d)}({', '.join([vt] * k)})")
+    return "\n".join(lines)
 
-    Returns whether libmvec vector variants can be used. Must run before a module that calls
-    these functions is JIT-compiled (also before loading one from the object cache).
+
+_wrappers = None  # JitModule holding the flowml_mvec_* wrappers, kept alive for the process
+
+
+def _libmvec_functions():
+    return [(fn, d) for fn in ARITY for d in _IR_TYPE if (fn, d) not in SCALAR_ONLY and (fn, d) not in INLINE]
+
+
+def ensure_symbols() -> bool:
+    """Bind every `flowml_*` scalar name to libm and, when libmvec is usable, every
+    `flowml_mvec_*` name to its lane-0 wrapper (compiled once per process, through the object
+    cache). Idempotent. Returns whether libmvec vector variants can be used.
+
+    Must run before a module that calls these functions is JIT-compiled (also before loading one
+    from the object cache).
     """
+    global _wrappers
+    _init_native()  # makes the process's own symbols (libm) visible to address_of_symbol
     with _lock:
-        vec = libmvec_available()
         for fn in ARITY:
             for d in _IR_TYPE:
                 name = flowml_name(fn, d)
@@ -180,6 +222,13 @@ def ensure_symbols() -> bool:
                     addr = _libm_address(scalar_name(fn, d))
                     if addr:
                         llvm.add_symbol(name, addr)
+        vec = libmvec_available()
+        if vec and _wrappers is None:
+            from .cache import compile_cached
+            text = "\n".join(_lane0_wrapper_ir(fn, d) for fn, d in _libmvec_functions()) + "\n"
+            _wrappers = compile_cached(text, "vecmath-wrappers", name="flowml_vecmath_wrappers")
+            for fn, d in _libmvec_functions():
+                llvm.add_symbol(mvec_scalar_name(fn, d), _wrappers.address(mvec_scalar_name(fn, d)))
         return vec
 
 
@@ -235,7 +284,8 @@ class MathLib:
             raise FlowInternalError(f"vecmath: {fn} takes {ARITY[fn]} argument(s), got {len(args)}")
         mode, group = self._use(fn, d)
         t = _IR_TYPE[d]
-        callee = INLINE[(fn, d)][0] if mode == "inline" else flowml_name(fn, d)
+        callee = {"inline": INLINE.get((fn, d), ("",))[0], "libmvec": mvec_scalar_name(fn, d),
+                  "scalar": flowml_name(fn, d)}[mode]
         text = f"call {t} @{callee}({', '.join(f'{t} {a}' for a in args)})"
         return text if group is None else f"{text} #{group}"
 
@@ -289,15 +339,16 @@ class MathLib:
                 lines.append(gen(name))
                 continue
             params = ", ".join([t] * ARITY[fn])
+            callee = flowml_name(fn, d) if mode == "scalar" else mvec_scalar_name(fn, d)
             # memory(none): lets LLVM hoist/CSE the call; errno is never read by flowml.
-            lines.append(f"declare {t} @{flowml_name(fn, d)}({params}) memory(none) nounwind willreturn")
+            lines.append(f"declare {t} @{callee}({params}) memory(none) nounwind willreturn")
             if mode == "scalar":
                 continue
             n = _LANES[d]
             vt = f"<{n} x {t}>"
             vname = vector_name(fn, d)
             lines.append(f"declare {vt} @{vname}({', '.join([vt] * ARITY[fn])}) memory(none) nounwind willreturn")
-            abi = f"_ZGV_LLVM_N{n}{'v' * ARITY[fn]}_{flowml_name(fn, d)}({vname})"
+            abi = f"_ZGV_LLVM_N{n}{'v' * ARITY[fn]}_{callee}({vname})"
             lines.append(f'attributes #{group} = {{ "vector-function-abi-variant"="{abi}" }}')
         syms = self.vector_symbols()
         if compiler_used and syms:

@@ -98,6 +98,9 @@ def build_error(what: str, source: str, log: str) -> FlowInternalError:
         notes.append("generated source near the error:\n" + "\n".join(excerpt))
     else:
         notes.append("generated source:\n" + "\n".join(f"{i + 1:5d} | {s}" for i, s in enumerate(lines)))
+    if "unknown target CPU" in log:
+        notes.append("PoCL's LLVM does not know this CPU; set FLOWML_POCL_CPU to an LLVM CPU name it knows "
+                     "(e.g. haswell, skylake-avx512) or install a newer PoCL")
     return FlowInternalError(
         f"the OpenCL C that flowml generated for {what} does not compile; this is a bug in flowml, "
         "please report it with the model that triggered it", notes=notes)

@@ -67,6 +67,9 @@ def _normalize_body(body) -> list:
     return list(body or ())
 
 
+_IDENTITY_SHAPE_OPS = ("broadcast_to", "reshape")
+
+
 def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str], body) -> tuple[str, str]:
     """Append the body's statements to `b`; the result value and its dtype. Each instruction's
     args are first converted to the dtype its formula works in (`scalar.operand_dtype`)."""
@@ -76,6 +79,12 @@ def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str],
         dt = dtype_name(ins.dtype)
         if ins.op == "const":
             vals.append(literal(ins.attr("value"), dt))
+            dts.append(dt)
+            continue
+        if ins.op in _IDENTITY_SHAPE_OPS:
+            # broadcast_to / reshape of a one-element value: the element itself (the kernel's
+            # iteration already broadcasts)
+            vals.append(b.cast(vals[ins.args[0]], dts[ins.args[0]], dt))
             dts.append(dt)
             continue
         attrs = dict(ins.attrs)
@@ -132,11 +141,15 @@ def _unravel(index: str, dims: list[str], strides_of: dict[int, list[str]], ptrs
     return lines
 
 
-def fused_kernel(name: str, node_operand_types, out_type, body, reduce) -> Generated:
-    """The kernel of one fused node (see flowml/ir/fused.py for `body` and `reduce`)."""
+def fused_kernel(name: str, node_operand_types, out_type, body, reduce, shape=None) -> Generated:
+    """The kernel of one fused node (see flowml/ir/fused.py for `body`, `reduce` and `shape`,
+    the iteration space: only its rank matters here; without it, the operands' broadcast)."""
     operand_dtypes = [dtype_name(t.dtype) for t in node_operand_types]
     body = _normalize_body(body)
-    rank = max((len(t.shape) for t in node_operand_types), default=0)
+    if shape is not None:
+        rank = len(shape)
+    else:
+        rank = max((len(t.shape) for t in node_operand_types), default=0)
     out_dt = dtype_name(out_type.dtype)
     fp64 = "float64" in _body_dtypes(operand_dtypes, body) | {out_dt}
     if reduce is None:
@@ -146,9 +159,9 @@ def fused_kernel(name: str, node_operand_types, out_type, body, reduce) -> Gener
     return _reduction(name, operand_dtypes, out_dt, body, rank, axes, red_name, keepdims, fp64)
 
 
-def kernel_source(name: str, node_operand_types, out_type, body, reduce) -> str:
+def kernel_source(name: str, node_operand_types, out_type, body, reduce, shape=None) -> str:
     """OpenCL C for one fused node (kernel `name`)."""
-    return fused_kernel(name, node_operand_types, out_type, body, reduce).source
+    return fused_kernel(name, node_operand_types, out_type, body, reduce, shape).source
 
 
 def _elementwise(name, operand_dtypes, out_dt, body, rank, fp64) -> Generated:
@@ -507,7 +520,7 @@ def matmul_kernel(name: str, dtype, tiles: MatmulTiles = DEFAULT_TILES) -> Gener
     and skip stores). A and B are read through strides (a transposed or broadcast operand
     needs no copy); C is contiguous (batch, M, N).
 
-    Kernel args: M, N, K, A, a_off, a_sb, a_sm, a_sk, B, b_off, b_sb, b_sk, b_sn, C.
+    Kernel args: M, N, K, A, a_off, a_sb, a_sm, a_sk, B, b_off, b_sb, b_sk, b_sn, C, c_off.
     NDRange (ceil(N/TSN) * lx, ceil(M/TSM) * ly, batch) with work-groups (lx, ly) = tiles.local.
     FP_CONTRACT is on here: a*b+c may become one fma, as in BLAS."""
     dt = dtype_name(dtype)
@@ -523,7 +536,7 @@ __kernel __attribute__((reqd_work_group_size({rx}, {ry}, 1)))
 void {name}(const long M, const long N, const long K,
     __global const {T}* restrict A, const long a_off, const long a_sb, const long a_sm, const long a_sk,
     __global const {T}* restrict B, const long b_off, const long b_sb, const long b_sk, const long b_sn,
-    __global {T}* restrict C)
+    __global {T}* restrict C, const long c_off)
 {{
     __local {T} As[{t.TSK}][{t.TSM}];
     __local {T} Bs[{t.TSK}][{t.TSN}];
@@ -533,7 +546,7 @@ void {name}(const long M, const long N, const long K,
     const long bat = get_global_id(2);
     A += a_off + bat * a_sb;
     B += b_off + bat * b_sb;
-    C += bat * M * N;
+    C += c_off + bat * M * N;
     {T} acc[{t.WPTM}][{t.WPTN}];
     #pragma unroll
     for (int wm = 0; wm < {t.WPTM}; ++wm)
@@ -542,14 +555,12 @@ void {name}(const long M, const long N, const long K,
             acc[wm][wn] = {zero};
     for (long k0 = 0; k0 < K; k0 += {t.TSK}) {{
         /* A tile: consecutive items read consecutive k (row-major A is contiguous in k) */
-        #pragma unroll
         for (int l = tid; l < {t.TSM * t.TSK}; l += {nt}) {{
             const int kk = l % {t.TSK}, mm = l / {t.TSK};
             const long gm = m0 + mm, gk = k0 + kk;
             As[kk][mm] = (gm < M && gk < K) ? A[gm * a_sm + gk * a_sk] : {zero};
         }}
         /* B tile: consecutive items read consecutive n */
-        #pragma unroll
         for (int l = tid; l < {t.TSK * t.TSN}; l += {nt}) {{
             const int nn = l % {t.TSN}, kk = l / {t.TSN};
             const long gn = n0 + nn, gk = k0 + kk;

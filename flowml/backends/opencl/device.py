@@ -79,8 +79,104 @@ def all_devices() -> list:
                     continue  # a platform with no usable device (DEVICE_NOT_FOUND)
             if not devices:
                 raise FlowError("OpenCL platforms exist but report no device", notes=[INSTALL_HINT])
+            for d in devices:
+                _fix_pocl_generic_cpu(d)
             _DEVICES = devices
         return list(_DEVICES)
+
+
+# ----------------------------------------------------------------- PoCL on CPUs its LLVM predates
+#
+# pocl-binary-distribution 3.0 bundles LLVM 14, which names no CPU newer than ~2021 (e.g. AMD
+# family 26, Zen 5, is "generic"); PoCL then passes `-target-cpu generic` to its clang, which
+# rejects it: EVERY build fails with "unknown target CPU 'generic'". PoCL 3.0 has no option to
+# override the CPU (POCL_LLVM_CPU_NAME came later), so we replace the CPU name in PoCL's device
+# struct with the one PoCL itself pairs with the kernel library it picked for this host's
+# features (its `kernellib_feature_map`: avx512 -> skylake-avx512, avx2 -> haswell, ...).
+# Guarded: only a PoCL CPU device whose build hash ends in "-generic", only a pointer field
+# (in readable memory) to exactly "generic", and only when there is exactly one such field.
+# FLOWML_POCL_CPU=<llvm cpu name> picks the name; FLOWML_POCL_CPU=0 turns this off.
+
+_POCL_CPU_BY_FEATURES = [  # PoCL 3.0's kernellib_feature_map, best last
+    ("athlon64", {"sse2"}),
+    ("core2", {"sse2", "ssse3", "cx16"}),
+    ("penryn", {"sse2", "sse4_1", "cx16"}),
+    ("sandybridge", {"sse2", "avx", "cx16", "popcnt"}),
+    ("ivybridge", {"sse2", "avx", "cx16", "popcnt", "f16c"}),
+    ("haswell", {"sse2", "avx", "avx2", "cx16", "popcnt", "abm", "f16c", "fma", "bmi1", "bmi2"}),
+    ("skylake-avx512", {"sse2", "avx512f"}),
+]
+_KEEP_ALIVE: list = []  # the replacement strings must outlive the device
+
+
+def _host_cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _pocl_cpu_name() -> str | None:
+    name = None
+    flags = _host_cpu_flags()
+    for cpu, needed in _POCL_CPU_BY_FEATURES:
+        if needed <= flags:
+            name = cpu
+    return name
+
+
+def _readable_ranges() -> list[tuple[int, int]]:
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            addr, perms = line.split()[:2]
+            if perms.startswith("r"):
+                lo, hi = (int(x, 16) for x in addr.split("-"))
+                ranges.append((lo, hi))
+    return ranges
+
+
+def _fix_pocl_generic_cpu(device) -> bool:
+    """Apply the workaround above to `device` if it needs it; True when patched."""
+    import ctypes
+    import sys
+
+    choice = os.environ.get("FLOWML_POCL_CPU", "").strip()
+    if choice == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        if "Portable Computing Language" not in device.platform.name or not device.type & cl.device_type.CPU:
+            return False
+        if not device.version.rstrip().endswith("-generic"):
+            return False
+    except cl.Error:
+        return False
+    cpu = choice or _pocl_cpu_name()
+    if not cpu:
+        return False
+    ranges = _readable_ranges()
+
+    def readable(addr: int, n: int) -> bool:
+        return any(lo <= addr and addr + n <= hi for lo, hi in ranges)
+
+    base = device.int_ptr
+    hits = []
+    for off in range(0, 4096, 8):
+        if not readable(base + off, 8):
+            break
+        p = ctypes.c_void_p.from_address(base + off).value
+        if p and readable(p, 8) and ctypes.string_at(p, 8) == b"generic\0":
+            hits.append(off)
+    if len(hits) != 1:
+        return False
+    new = ctypes.create_string_buffer(cpu.encode())
+    _KEEP_ALIVE.append(new)
+    ctypes.c_void_p.from_address(base + hits[0]).value = ctypes.addressof(new)
+    return True
 
 
 def describe(device) -> str:

@@ -1,0 +1,101 @@
+"""scipy's BLAS (its bundled LP64 OpenBLAS) callable from generated IR.
+
+`scipy.linalg.cython_blas.__pyx_capi__` holds a PyCapsule per routine; the capsule's pointer
+is a plain C function with the Fortran BLAS argument list: every argument by pointer, 32-bit
+`int`s, column-major matrices, no hidden string-length arguments. The capsule's name is its C
+signature, so it is read with PyCapsule_GetName before PyCapsule_GetPointer.
+
+Generated IR calls `@flowml_dgemm(...)` etc.; `ensure_symbols()` binds those names to the
+capsule pointers with `llvm.add_symbol` (binding by name keeps cached object code valid across
+processes, unlike embedding the address).
+
+Row-major operands (numpy's layout) with a column-major BLAS: a row-major M x N matrix with
+row stride ld *is* a column-major N x M matrix with leading dimension ld, i.e. its transpose.
+So for row-major C[M,N] = op(A)[M,K] @ op(B)[K,N], compute C^T = op(B)^T @ op(A)^T, which in
+column-major terms is
+    gemm(tb, ta, N, M, K, alpha, B, ldb, A, lda, beta, C, ldc=N)
+-- swap the operands and M with N, keep each operand's own 'N'/'T' flag; lda/ldb are the row
+lengths of A and B as stored ('N': lda=K for A; 'T': A is stored K x M, lda=M). `gemm_args`
+below computes exactly this.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+
+import llvmlite.binding as llvm
+
+from ...errors import FlowInternalError
+
+# name -> (IR return type, number of pointer arguments), C signatures from scipy's capsules:
+#   gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+#   gemv(trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
+#   dot(n, x, incx, y, incy) -> scalar     axpy(n, alpha, x, incx, y, incy)   scal(n, alpha, x, incx)
+SIGNATURES = {
+    "sgemm": ("void", 13), "dgemm": ("void", 13),
+    "sgemv": ("void", 11), "dgemv": ("void", 11),
+    "sdot": ("float", 5), "ddot": ("double", 5),
+    "saxpy": ("void", 6), "daxpy": ("void", 6),
+    "sscal": ("void", 4), "dscal": ("void", 4),
+}
+PREFIX = "flowml_"
+_lock = threading.Lock()
+
+
+def _capsule_pointer(capsule) -> int:
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+
+
+@functools.lru_cache(maxsize=None)
+def address(name: str) -> int:
+    """The address of scipy's BLAS routine `name` (e.g. 'dgemm')."""
+    if name not in SIGNATURES:
+        raise FlowInternalError(f"blas: unsupported routine {name!r}")
+    from scipy.linalg import cython_blas
+    capsule = cython_blas.__pyx_capi__.get(name)
+    if capsule is None:
+        raise FlowInternalError(f"blas: scipy.linalg.cython_blas has no {name!r}")
+    return _capsule_pointer(capsule)
+
+
+def symbol(name: str) -> str:
+    """The name generated IR calls: 'flowml_dgemm'."""
+    return PREFIX + name
+
+
+def ensure_symbols(names=None) -> None:
+    """Bind `flowml_<name>` for each routine (default: all in SIGNATURES) for the JIT. Idempotent."""
+    from .jit import _init_native
+    _init_native()
+    with _lock:
+        for name in names or SIGNATURES:
+            if llvm.address_of_symbol(symbol(name)) is None:
+                llvm.add_symbol(symbol(name), address(name))
+
+
+def declaration(name: str) -> str:
+    """`declare void @flowml_dgemm(ptr, ..., ptr)` for one routine."""
+    ret, nargs = SIGNATURES[name]
+    return f"declare {ret} @{symbol(name)}({', '.join(['ptr'] * nargs)})"
+
+
+def declarations(names) -> str:
+    return "".join(declaration(n) + "\n" for n in names)
+
+
+def gemm_args(M: int, N: int, K: int, trans_a: bool = False, trans_b: bool = False):
+    """Column-major gemm arguments for row-major C[M,N] = op(A) @ op(B) (see module docstring).
+
+    Returns (trans1, trans2, m, n, k, ld1, ld2, ldc) for the call
+    `gemm(trans1, trans2, m, n, k, alpha, B, ld1, A, ld2, beta, C, ldc)`: B comes first.
+    """
+    lda = M if trans_a else K  # row length of A as stored: K x M when transposed, else M x K
+    ldb = K if trans_b else N
+    return ("T" if trans_b else "N", "T" if trans_a else "N", N, M, K, ldb, lda, N)
