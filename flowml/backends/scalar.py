@@ -87,6 +87,12 @@ def _floordiv(b, dt, x, y):
         fq = b.select(b.compare("gt", b.binary("sub", q, fq, dt), b.const(0.5, dt), dt),
                       b.binary("add", fq, _one(b, dt), dt), fq, dt)
         plain = b.binary("div", x, y, dt)
+        # a zero quotient has the sign of x / y, as numpy's copysign(0, x / y): -0.0 // 3 is
+        # -0.0 (q above lost it). q == 0 means |x| < |y|, so x / y is finite and 1 / (x / y)
+        # carries its sign, zeros included.
+        neg = b.compare("lt", b.binary("div", _one(b, dt), plain, dt), _zero(b, dt), dt)
+        fq = b.select(b.compare("eq", q, _zero(b, dt), dt),
+                      b.select(neg, b.const(-0.0, dt), _zero(b, dt), dt), fq, dt)
         return b.select(b.compare("eq", y, _zero(b, dt), dt), plain, fq, dt)
     # integers: Python semantics (round toward -inf); division by zero gives 0 as in numpy
     safe_y = b.select(b.compare("eq", y, _zero(b, dt), dt), _one(b, dt), y, dt)
@@ -117,12 +123,14 @@ def _mod(b, dt, x, y):
 def _pow(b, dt, x, y):
     if is_float(dt):
         return b.call2("pow", x, y, dt)
-    # integer power by squaring, unrolled for exponents < 2**6 (larger ones overflow i64
-    # for any base but 0, ±1; those are handled by the sign/parity rules below)
+    # integer power by squaring, unrolled over every bit of a non-negative exponent (31 for
+    # i32, 63 for i64): products wrap as numpy's do, so 2**64 == 0 and 0**64 == 0 (stopping
+    # at fewer bits would ignore the high bits: 0**64 would be 1). Once e is 0 the remaining
+    # steps change nothing. numpy refuses negative exponents; they give garbage here.
     result = _one(b, dt)
     base = x
     e = y
-    for _ in range(6):
+    for _ in range(31 if dt == "int32" else 63):
         odd = b.compare("ne", b.binary("sub", e, b.binary("mul", b.binary("div", e, b.const(2, dt), dt),
                                                            b.const(2, dt), dt), dt), _zero(b, dt), dt)
         result = b.select(odd, b.binary("mul", result, base, dt), result, dt)
@@ -178,9 +186,12 @@ def _abs(b, dt, x):
 def _sign(b, dt, x):
     if dt == "bool":
         return x
+    rest = x
+    if is_float(dt):  # numpy: sign(-0.0) is +0.0, sign(NaN) is NaN
+        rest = b.select(_is_nan(b, x, dt), x, _zero(b, dt), dt)
     s = b.select(b.compare("gt", x, _zero(b, dt), dt), _one(b, dt),
-                 b.select(b.compare("lt", x, _zero(b, dt), dt), b.const(-1, dt), x, dt), dt)
-    return s  # zero (and NaN) give themselves, as numpy
+                 b.select(b.compare("lt", x, _zero(b, dt), dt), b.const(-1, dt), rest, dt), dt)
+    return s  # zero gives zero (+0.0), NaN NaN, as numpy
 
 
 def _relu(b, dt, x):

@@ -129,6 +129,8 @@ class Elementwise(Op):
     def infer(self, types, attrs):
         if len(types) != self.nin:
             raise ShapeError(f"{self.name} takes {self.nin} operands, got {len(types)}")
+        if self.name in _NOT_FOR_BOOLS and all(t.dtype.kind == "b" for t in types):
+            raise ShapeError(f"cannot {self.verb} {_type_names(types)}: {_NOT_FOR_BOOLS[self.name]}")
         shape = broadcast_shapes(*(t.shape for t in types))
         if shape is None:
             raise ShapeError(f"cannot {self.verb} {_type_names(types)}: shapes do not broadcast")
@@ -143,6 +145,12 @@ class Elementwise(Op):
         maps = self.deriv(out, *operands)
         terms = [m(t) for m, t in zip(maps, tangents) if m is not None and t is not None]
         return _add_all(terms)
+
+
+# What numpy refuses on bools (and so flowml, the same on every backend).
+_NOT_FOR_BOOLS = {"neg": "negating bools is not supported; use `not`",
+                  "sub": "subtracting bools is not supported; use `!=` or cast to an integer first",
+                  "sign": "sign of bools is not supported"}
 
 
 def _add_all(terms):

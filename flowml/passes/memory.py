@@ -96,6 +96,8 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     # in-place param updates
     param_nodes = {graph.attrs(n)["name"]: n for n in order if graph.op(n) is P.param}
     outs = set(outputs)
+    # params whose old value is returned, or written to another param, after the updates ran
+    read_at_end = {root_of.get(n, n) for n in outputs + [u for _, u in updates]}
     for name, v in updates:
         p = param_nodes.get(name)
         if graph.op(v).name != "fused" or graph.attrs(v)["reduce"] is not None or v in outs:
@@ -105,6 +107,8 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
         if p is None:
             plan.inplace[name] = v  # the function doesn't read the param at all
             continue
+        if p in read_at_end:
+            continue  # e.g. `fn f() -> w { w <- w + 1 }` returns the old w: keep it
         readers = [u for u in order if any(root_of.get(o, o) == p for o in graph.operands(u))]
         same_shape = all(graph.type(o).shape == graph.type(v).shape
                          for o in graph.operands(v) if root_of.get(o, o) == p)

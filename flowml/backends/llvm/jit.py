@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 import threading
 
 import llvmlite.binding as llvm
@@ -40,6 +41,13 @@ def _init_native() -> None:
     # constructor loads the process as a "permanent library"; llvmlite's
     # load_library_permanently(None) cannot do that. An empty engine, kept alive, does it.
     _process_symbols_engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
+    # The code generator lowers some operations to compiler-runtime helpers that are in neither
+    # the IR nor the Python process: llvm.powi -> __powidf2, i128 division -> __udivti3, half
+    # conversions -> __truncdfhf2... (verified: unresolved, the call segfaults). libgcc_s has them.
+    try:
+        llvm.load_library_permanently("libgcc_s.so.1")
+    except RuntimeError:
+        pass  # then undefined_object_symbols() reports them instead of crashing
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,14 +120,46 @@ def undefined_externals(module) -> list[str]:
     return missing
 
 
+def _elf_undefined_symbols(obj: bytes) -> list[str]:
+    """Names an ELF64 little-endian relocatable object needs from outside (undefined symbols)."""
+    if obj[:4] != b"\x7fELF" or obj[4] != 2 or obj[5] != 1:
+        return []  # not ELF64-LE (another platform): nothing we can check
+    (shoff,) = struct.unpack_from("<Q", obj, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
+    # Elf64_Shdr: name, type, flags, addr, offset, size, link, info, addralign, entsize
+    sections = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for _, sh_type, _, _, offset, size, link, _, _, entsize in sections:
+        if sh_type != 2 or not entsize:  # SHT_SYMTAB
+            continue
+        strtab = sections[link][4]
+        for j in range(1, size // entsize):
+            # Elf64_Sym: name, info, other, shndx, value, size
+            st_name, _, _, st_shndx, _, _ = struct.unpack_from("<IBBHQQ", obj, offset + j * entsize)
+            if st_shndx == 0 and st_name:  # SHN_UNDEF
+                start = strtab + st_name
+                names.append(obj[start:obj.index(b"\0", start)].decode())
+    return names
+
+
+def undefined_object_symbols(obj: bytes) -> list[str]:
+    """Undefined symbols of object code `obj` that the JIT's symbol lookup cannot find."""
+    return [n for n in _elf_undefined_symbols(obj)
+            if not n.startswith("_GLOBAL_OFFSET_TABLE_") and llvm.address_of_symbol(n) is None]
+
+
 class JitModule:
     """One LLVM module compiled to native code and kept loaded as long as this object lives.
 
     `JitModule(ir_text)` parses, verifies, optimizes (O3 + loop/SLP vectorization) and compiles.
     `JitModule(ir_text, cached_object=obj)` skips optimization and code generation and loads the
-    object code `obj` (a previous instance's `object_code`) instead; the IR text is still parsed
-    so that the module's external symbols can be checked. The caller (see `cache.py`) is
-    responsible for making the cache key cover everything that changes the object code.
+    object code `obj` (a previous instance's `object_code`) instead (the IR text is still parsed:
+    MCJIT wants a module, ~1 ms). The caller (see `cache.py`) is responsible for making the
+    cache key cover everything that changes the object code.
+
+    Before anything can run, every symbol the code needs from outside is looked up -- in the IR
+    (fresh compiles) and in the object's ELF symbol table (always) -- and a missing one raises
+    FlowInternalError naming it, instead of the segfault MCJIT would give at the first call.
     """
 
     def __init__(self, ir_text: str, cached_object: bytes | None = None, *, name: str = "flowml_module",
@@ -137,7 +177,8 @@ class JitModule:
                 optimize(mod, speed_level)
                 self._optimized_ir = str(mod)
             # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
-            missing = undefined_externals(mod)
+            # (A cached object is checked below, on its own symbol table, which is exact.)
+            missing = undefined_externals(mod) if cached_object is None else []
             if missing:
                 raise FlowInternalError(
                     f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
@@ -160,6 +201,15 @@ class JitModule:
             # The callbacks reference `self` through closures; drop them to avoid a cycle that
             # would delay freeing the engine (and its executable memory).
             self._ee.set_object_cache(None, None)
+            # Second check, on the machine code: catches helpers the code generator introduced
+            # (and anything a cached object needs). Nothing has run yet, so raising is safe.
+            missing = undefined_object_symbols(self.object_code or b"")
+            if missing:
+                raise FlowInternalError(
+                    f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "
+                    f"{', '.join(missing)}",
+                    notes=["calling it would crash the process; these usually come from compiler "
+                           "runtime helpers (libgcc_s) or a library that is not loaded"])
 
     def address(self, name: str) -> int:
         """The address of function `name` in the compiled code."""

@@ -130,13 +130,6 @@ class LLVMScalarBuilder:
         return self._emit(f"{'sext' if ITEMSIZE[dst] > ITEMSIZE[src] else 'trunc'} {ts} {a} to {td}")
 
 
-def dim_value(d, slot_of_dim) -> tuple[list[str], str]:
-    """(IR lines, operand text) for a dim: an int, or coeff × product of symbol values."""
-    if isinstance(d, int):
-        return [], str(d)
-    return [], ("DIM", d)  # resolved by KernelWriter.dim
-
-
 @dataclass
 class KernelInfo:
     name: str
@@ -258,7 +251,7 @@ class KernelWriter:
         if self.reduce is not None:
             if groups and all(reduced) and len(groups) == 1 and self.reduce[0] == "sum" and out_dt in S.FLOAT:
                 atomic = True  # a full sum: chunks add partials into the output
-            self._init_output(extents, reduced, splittable)
+            self._init_output(extents, reduced, splittable, atomic)
         self.loops(groups, extents, in_strides, out_strides, reduced, 0, ["0"] * nin, "0", atomic)
         self.lines.append("  ret void")
         self.lines.append("}")
@@ -280,7 +273,7 @@ class KernelWriter:
         info = np.iinfo(np.dtype(dt))
         return str(info.min if name == "max" else info.max)
 
-    def _init_output(self, extents, reduced, splittable) -> None:
+    def _init_output(self, extents, reduced, splittable, atomic) -> None:
         """Set the kept outputs of this chunk to the reduction's identity."""
         dt = self.out_type.dtype.name
         kept = [e for e, r in zip(extents, reduced) if not r]
@@ -296,12 +289,8 @@ class KernelWriter:
             hi = "1"
             for e in kept:
                 hi = self.emit(f"mul i64 {hi}, {e}")
-            if not kept:
-                # a full reduction: chunk 0 (start == 0) sets it before anyone adds (atomic
-                # sums are set by the step before the chunks start; see backend)
-                pass
-        if self.reduce[0] == "sum" and not splittable and not kept:
-            return  # set to 0 by the caller before any chunk runs
+        if atomic:
+            return  # chunks add into it: the caller sets it to 0 before any chunk runs
         ident = self._identity(dt)
         i = self._loop_head("init", lo, hi)
         self._store(self.out_ptr, i, ident, dt)

@@ -67,6 +67,15 @@ SCALAR_ONLY: dict[tuple[str, str], str] = {
 }
 # (cbrt f64 is 3 ulp both ways, so it keeps the faster libmvec variant.)
 
+# libmvec results clamped to the function's range. Found by an exhaustive float32 scan:
+# `_ZGVdN8v_sinf` returns +-1.0000001 for 78 inputs (e.g. sin(4.7122736f)), `_ZGVdN8v_cosf`
+# for 4 (e.g. cos(518.3628f)) -- 1 ulp, within the bar, but log1p(sin x) or acos(sin x) would be
+# NaN. The clamp is applied in a vector wrapper that the loop vectorizer calls instead.
+CLAMP: dict[tuple[str, str], tuple[float, float]] = {
+    ("sin", "f32"): (-1.0, 1.0),
+    ("cos", "f32"): (-1.0, 1.0),
+}
+
 
 def _hex(v: float) -> str:
     """A double constant in IR text form (exact; decimal text must be exactly representable)."""
@@ -102,7 +111,8 @@ def _exp_f64_ir(name: str) -> str:
     ]
     prev = _hex(1 / math.factorial(13))
     for n in range(12, -1, -1):
-        lines.append(f"  %p{n} = call double @llvm.fma.f64(double {prev}, double %r, double {_hex(1 / math.factorial(n))})")
+        coef = _hex(1 / math.factorial(n))
+        lines.append(f"  %p{n} = call double @llvm.fma.f64(double {prev}, double %r, double {coef})")
         prev = f"%p{n}"
     lines += ["  %k = fptosi double %kf to i32", "  %k1 = ashr i32 %k, 1", "  %k2 = sub i32 %k, %k1"]
     for i in (1, 2):  # 2^k_i built from its exponent bits; k_i is in [-541, 541], always normal
@@ -180,20 +190,44 @@ def libmvec_available() -> bool:
     return llvm.address_of_symbol(vector_name("exp", "f32")) is not None
 
 
-def _lane0_wrapper_ir(fn: str, d: str) -> str:
-    """`flowml_mvec_<f>(x...)` = lane 0 of libmvec's variant applied to splat(x...)."""
+def vector_callee(fn: str, dtype) -> str:
+    """What the vectorized loop calls: libmvec's variant, or flowml's clamping wrapper of it."""
+    d = _dtype(dtype)
+    return "flowml_mvecv_" + scalar_name(fn, d) if (fn, d) in CLAMP else vector_name(fn, d)
+
+
+def _wrappers_ir(fn: str, d: str) -> str:
+    """Run-time helpers for one libmvec function:
+
+    * `flowml_mvecv_<f>(<n x T>...)` (only for CLAMP functions): libmvec's variant, clamped;
+    * `flowml_mvec_<f>(T...)`: lane 0 of the vector callee applied to splat(x...) -- the scalar
+      callee, so scalar remainders give exactly the vector lanes' results.
+    """
     t, n = _IR_TYPE[d], _LANES[d]
     vt = f"<{n} x {t}>"
     k = ARITY[fn]
-    lines = [f"define {t} @{mvec_scalar_name(fn, d)}({', '.join(f'{t} %a{i}' for i in range(k))}) nounwind {{"]
+    vargs = ", ".join(f"{vt} %v{i}" for i in range(k))
+    lines = [f"declare {vt} @{vector_name(fn, d)}({', '.join([vt] * k)})"]
+    if (fn, d) in CLAMP:
+        lo, hi = CLAMP[(fn, d)]
+        splat = lambda c: f"<{', '.join([f'{t} {_hex(c)}'] * n)}>"  # noqa: E731
+        lines += [
+            f"define {vt} @{vector_callee(fn, d)}({vargs}) nounwind {{",
+            f"  %r = call {vt} @{vector_name(fn, d)}({', '.join(f'{vt} %v{i}' for i in range(k))})",
+            # fcmp is false for NaN, so NaN passes through both selects
+            f"  %lo = fcmp olt {vt} %r, {splat(lo)}",
+            f"  %r1 = select <{n} x i1> %lo, {vt} {splat(lo)}, {vt} %r",
+            f"  %hi = fcmp ogt {vt} %r1, {splat(hi)}",
+            f"  %r2 = select <{n} x i1> %hi, {vt} {splat(hi)}, {vt} %r1",
+            f"  ret {vt} %r2",
+            "}",
+        ]
+    lines.append(f"define {t} @{mvec_scalar_name(fn, d)}({', '.join(f'{t} %a{i}' for i in range(k))}) nounwind {{")
     for i in range(k):  # splat, not lane 0 only: garbage lanes could hit libmvec's slow paths
         lines.append(f"  %v{i}.0 = insertelement {vt} poison, {t} %a{i}, i64 0")
         lines.append(f"  %v{i} = shufflevector {vt} %v{i}.0, {vt} poison, <{n} x i32> zeroinitializer")
-    lines.append(f"  %r = call {vt} @{vector_name(fn, d)}({', '.join(f'{vt} %v{i}' for i in range(k))})")
-    lines.append(f"  %s = extractelement {vt} %r, i64 0")
-    lines.append(f"  ret {t} %s")
-    lines.append("}")
-    lines.append(f"declare {vt} @{vector_name(fn, d)}({', '.join([vt] * k)})")
+    lines.append(f"  %r = call {vt} @{vector_callee(fn, d)}({vargs})")
+    lines += [f"  %s = extractelement {vt} %r, i64 0", f"  ret {t} %s", "}"]
     return "\n".join(lines)
 
 
@@ -225,10 +259,11 @@ def ensure_symbols() -> bool:
         vec = libmvec_available()
         if vec and _wrappers is None:
             from .cache import compile_cached
-            text = "\n".join(_lane0_wrapper_ir(fn, d) for fn, d in _libmvec_functions()) + "\n"
+            text = "\n".join(_wrappers_ir(fn, d) for fn, d in _libmvec_functions()) + "\n"
             _wrappers = compile_cached(text, "vecmath-wrappers", name="flowml_vecmath_wrappers")
             for fn, d in _libmvec_functions():
-                llvm.add_symbol(mvec_scalar_name(fn, d), _wrappers.address(mvec_scalar_name(fn, d)))
+                for name in {mvec_scalar_name(fn, d), vector_callee(fn, d)} - {vector_name(fn, d)}:
+                    llvm.add_symbol(name, _wrappers.address(name))
         return vec
 
 
@@ -325,7 +360,7 @@ class MathLib:
 
     def vector_symbols(self) -> list[str]:
         """libmvec names this module's calls may be vectorized to (for `llvm.compiler.used`)."""
-        return [vector_name(fn, d) for (fn, d), (m, _) in self._used.items() if m == "libmvec"]
+        return [vector_callee(fn, d) for (fn, d), (m, _) in self._used.items() if m == "libmvec"]
 
     def declarations(self, compiler_used: bool = True) -> str:
         """Declarations, inline definitions, attribute groups and (unless `compiler_used=False`,
@@ -346,7 +381,7 @@ class MathLib:
                 continue
             n = _LANES[d]
             vt = f"<{n} x {t}>"
-            vname = vector_name(fn, d)
+            vname = vector_callee(fn, d)
             lines.append(f"declare {vt} @{vname}({', '.join([vt] * ARITY[fn])}) memory(none) nounwind willreturn")
             abi = f"_ZGV_LLVM_N{n}{'v' * ARITY[fn]}_{callee}({vname})"
             lines.append(f'attributes #{group} = {{ "vector-function-abi-variant"="{abi}" }}')

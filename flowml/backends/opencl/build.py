@@ -11,6 +11,7 @@ FlowInternalError that quotes the build log and the source lines around the firs
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import re
 import threading
@@ -29,8 +30,8 @@ _LOCK = threading.Lock()
 _PROGRAMS: dict = {}
 _KERNELS: dict = {}
 
-# name -> seconds, for the last builds (diagnostics and benchmarks)
-build_times: list[tuple[str, float, bool]] = []
+# (what, seconds) of the last real builds (not in-memory hits), for diagnostics and benchmarks
+build_times: collections.deque = collections.deque(maxlen=256)
 
 
 def source_key(source: str, options=DEFAULT_OPTIONS) -> str:
@@ -61,7 +62,7 @@ def build_program(source: str, device, options=DEFAULT_OPTIONS, what: str = "ker
         except cl.Error:
             log = str(e)
         raise build_error(what, source, log or str(e)) from None
-    build_times.append((what, time.perf_counter() - t0, False))
+    build_times.append((what, time.perf_counter() - t0))
     with _LOCK:
         _PROGRAMS.setdefault(key, prg)
         return _PROGRAMS[key]
@@ -79,7 +80,8 @@ def get_kernel(program, name: str):
         return k
 
 
-_LOC = re.compile(r":(\d+):(\d+):\s*(?:fatal )?error")
+# "error: /tmp/x.cl:3:12: ..." (PoCL) or "<source>:3:12: error: ..." (other clang-based drivers)
+_LOC = re.compile(r"error: \S*?:(\d+):(\d+):|:(\d+):(\d+):\s*(?:fatal )?error")
 
 
 def build_error(what: str, source: str, log: str) -> FlowInternalError:
@@ -88,7 +90,7 @@ def build_error(what: str, source: str, log: str) -> FlowInternalError:
     notes = [f"OpenCL build log:\n{log.strip()}"]
     m = _LOC.search(log)
     if m:
-        line, col = int(m.group(1)), int(m.group(2))
+        line, col = (int(g) for g in (m.groups()[:2] if m.group(1) else m.groups()[2:]))
         lo, hi = max(line - 4, 1), min(line + 3, len(lines))
         excerpt = []
         for i in range(lo, hi + 1):

@@ -48,7 +48,7 @@ def literal(value, dt: str) -> str:
         suffix = "L" if dt == "int64" else ""
         bits = 64 if dt == "int64" else 32
         if v == -(2 ** (bits - 1)):  # the minimum has no positive counterpart to negate
-            return f"({-(v + 1)}{suffix}-1{suffix})"
+            return f"(-{-(v + 1)}{suffix}-1{suffix})"
         return f"({v}{suffix})" if v < 0 else f"{v}{suffix}"
     v = float(np.float32(value)) if dt == "float32" else float(value)
     ctype = CTYPE[dt]

@@ -143,6 +143,14 @@ class Compiled:
         self.device = device
         self.program = program if program is not None else build_program(gen.source, device, what=gen.name)
         self.kernel = get_kernel(self.program, gen.name)
+        # Every argument is 8 bytes (a pointer or a long); OpenCL guarantees only 1024 bytes of
+        # them (PoCL: 1024): ~20 operands of a rank-4 node. Fail clearly instead of at launch.
+        nargs = self.kernel.get_info(cl.kernel_info.NUM_ARGS)
+        if nargs * 8 > device.max_parameter_size:
+            raise FlowInternalError(
+                f"kernel {gen.name} needs {nargs * 8} bytes of arguments, more than the device's "
+                f"{device.max_parameter_size}: the fused node has too many operands for OpenCL",
+                notes=["the fuse pass should split nodes with this many inputs"])
 
 
 def build_many(gens: list[codegen.Generated], device) -> list:
@@ -220,8 +228,7 @@ class FusedKernel(Compiled):
             gsize, lsize = (1,), (1,)
         else:
             g = [dims[R - 1]] + ([dims[R - 2]] if R >= 2 else []) + ([math.prod(dims[:R - 2])] if R >= 3 else [])
-            l0 = min(64, _pow2ceil(g[0]))
-            lsize = [l0] + ([min(64 // l0, _pow2ceil(g[1]))] if R >= 2 else []) + ([1] if R >= 3 else [])
+            lsize = elementwise_group(g)
             gsize = [_round_up(n, l) for n, l in zip(g, lsize)]
         _launch(self.kernel, device, gsize, lsize, args)
         return out
@@ -273,14 +280,23 @@ def _group_limit(kernel, device) -> int:
     return max(1, min(codegen.MAX_GROUP, int(wg)))
 
 
+def elementwise_group(g: list[int]) -> list[int]:
+    """Work-group size for an elementwise NDRange of extents `g` (last axis first): 64 along
+    the last axis, or 8 x 8 when that axis is short (after merging, so a short last axis is a
+    true inner dim). Two shapes only: each new one costs PoCL a compile at first launch."""
+    if len(g) == 1 or g[0] >= 16:
+        return [64] + [1] * (len(g) - 1)
+    return [8, 8] + [1] * (len(g) - 2)
+
+
 def reduction_group(m: int, limit: int = codegen.MAX_GROUP) -> tuple[int, int]:
-    """Work-group (W, P): W items per output (a power of 4 covering m, so short rows don't
-    idle most of a group), P outputs per group, W * P = the group size."""
-    total = 1 << (limit.bit_length() - 1)  # a power of 2 <= limit
-    W = 1
-    while W < m and W * 4 <= total:
-        W *= 4
-    return W, total // W
+    """Work-group (W, P) of a reduction: W items per output, P outputs per group. Fixed at
+    16 x 16 whatever m is: a size per m would cost PoCL a compile per size (~0.3 s each for
+    kernels with barriers), and long rows get their parallelism from chunks (nchunk) anyway.
+    Smaller only where the device's work-group limit says so."""
+    total = 1 << (max(limit, 1).bit_length() - 1)  # a power of 2 <= limit
+    W = min(16, total)
+    return W, max(total // W, 1)
 
 
 def compile_fused(operand_types, out_type, body, reduce, device=None, name: str = "fused",
@@ -294,8 +310,19 @@ def compile_fused_many(nodes, device=None, prefix: str = "fused") -> list[FusedK
     """Kernels for several fused nodes `(operand_types, out_type, body, reduce[, shape])`, built
     as one program (kernel names `prefix0`, `prefix1`, ...)."""
     device = device or select_device()
-    gens = [codegen.fused_kernel(f"{prefix}{i}", *node) for i, node in enumerate(nodes)]
-    program = build_many(gens, device)
+    # Nodes whose kernels are the same text (axes and keepdims are launch-time facts, so e.g.
+    # every 2-D row sum is one kernel) share one kernel of the program: fewer kernels to build,
+    # and PoCL compiles each kernel's work-group function once per local size.
+    names: dict[str, str] = {}
+    unique: list[codegen.Generated] = []
+    gens = []
+    for node in nodes:
+        text = codegen.fused_kernel("K", *node).source
+        if text not in names:
+            names[text] = f"{prefix}{len(unique)}"
+            unique.append(codegen.fused_kernel(names[text], *node))
+        gens.append(codegen.fused_kernel(names[text], *node))
+    program = build_many(unique, device)
     return [FusedKernel(g, device, program) for g in gens]
 
 

@@ -1,0 +1,7 @@
+"""The suite checks semantics on the reference backend by default (each test compiles models, and
+native compiles cost tenths of a second each); the native backends have their own suites that
+compare them with the reference (tests/test_llvm_*.py, tests/test_opencl_*.py)."""
+
+import os
+
+os.environ.setdefault("FLOWML_BACKEND", "reference")
