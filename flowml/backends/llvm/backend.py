@@ -94,7 +94,7 @@ class LLVMExecutable:
         self.kernels: dict[int, _Kernel] = {}
         self.ir_text = ""
         self.module = None
-        self._buffers: dict[tuple, dict[int, np.ndarray]] = {}
+        self._bindings: dict[tuple, _Binding] = {}
         if not self._lazy:
             self._build()
 
@@ -139,110 +139,92 @@ class LLVMExecutable:
             k.fn = _KERNEL(k.address)
 
     # ------------------------------------------------------------ run
+    #
+    # Per call only what changes is done in Python: input and param addresses go into the slot
+    # table, then the steps run. What depends only on the dims (buffers, their addresses, each
+    # kernel's extent and thread count) is set up once per binding of the dims (`_Binding`).
 
-    def _buffers_for(self, env: dict[str, int]) -> dict[int, np.ndarray]:
-        """Arrays of the memory plan's buffers for this binding of the dims (kept for reuse)."""
-        key = tuple(sorted(env.items()))
-        found = self._buffers.get(key)
-        if found is not None:
-            return found
+    def _prepare_steps(self) -> None:
         g = self.graph
-        by_buffer: dict[int, np.ndarray] = {}
-        out: dict[int, np.ndarray] = {}
-        assign = self.plan.assign if self.plan is not None else {}
-        for n in self.kernels:
-            if n in self._inplace_nodes:
-                continue
-            t = g.type(n)
-            shape = tuple(resolve_dim(d, env) for d in t.shape)
-            b = assign.get(n)
-            if b is None:
-                out[n] = np.empty(shape, dtype=t.dtype)
-                continue
-            if b not in by_buffer:
-                by_buffer[b] = np.empty(_size(t.shape, env) * t.dtype.itemsize, dtype=np.uint8)
-            out[n] = by_buffer[b][: _size(t.shape, env) * t.dtype.itemsize].view(t.dtype).reshape(shape)
-        if len(self._buffers) > 8:
-            self._buffers.clear()  # many shapes in turn: don't keep them all
-        self._buffers[key] = out
-        return out
+        steps = []
+        for n in self.nodes:
+            op = g.op(n)
+            operands = g.operands(n)
+            slot = self.slot.get(("ptr", n))
+            if op is P.input_:
+                steps.append(("input", n, g.attrs(n)["name"], slot))
+            elif op is P.param:
+                steps.append(("param", n, g.attrs(n)["name"], slot))
+            elif op is P.const:
+                steps.append(("const", n, g.attrs(n)["value"], slot))
+            elif op is P.dim:
+                steps.append(("dim", n, g.attrs(n)["dim"], slot))
+            elif n in self.kernels:
+                steps.append(("kernel", n, self.kernels[n], slot))
+            elif op is P.reshape:
+                steps.append(("view", n, (operands[0], g.type(n).shape), slot))
+            elif op is P.matmul:
+                steps.append(("matmul", n, tuple(operands), slot))
+            else:
+                steps.append(("ref", n, tuple(operands), slot))
+        self.steps = steps
+
+    def _binding(self, env: dict[str, int]) -> "_Binding":
+        key = tuple(sorted(env.items()))
+        found = self._bindings.get(key)
+        if found is None:
+            if len(self._bindings) > 8:
+                self._bindings.clear()  # many shapes in turn: don't keep them all
+            found = self._bindings[key] = _Binding(self, env)
+        return found
 
     def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int]):
         if self._lazy:
             from ..reference import ReferenceExecutable
             return ReferenceExecutable(self.graph, self.outputs, self.updates)(inputs, state, env)
-        g = self.graph
+        if not hasattr(self, "steps"):
+            self._prepare_steps()
         env = dict(env)
-        buffers = self._buffers_for(env)
-        ctx = np.zeros(len(self.slot) + 1, dtype=np.int64)
-        for key, s in self.slot.items():
-            if key[0] == "dim":
-                ctx[s] = env[key[1]]
-        ctx_ptr = ctx.ctypes.data
+        binding = self._binding(env)
+        ctx = binding.ctx
+        ctx_ptr = binding.ctx_ptr
         values: dict[int, np.ndarray] = {}
-        slot = self.slot
+        params = state.values
         with np.errstate(all="ignore"):
-            for n in self.nodes:
-                op = g.op(n)
-                if op is P.input_:
-                    v = inputs[g.attrs(n)["name"]]
-                elif op is P.param:
-                    v = state.values[g.attrs(n)["name"]]
-                elif op is P.const:
-                    v = g.attrs(n)["value"]
-                elif op is P.dim:
-                    d = g.attrs(n)["dim"]
-                    v = np.int64(resolve_dim(d, env))
-                elif n in self.kernels:
-                    v = self._run_kernel(n, buffers, state, ctx, ctx_ptr, env)
-                elif op is P.reshape:
-                    v = values[g.operands(n)[0]].reshape(tuple(resolve_dim(d, env) for d in g.type(n).shape))
-                elif op is P.matmul:
-                    a, b = (values[o] for o in g.operands(n))
-                    v = np.matmul(a, b)
+            for kind, n, data, slot in self.steps:
+                if kind == "kernel":
+                    v = binding.run_kernel(n, data, params)
+                elif kind == "input":
+                    v = inputs[data]
+                elif kind == "param":
+                    v = params[data]
+                elif kind == "const":
+                    v = data
+                elif kind == "view":
+                    v = values[data[0]].reshape(tuple(resolve_dim(d, env) for d in data[1]))
+                elif kind == "matmul":
+                    v = np.matmul(values[data[0]], values[data[1]])
+                elif kind == "dim":
+                    v = np.int64(resolve_dim(data, env))
                 else:
-                    v = self._reference_step(n, [values[o] for o in g.operands(n)], env)
+                    v = self._reference_step(n, [values[o] for o in data], env)
                 values[n] = v
-                s = slot.get(("ptr", n))
-                if s is not None:
-                    if not (isinstance(v, np.ndarray) and v.flags.c_contiguous):
+                if slot is not None and kind != "kernel":
+                    if not (type(v) is np.ndarray and v.flags.c_contiguous):
                         v = values[n] = np.ascontiguousarray(v) if np.ndim(v) else np.array(v)
-                    ctx[s] = v.ctypes.data
+                    ctx[slot] = v.__array_interface__["data"][0]
+        g = self.graph
         new_values = {}
         for name, n in self.updates:
-            if self.inplace.get(name) == n:
-                continue
-            new_values[name] = np.array(values[n], dtype=g.type(n).dtype)
+            if self.inplace.get(name) != n:
+                new_values[name] = np.array(values[n], dtype=g.type(n).dtype)
         for name, v in new_values.items():
-            state.values[name] = v
+            old = params.get(name)
+            if old is not None and old.shape == v.shape and old.flags.writeable:
+                np.copyto(old, v)  # keep the param's array (and address) for the next call
+            else:
+                params[name] = v
         return [values[n] for n in self.outputs]
-
-    def _run_kernel(self, n, buffers, state, ctx, ctx_ptr, env):
-        k = self.kernels[n]
-        name = self._inplace_nodes.get(n)
-        out = state.values[name] if name is not None else buffers[n]
-        ctx[k.slot_out] = out.ctypes.data
-        g = self.graph
-        reduce = g.attrs(n)["reduce"]
-        if reduce is not None and reduce[0] in ("max", "min"):
-            shape = g.attrs(n)["shape"]
-            if any(resolve_dim(shape[a], env) == 0 for a in reduce[1]):
-                raise FlowRuntimeError(f"zero-size array to reduction operation {reduce[0]} which has no "
-                                       f"identity", g.loc(n))
-        if k.zero_first:
-            out[...] = 0
-        extent = _size(k.info.parallel_axis_extent, env) if k.info.parallel_axis_extent else 1
-        if extent == 0:
-            k.fn(ctx_ptr, 0, 0)  # (a reduction over an empty axis still sets its identity)
-            return out
-        total = _size(g.attrs(n)["shape"], env)
-        threads = parallel.threads_for(total, MIN_ITEMS_PER_THREAD) if k.info.splittable else 1
-        threads = min(threads, extent)
-        if threads > 1:
-            parallel.parallel_for(k.address, ctx_ptr, extent, threads)
-        else:
-            k.fn(ctx_ptr, 0, extent)
-        return out
 
     def _reference_step(self, n, args, env):
         g = self.graph
@@ -271,6 +253,72 @@ class LLVMExecutable:
 
     def assembly(self) -> str:
         return self.module.assembly() if self.module is not None else ""
+
+
+class _Binding:
+    """What one binding of the dims fixes: the buffers (by the memory plan), the slot table with
+    their addresses and the dims, and each kernel's loop extent and thread count."""
+
+    def __init__(self, ex: LLVMExecutable, env: dict[str, int]):
+        g = ex.graph
+        self.ex = ex
+        self.ctx = np.zeros(len(ex.slot) + 1, dtype=np.int64)
+        self.ctx_ptr = self.ctx.ctypes.data
+        for key, s in ex.slot.items():
+            if key[0] == "dim":
+                self.ctx[s] = env[key[1]]
+        self.buffers: dict[int, np.ndarray] = {}
+        by_buffer: dict[int, np.ndarray] = {}
+        assign = ex.plan.assign if ex.plan is not None else {}
+        self.launch: dict[int, tuple[int, int, bool]] = {}
+        nthreads = parallel.num_threads()
+        for n, k in ex.kernels.items():
+            t = g.type(n)
+            a = g.attrs(n)
+            reduce = a["reduce"]
+            if reduce is not None and reduce[0] in ("max", "min") and \
+                    any(resolve_dim(a["shape"][ax], env) == 0 for ax in reduce[1]):
+                self.launch[n] = (-1, 0, False)  # raises when run, as numpy does
+            else:
+                extent = _size(k.info.parallel_axis_extent, env) if k.info.parallel_axis_extent else 1
+                threads = 1
+                if k.info.splittable and extent > 1:
+                    total = _size(a["shape"], env)
+                    threads = max(1, min(nthreads, extent, total // MIN_ITEMS_PER_THREAD))
+                self.launch[n] = (extent, threads, k.zero_first)
+            if n in ex._inplace_nodes:
+                continue
+            shape = tuple(resolve_dim(d, env) for d in t.shape)
+            nbytes = _size(t.shape, env) * t.dtype.itemsize
+            b = assign.get(n)
+            if b is None:
+                arr = np.empty(shape, dtype=t.dtype)
+            else:
+                if b not in by_buffer or by_buffer[b].size < nbytes:
+                    by_buffer[b] = np.empty(max(nbytes, 1), dtype=np.uint8)
+                arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
+            self.buffers[n] = arr
+            self.ctx[k.slot_out] = arr.ctypes.data
+
+    def run_kernel(self, n: int, k: "_Kernel", params: dict[str, np.ndarray]) -> np.ndarray:
+        extent, threads, zero_first = self.launch[n]
+        name = self.ex._inplace_nodes.get(n)
+        if name is not None:
+            out = params[name]
+            self.ctx[k.slot_out] = out.__array_interface__["data"][0]
+        else:
+            out = self.buffers[n]
+        if extent < 0:
+            g = self.ex.graph
+            raise FlowRuntimeError(f"zero-size array to reduction operation {g.attrs(n)['reduce'][0]} "
+                                   "which has no identity", g.loc(n))
+        if zero_first:
+            out.fill(0)
+        if threads > 1:
+            parallel.parallel_for(k.address, self.ctx_ptr, extent, threads)
+        else:
+            k.fn(self.ctx_ptr, 0, extent)
+        return out
 
 
 class LLVMBackend:
