@@ -15,7 +15,7 @@ DEFAULT_BACKEND = "llvm"
 
 
 def backend_names() -> list[str]:
-    return ["llvm", "reference"]
+    return ["llvm", "reference", "opencl", "opencl:N"]
 
 
 def get_backend(name: str | None = None):
@@ -26,4 +26,7 @@ def get_backend(name: str | None = None):
     if name == "llvm":
         from .llvm.backend import LLVMBackend
         return LLVMBackend()
+    if name == "opencl" or name.startswith("opencl:"):
+        from .opencl.backend import OpenCLBackend
+        return OpenCLBackend(name)
     raise FlowError(f"unknown backend {name!r}; available: {', '.join(backend_names())}")
