@@ -164,8 +164,12 @@ def _call(fn):
 
 
 def _sigmoid(b, dt, x):
-    # 1 / (1 + exp(-x)): exp overflows to inf for very negative x, giving the right 0
-    return b.binary("div", _one(b, dt), b.binary("add", _one(b, dt), b.call("exp", b.neg(x, dt), dt), dt), dt)
+    # with e = exp(-|x|) <= 1 nothing overflows: 1/(1+e) for x >= 0, e/(1+e) below, which keeps
+    # the tiny (even denormal) values of sigmoid(-720) that 1/(1+exp(720)) = 1/inf loses
+    e = b.call("exp", b.neg(b.call("fabs", x, dt), dt), dt)
+    den = b.binary("add", _one(b, dt), e, dt)
+    num = b.select(b.compare("ge", x, _zero(b, dt), dt), _one(b, dt), e, dt)
+    return b.binary("div", num, den, dt)
 
 
 def _softplus(b, dt, x):
