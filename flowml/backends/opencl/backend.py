@@ -60,7 +60,10 @@ class OpenCLExecutable:
         self.nodes = sorted(graph.ancestors(list(outputs) + [n for _, n in updates]))
         self._lazy = any(graph.op(n).lazy for n in self.nodes)
         if not device_mod.supports_fp64(device):
-            f64 = [n for n in self.nodes if graph.type(n).dtype == np.float64]
+            # f64 results, and fused kernels that compute in f64 inside (cast(cast(x, f64) * 3, f32))
+            f64 = [n for n in self.nodes if graph.type(n).dtype == np.float64
+                   or (graph.op(n).name == "fused" and any(np.dtype(i.dtype) == np.float64
+                                                            for i in graph.attrs(n)["body"]))]
             if f64:
                 names = sorted({graph.name(n) for n in f64 if graph.name(n)})
                 loc = graph.loc(f64[0])

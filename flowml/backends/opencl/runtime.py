@@ -11,7 +11,8 @@ Results are `cl.array.Array`s (call `.get()` for numpy). numpy operands are copi
 device first; device arrays are used in place, views included.
 
 Why few distinct work-group sizes: PoCL compiles a kernel again for each new local size at its
-first launch (~50 ms), so sizes come from a small fixed set.
+first launch (~50 ms elementwise, ~0.3 s with barriers; cached on disk after), so sizes come
+from a small fixed set. Outputs come from a per-device memory pool (`allocator`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def to_device(x, device=None) -> "cla.Array":
     if isinstance(x, cla.Array):
         return x
     device = device or select_device()
-    return cla.to_device(device_queue(device), np.require(np.asarray(x), requirements="C"))
+    return cla.to_device(device_queue(device), np.require(np.asarray(x), requirements="C"),
+                         allocator=allocator(device))
 
 
 def _device_of(arrays, device):
@@ -53,6 +55,30 @@ def _device_of(arrays, device):
         if isinstance(a, cla.Array):
             return a.queue.device
     return select_device()
+
+
+_POOLS: dict = {}
+
+
+def allocator(device):
+    """The device's memory pool (pyopencl's MemoryPool): results and temporaries reuse freed
+    buffers. Why: a fresh buffer's first write page-faults on a CPU device (PoCL), which cost
+    more than the kernel (16M-float add: 9 ms kernel, 25-30 ms with a fresh output).
+    `allocator(device).free_held()` returns the held memory to the driver."""
+    key = device.int_ptr
+    pool = _POOLS.get(key)
+    if pool is None:
+        import pyopencl.tools as clt
+        pool = _POOLS[key] = clt.MemoryPool(clt.ImmediateAllocator(device_queue(device)))
+    return pool
+
+
+def _empty(device, shape, dtype) -> "cla.Array":
+    return cla.empty(device_queue(device), tuple(shape), np.dtype(dtype), allocator=allocator(device))
+
+
+def _zeros(device, shape, dtype) -> "cla.Array":
+    return cla.zeros(device_queue(device), tuple(shape), np.dtype(dtype), allocator=allocator(device))
 
 
 _DUMMY: dict = {}
@@ -106,10 +132,6 @@ def collapse(shape, strides_list, rank: int):
     return [d for d, _ in merged], [[ss[k] for _, ss in merged] for k in range(len(strides_list))]
 
 
-def _pow2ceil(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -153,7 +175,7 @@ class Compiled:
                 notes=["the fuse pass should split nodes with this many inputs"])
 
 
-def build_many(gens: list[codegen.Generated], device) -> list:
+def build_many(gens: list[codegen.Generated], device):
     """Build several generated kernels as ONE program (one compiler run) for `device`."""
     for g in gens:
         _check_fp64(g, device)
@@ -214,7 +236,7 @@ class FusedKernel(Compiled):
 
     def _elementwise(self, devs, offs, shape, strides, out_shape):
         gen, device = self.gen, self.device
-        out = cla.empty(device_queue(device), out_shape, np.dtype(gen.out_dtype))
+        out = _empty(device, out_shape, gen.out_dtype)
         if out.size == 0:
             return out
         R = gen.rank
@@ -239,8 +261,7 @@ class FusedKernel(Compiled):
         kept = [j for j in range(len(shape)) if j not in axes]
         out_shape = tuple(1 if j in axes else d for j, d in enumerate(shape)) if keepdims else \
             tuple(shape[j] for j in kept)
-        q = device_queue(device)
-        out = cla.empty(q, out_shape, np.dtype(gen.out_dtype))
+        out = _empty(device, out_shape, gen.out_dtype)
         n_out = math.prod(shape[j] for j in kept)
         m = math.prod(shape[j] for j in axes)
         if n_out == 0:
@@ -249,16 +270,20 @@ class FusedKernel(Compiled):
             raise FlowRuntimeError(f"{red_name} of an empty array: zero-size reduction has no identity")
         kdims, ksts = collapse([shape[j] for j in kept], [[s[j] for j in kept] for s in strides], gen.nkept)
         rdims, rsts = collapse([shape[j] for j in axes], [[s[j] for j in axes] for s in strides], gen.nreduced)
-        W, P = reduction_group(m, _group_limit(self.kernel, device))
+        columns = gen.extra.get("columns", False)
+        W, P = (1, 64) if columns else reduction_group(m, _group_limit(self.kernel, device))
         nchunk = 1 if m <= W * 64 else min(-(-m // (W * 64)), 1024)
         chunk = max(-(-m // nchunk), 1)
         nchunk = max(-(-m // chunk), 1)
-        target = out if nchunk == 1 else cla.empty(q, (n_out, nchunk), np.dtype(gen.out_dtype))
+        target = out if nchunk == 1 else _empty(device, (n_out, nchunk), gen.out_dtype)
         args = self._operand_args(devs, offs) + [target.base_data] + _scalars(n_out, m, chunk, nchunk)
         args += _scalars(*kdims, *rdims)
         for ks, rs in zip(ksts, rsts):
             args += _scalars(*ks, *rs)
-        _launch(self.kernel, device, (W * nchunk, _round_up(n_out, P)), (W, P), args)
+        if columns:
+            _launch(self.kernel, device, (_round_up(n_out, P), nchunk), (P, 1), args)
+        else:
+            _launch(self.kernel, device, (W * nchunk, _round_up(n_out, P)), (W, P), args)
         if nchunk == 1:
             return out
         partial = self._second_pass()(target)  # (n_out,) in the same dtype
@@ -393,8 +418,7 @@ def argreduce(x, kind: str, axis=None, keepdims: bool = False, device=None):
     else:
         out_shape = tuple(1 if j in axes else d for j, d in enumerate(x.shape)) if keepdims else \
             tuple(x.shape[j] for j in kept)
-    q = device_queue(device)
-    out = cla.empty(q, out_shape, np.int64)
+    out = _empty(device, out_shape, np.int64)
     n_out = math.prod(x.shape[j] for j in kept)
     if n_out == 0:
         return out
@@ -464,7 +488,7 @@ def _check_index_dtype(idx):
 
 
 def _err_buffer(device):
-    return cla.zeros(device_queue(device), (1,), np.int32)
+    return _zeros(device, (1,), np.int32)
 
 
 def _raise_if_flagged(err, what: str, axis_len: int, axis: int):
@@ -478,8 +502,7 @@ def _gather(x, idx, axis, along, device):
     _check_index_dtype(idx)
     axis = axis % x.ndim
     shape, data_map, idx_map = _index_layout(x.shape, idx.shape, axis, along)
-    q = device_queue(device)
-    out = cla.empty(q, shape, x.dtype)
+    out = _empty(device, shape, x.dtype)
     n = math.prod(shape)
     if n == 0:
         return out
@@ -516,8 +539,7 @@ def _scatter(g, idx, axis, shape, along, device):
     _check_index_dtype(idx)
     shape = tuple(shape)
     axis = axis % len(shape)
-    q = device_queue(device)
-    out = cla.zeros(q, shape, g.dtype)
+    out = _zeros(device, shape, g.dtype)
     it_shape, data_map, idx_map = _index_layout(shape, idx.shape, axis, along)
     if broadcast_shapes(g.shape, it_shape) != it_shape:
         raise FlowInternalError(f"scatter-add: values of shape {g.shape} do not fit the index shape {it_shape}")
@@ -579,8 +601,7 @@ def matmul(a, b, device=None, tiles: codegen.MatmulTiles = codegen.DEFAULT_TILES
     if K != K2:
         raise FlowInternalError(f"matmul: inner dims {K} and {K2} differ")
     batch = broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    q = device_queue(device)
-    out = cla.empty(q, tuple(batch) + (M, N), a.dtype)
+    out = _empty(device, tuple(batch) + (M, N), a.dtype)
     final_shape = tuple(batch) + ((M,) if a.ndim > 1 else ()) + ((N,) if b.ndim > 1 else ())
     if out.size == 0:
         return out.reshape(final_shape)
