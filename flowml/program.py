@@ -75,6 +75,38 @@ class Program:
     derivatives: list[Derivative] = field(default_factory=list)
 
 
+RNG_PARAM = "__rng__"
+
+
+def rng_key(program: Program) -> Var:
+    """The key of the model's random streams: the hidden param `__rng__` = (seed, calls so far),
+    i64[2], created on first use. Every fn that draws random numbers also advances its call
+    counter (see `add_rng_updates`), so each call draws fresh numbers; saving the params saves
+    the stream's position."""
+    decl = program.params.get(RNG_PARAM)
+    if decl is None:
+        from .ir import lib as L
+        var = L.param(program.graph, RNG_PARAM, TensorType(np.dtype(np.int64), (2,)))
+        decl = program.params[RNG_PARAM] = ParamDecl(RNG_PARAM, var, None,
+                                                     lambda rng: np.array([program.seed, 0], dtype=np.int64))
+    return decl.var
+
+
+def add_rng_updates(program: Program) -> None:
+    """`__rng__ <- __rng__ + [0, 1]` in every fn that draws random numbers (once)."""
+    decl = program.params.get(RNG_PARAM)
+    if decl is None:
+        return
+    from .ir import lib as L
+    for fn in program.functions.values():
+        if any(u.param == RNG_PARAM for u in fn.updates):
+            continue
+        targets = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
+        if decl.var.id in program.graph.ancestors(targets):
+            step = L.constant(np.array([0, 1], dtype=np.int64), program.graph)
+            fn.updates.append(UpdateDecl(RNG_PARAM, decl.var + step, fn.loc))
+
+
 def _is_declared_symbol(name: str) -> bool:
     return name.isidentifier()
 
@@ -294,7 +326,11 @@ class Function:
         for name in self.input_names:
             decl = self.model.program.inputs[name]
             arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc, env)
-        outs = self._executable(arrays, self.model._state, env)
+        if self.model.check:
+            from .checkmode import checked_call
+            outs = checked_call(self, arrays, env)
+        else:
+            outs = self._executable(arrays, self.model._state, env)
         outs = [np.array(o) for o in outs]
         if not outs:
             return None
@@ -304,19 +340,28 @@ class Function:
 
 
 class Model:
-    """A program compiled for a backend: its functions are attributes; `params` holds state."""
+    """A program compiled for a backend: its functions are attributes; `params` holds state.
+
+    `check=True` (check mode, Theano's DebugMode): every call also runs the reference backend on
+    the same optimized graph, inputs and params, and raises a FlowRuntimeError at the first node
+    whose values differ (see `flowml.checkmode`)."""
 
     def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None,
-                 opt_level: int = 1):
+                 opt_level: int = 1, check: bool = False):
         self.program = program
         self.opt_level = opt_level
+        self.check = bool(check)  # check mode: every call is also run on the reference backend
         self.backend = get_backend(backend) if not hasattr(backend, "compile") else backend
         self.seed = program.seed if seed is None else seed
+        add_rng_updates(program)
         for fn in program.functions.values():
             check_function(program, fn)
         self._state = state if state is not None else self.backend.create_state({})
         for name, decl in program.params.items():
             if not self._state.has(name):  # a shared state may already hold it
+                if name == RNG_PARAM:  # the random streams start at the model's seed
+                    self._state.set(name, np.array([self.seed, 0], dtype=np.int64))
+                    continue
                 self._state.set(name, coerce_array(decl.init(param_rng(self.seed, name)), decl.var.type,
                                                    f"the initial value of param '{name}'", decl.loc, {}))
         self.params = Params(self)

@@ -608,3 +608,43 @@ def arange(graph: Graph, start, stop=None, step=1):
 def onehot(y, n, dtype="f64"):
     return _apply(P.onehot, [y], n=static_int(n, "onehot's number of classes"),
                   dtype=dtype_of(_static_dtype(dtype)))
+
+
+# ----------------------------------------------------------------- random numbers
+
+
+def random(key: Var, dist: str, shape, dtype="f64") -> Var:
+    """Standard uniform ([0, 1)) or normal numbers from the Philox stream of `key` (see
+    `flowml.ir.philox`); each call site gets its own stream (`site`)."""
+    graph = key.graph
+    site = getattr(graph, "random_sites", 0) + 1
+    graph.random_sites = site
+    return _apply(P.random, [key], dist=dist, shape=as_shape(shape), dtype=dtype_of(_static_dtype(dtype)),
+                  site=site)
+
+
+def uniform(key: Var, low=0.0, high=1.0, shape=(), dtype="f64") -> Var:
+    u = random(key, "uniform", shape, dtype)
+    return u if (const_value(low), const_value(high)) == (0.0, 1.0) else low + (high - low) * u
+
+
+def normal(key: Var, mean=0.0, std=1.0, shape=(), dtype="f64") -> Var:
+    z = random(key, "normal", shape, dtype)
+    return z if (const_value(mean), const_value(std)) == (0.0, 1.0) else mean + std * z
+
+
+def bernoulli(key: Var, p, shape=None, dtype=None) -> Var:
+    """1 with probability p, else 0 (p broadcasts to `shape`, default p's shape); dtype
+    default p's float dtype (f64 for a python number), so `x * bernoulli(0.7, x.shape)` works."""
+    graph = key.graph
+    p = as_var(p, graph)
+    shape = p.type.shape if shape is None else as_shape(shape)
+    dt = dtype if dtype is not None else (p.dtype if is_float(p.dtype) and not p.type.weak else "f64")
+    u = random(key, "uniform", shape, dt if is_float(dtype_of(_static_dtype(dt))) else "f64")
+    return cast(u < p, dt)
+
+
+def randint(key: Var, low, high, shape=()) -> Var:
+    """Integers in [low, high) (i64), uniform."""
+    u = random(key, "uniform", shape, "f64")
+    return cast(floor_div(u * (high - low), 1), "i64") + low

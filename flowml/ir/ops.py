@@ -520,7 +520,12 @@ class CategoricalCrossentropy(Op):
 
     @staticmethod
     def _residual(x, y):
-        return L.softmax(x, axis=1) - L.onehot(y, x.type.shape[1], dtype=x.type.dtype)
+        k = x.type.shape[1]
+        if isinstance(k, int):
+            hot = L.onehot(y, k, dtype=x.type.dtype)
+        else:  # a symbolic class count: onehot needs a constant one
+            hot = L.cast(L.equal(L.expand_axes(y, (1,)), L.arange(x.graph, k)), x.type.dtype)
+        return L.softmax(x, axis=1) - hot
 
     @classmethod
     def _vjp_rule(cls, g, out, x, y):
@@ -955,6 +960,36 @@ def symbolic_dim_product(shape, axis) -> object:
 
 
 __all__ = ["OPS", "Op", "dim_div", "dim_mul"]
+
+
+class Random(Op):
+    """Standard random numbers: `dist` "uniform" (in [0, 1)) or "normal", of `shape` and float
+    `dtype`, from the counter-based Philox stream of operand `key` (i64[2]: the model's seed and
+    call counter) at this op's `site`. No derivative: the key is an integer."""
+
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("random", jvp=lambda ts, y, key, **attrs: None, verb="draw")
+
+    def infer(self, types, attrs):
+        (key,) = types
+        if key.shape != (2,) or key.dtype != DTYPES["i64"]:
+            raise ShapeError(f"a random op's key is i64[2], not {key}")
+        if attrs["dtype"] not in (DTYPES["f32"], DTYPES["f64"]):
+            raise ShapeError(f"random numbers are f32 or f64, not {attrs['dtype']}")
+        return TensorType(attrs["dtype"], tuple(attrs["shape"]))
+
+    def impl(self, key, dist, shape, dtype, site, env):
+        from . import philox
+        concrete = _env_shape(shape, env)
+        size = int(np.prod(concrete, dtype=np.int64))
+        w0, w1, w2, w3 = philox.words(size, int(key[0]), site, int(key[1]))
+        out = philox.uniform(w0, w1, dtype) if dist == "uniform" else philox.normal(w2, w3, dtype)
+        return out.reshape(concrete)
+
+
+random = Random()
 
 
 class StopGradient(Op):

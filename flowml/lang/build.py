@@ -22,7 +22,7 @@ from ..ir.lib import Var
 from ..ir.types import DTYPES, TensorType, dim_symbols, dtype_of, sym
 from ..passes.grad import grad as grad_transform
 from ..passes.rop import hessian, hessian_vector, jacobian, lop, rop
-from ..program import Derivative, FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
+from ..program import rng_key, Derivative, FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
 from . import ast as A
 from .builtins import BUILTINS, INITIALIZERS
 
@@ -390,6 +390,8 @@ class Builder:
             return self.inline(b.value, e, scope)
         if e.func == "grad":
             return self.grad_call(e, scope)
+        if e.func in ("scan", "iterate"):
+            return self.loop_call(e, scope)
         if e.func in DERIVATIVES:
             return self.derivative_call(e, scope)
         if e.func not in BUILTINS:
@@ -400,6 +402,8 @@ class Builder:
         args = [self.expr(a, scope) for a in e.args]
         kwargs = self.keywords(e, scope)
         graph_arg = (self.graph,) if getattr(fn, "needs_graph", False) else ()
+        if getattr(fn, "needs_rng", False):
+            graph_arg = (rng_key(self.program),)
         if not graph_arg and args and not _has_var(args) and isinstance(args[0], (int, float)):
             args[0] = self.to_var(args[0])  # `abs(-3)`, `exp(1.0)`: give the library a value
         try:
@@ -475,13 +479,43 @@ class Builder:
                 results = [hessian_vector(self.to_var(args[0]), self.to_var(args[1]), args[2])]
         return results[0] if len(results) == 1 else tuple(results)
 
+    def loop_call(self, e: A.Call, scope: Scope):
+        """scan(step, init, xs...) -> the stacked outputs; iterate(step, init, n) -> the final
+        carries. `step` is a def taking the carries (then the sequences' elements) and returning
+        the new carries (then any values to emit); `init` is a value or a tuple of them."""
+        from ..ir import scan as S
+        usage = {"scan": "scan(step, init, xs...)", "iterate": "iterate(step, init, n)"}[e.func]
+        if len(e.args) < (2 if e.func == "scan" else 3) or e.kwargs:
+            raise FlowTypeError(f"{usage}: takes a def, the initial carried state(s) and "
+                                + ("the sequences" if e.func == "scan" else "the number of steps"), e.loc)
+        f = e.args[0]
+        b = scope.lookup(f.name) if isinstance(f, A.Name) else None
+        if b is None or b.kind != "def":
+            raise FlowTypeError(f"{usage}: the first argument must be the name of a def (the loop's body)",
+                                f.loc if hasattr(f, "loc") else e.loc)
+        init = self.expr(e.args[1], scope)
+        inits = [self.to_var(v) for v in init] if isinstance(init, tuple) else [self.to_var(init)]
+        with _located_at_call(e):
+            if e.func == "iterate":
+                n = L.as_dim(self.expr(e.args[2], scope))
+                outs = S.iterate(lambda *phs: self.inline_values(b.value, list(phs), e), inits, n, loc=e.loc)
+            else:
+                seqs = [self.to_var(self.expr(a, scope)) for a in e.args[2:]]
+                outs = S.scan(lambda *phs: self.inline_values(b.value, list(phs), e), inits, seqs, loc=e.loc)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
     def inline(self, d: A.DefDecl, call: A.Call, scope: Scope):
+        args = [self.expr(a, scope) for a in call.args]
+        kwargs = self.keywords(call, scope)
+        return self.inline_values(d, args, call, kwargs)
+
+    def inline_values(self, d: A.DefDecl, args: list, call: A.Call, kwargs: dict | None = None):
+        """The value of def `d` applied to evaluated `args` (inlined into the graph)."""
+        kwargs = kwargs or {}
         if d.name in self.expanding:
             chain = " -> ".join(self.expanding[self.expanding.index(d.name):] + [d.name])
             raise FlowNameError(f"recursion in def {d.name} ({chain}): defs are inlined, so they cannot "
                                 "call themselves", call.loc)
-        args = [self.expr(a, scope) for a in call.args]
-        kwargs = self.keywords(call, scope)
         names = [p.name for p in d.params]
         signature = f"{d.name}({', '.join(names)})"
         if len(args) > len(names):

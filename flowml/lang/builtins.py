@@ -36,6 +36,32 @@ def arange(graph, start, stop=None, step=1):
     return L.arange(graph, start, stop, step)
 
 
+def _with_rng(fn):
+    """Random builtins get the model's random-stream key first (see flowml/program.py)."""
+    fn.needs_rng = True
+    return fn
+
+
+@_with_rng
+def uniform(key, low=0.0, high=1.0, shape=(), dtype="f64"):
+    return L.uniform(key, low, high, shape, dtype)
+
+
+@_with_rng
+def normal(key, mean=0.0, std=1.0, shape=(), dtype="f64"):
+    return L.normal(key, mean, std, shape, dtype)
+
+
+@_with_rng
+def bernoulli(key, p, shape=None, dtype=None):
+    return L.bernoulli(key, p, shape, dtype)
+
+
+@_with_rng
+def randint(key, low, high, shape=()):
+    return L.randint(key, low, high, shape)
+
+
 def concatenate(*xs, axis=0):
     """concatenate((a, b), axis=0) as in numpy, or concatenate(a, b, axis=0)."""
     return L.concatenate(xs[0] if len(xs) == 1 and isinstance(xs[0], tuple) else xs, axis)
@@ -53,9 +79,9 @@ BUILTINS = {
         "categorical_crossentropy").split()
 }
 BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
-                ifelse=L.ifelse)
+                ifelse=L.ifelse, uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
 # Derivatives are handled by the builder (they transform the graph).
-for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector"):
+for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector", "scan", "iterate"):
     BUILTINS[_name] = None
 
 

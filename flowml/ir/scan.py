@@ -1,0 +1,331 @@
+"""Loops: `scan` maps a body over sequences (along axis 0) carrying state; `iterate` runs a body
+a fixed number of times. Both are differentiable (reverse mode is backprop through time).
+
+The body is a sub-graph (attr `body`, a `Graph`) whose leaves are `input`s named `carry{j}`,
+`seq{i}` and `free{f}`: the carried states, this step's elements of the sequences, and the
+outer values the body reads (weights...). Its `outputs` are the new carries, then values the
+step only emits. A scan node gives ONE of those outputs (`index`), stacked over the steps
+(`history`) or at the last step; a loop with several outputs is several nodes sharing `body`.
+
+Operands: initial carries, sequences, free values (in that order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FlowRuntimeError, FlowTypeError
+from . import lib as L
+from . import ops as P
+from .graph import Graph, ShapeError, at, current_loc
+from .lib import Var
+from .types import TensorType, resolve_dim
+
+
+class Scan(P.Op):
+    needs_env = True
+
+    def __init__(self):
+        super().__init__("scan", vjp=self._vjp_rule, jvp=self._jvp_rule, verb="loop over")
+
+    def infer(self, types, attrs):
+        body: Graph = attrs["body"]
+        t = body.type(attrs["outputs"][attrs["index"]])
+        if attrs["history"]:
+            return TensorType(t.dtype, (attrs["length"],) + t.shape)
+        return TensorType(t.dtype, t.shape)
+
+    def impl(self, *arrays, body, n_carry, n_seq, outputs, index, history, length, env):
+        out = index
+        from ..backends.reference import evaluate
+        carries = list(arrays[:n_carry])
+        seqs = arrays[n_carry:n_carry + n_seq]
+        frees = arrays[n_carry + n_seq:]
+        steps = int(resolve_dim(length, env))
+        for s in seqs:
+            if s.shape[0] != steps:
+                raise ValueError(f"a sequence has length {s.shape[0]}, the loop runs {steps} steps")
+        leaves = _leaf_names(body)
+        inputs = {leaves[("free", f)]: v for f, v in enumerate(frees)}
+        order = sorted(body.ancestors(list(outputs)))
+        stacked = []
+        result = None
+        for t in range(steps):
+            for j, c in enumerate(carries):
+                inputs[leaves[("carry", j)]] = c
+            for i, s in enumerate(seqs):
+                inputs[leaves[("seq", i)]] = s[t]
+            lazy = any(body.op(n).lazy for n in order)
+            values = evaluate(body, list(outputs), inputs, {}, dict(env), order=None if lazy else order)
+            result = values[outputs[out]]
+            if history:
+                stacked.append(np.asarray(result))
+            carries = [values[outputs[j]] for j in range(n_carry)]
+        t_out = body.type(outputs[out])
+        shape = tuple(resolve_dim(d, env) for d in t_out.shape)
+        if history:
+            return np.stack(stacked) if stacked else np.zeros((0,) + shape, dtype=t_out.dtype)
+        if result is None:  # no step: a carry is its initial value, an emitted value is 0
+            return np.asarray(arrays[out]) if out < n_carry else np.zeros(shape, dtype=t_out.dtype)
+        return np.asarray(result)
+
+    # ------------------------------------------------------------ derivatives
+
+    @staticmethod
+    def _vjp_rule(g, y, *operands, body, n_carry, n_seq, outputs, index, history, length):
+        out = index
+        """Backprop through time: a reverse scan whose body is the VJP of this body."""
+        def thunks():
+            return _bptt(g, y, list(operands), body, n_carry, n_seq, outputs, out, history, length)
+        cache: dict = {}
+
+        def get(k):
+            if "r" not in cache:
+                cache["r"] = thunks()
+            return cache["r"][k]
+        return [(lambda k=k: get(k)) for k in range(len(operands))]
+
+    @staticmethod
+    def _jvp_rule(tangents, y, *operands, body, n_carry, n_seq, outputs, index, history, length):
+        out = index
+        return _forward_tangent(tangents, list(operands), body, n_carry, n_seq, outputs, out, history, length)
+
+
+scan_op = Scan()
+
+
+def _leaf_names(body: Graph) -> dict:
+    names = {}
+    for n in body.nodes():
+        if body.op(n) is P.input_:
+            name = body.attrs(n)["name"]
+            kind = name.rstrip("0123456789")
+            names[(kind, int(name[len(kind):]))] = name
+    return names
+
+
+def _leaf(body: Graph, kind: str, k: int) -> int:
+    for n in body.nodes():
+        if body.op(n) is P.input_ and body.attrs(n)["name"] == f"{kind}{k}":
+            return n
+    raise KeyError(f"{kind}{k}")
+
+
+# ----------------------------------------------------------------- building
+
+
+def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None):
+    """Trace `step(*carries, *seq_elements) -> new carries (+ emitted values)` into a body and
+    return (body, n_carry, outputs, frees); see `scan_nodes` for the nodes."""
+    body = Graph()
+    placeholders = []
+    with at(loc):
+        for j, c in enumerate(inits):
+            placeholders.append(L.input(graph, f"carry{j}", c.type.with_shape(c.type.shape)))
+        for i, s in enumerate(seqs):
+            if s.type.ndim == 0:
+                raise FlowTypeError(f"scan over a scalar: a sequence needs an axis 0 to loop along, not {s.type}", loc)
+            placeholders.append(L.input(graph, f"seq{i}", TensorType(s.dtype, s.type.shape[1:])))
+    # the placeholders live in the outer graph while the step is traced, then everything between
+    # them and the step's results is moved into `body`
+    results = step(*placeholders)
+    results = list(results) if isinstance(results, tuple) else [results]
+    results = [L.as_var(r, graph) for r in results]
+    if len(results) < len(inits):
+        raise FlowTypeError(f"the loop body returns {len(results)} value(s) but carries {len(inits)} state(s)", loc)
+    for j, (c, r) in enumerate(zip(inits, results)):
+        if r.type.shape != c.type.shape or r.dtype != c.dtype:
+            raise FlowTypeError(f"carried state {j} has type {c.type} before a step and {r.type} after it: "
+                                "a carried state must keep its type (cast or reshape it)", graph.loc(r.id) or loc)
+    ph_ids = [p.id for p in placeholders]
+    inside = graph.descendants(ph_ids) & graph.ancestors([r.id for r in results])
+    mapping: dict[int, int] = {}
+    frees: list[int] = []
+    for p, name in zip(ph_ids, [graph.attrs(p)["name"] for p in ph_ids]):
+        mapping[p] = body.add(P.input_, [], {"name": name}, loc=graph.loc(p), name=name, type=graph.type(p))
+
+    def free(o: int) -> int:
+        if o not in mapping:
+            k = len(frees)
+            frees.append(o)
+            mapping[o] = body.add(P.input_, [], {"name": f"free{k}"}, loc=graph.loc(o), name=graph.name(o),
+                                  type=graph.type(o))
+        return mapping[o]
+
+    for n in sorted(inside):
+        if n in mapping:
+            continue
+        ops = [mapping[o] if o in mapping else free(o) for o in graph.operands(n)]
+        d = graph.data(n)
+        mapping[n] = body.add(d["op"], ops, d["attrs"], loc=d["loc"], name=d["name"], type=d["type"])
+    outputs = tuple(mapping[r.id] if r.id in mapping else free(r.id) for r in results)
+    return body, len(inits), outputs, [Var(graph, f) for f in frees]
+
+
+def scan_node(inits, seqs, frees, body, outputs, out, history, length) -> Var:
+    operands = list(inits) + list(seqs) + list(frees)
+    return L.apply(scan_op, operands, body=body, n_carry=len(inits), n_seq=len(seqs), outputs=tuple(outputs),
+                   index=out, history=history, length=length)
+
+
+def scan(step, inits, seqs, history=True, loc=None):
+    """All outputs of a loop over `seqs` (or `length` steps): a list of Vars."""
+    graph = (inits or seqs)[0].graph
+    length = seqs[0].type.shape[0] if seqs else None
+    for s in seqs[1:]:
+        if s.type.shape[0] != length:
+            raise FlowTypeError(f"scan's sequences have lengths {length} and {s.type.shape[0]}: they must be equal",
+                                loc)
+    body, n_carry, outputs, frees = loop(graph, step, inits, seqs, length, loc)
+    with at(loc):
+        return [scan_node(inits, seqs, frees, body, outputs, k, history, length) for k in range(len(outputs))]
+
+
+def iterate(step, inits, n, loc=None):
+    """The carries after `n` steps (n: an int or a dim)."""
+    graph = inits[0].graph
+    body, n_carry, outputs, frees = loop(graph, step, inits, [], n, loc)
+    with at(loc):
+        return [scan_node(inits, [], frees, body, outputs, k, False, n) for k in range(n_carry)]
+
+
+# ----------------------------------------------------------------- reverse mode
+
+
+def _copy_body(body: Graph, into: Graph, leaf_values: dict[str, Var]) -> dict[int, Var]:
+    """Copy `body` into graph `into`, its leaves replaced by `leaf_values` (by name)."""
+    mapping: dict[int, int] = {}
+    for n in body.nodes():
+        d = body.data(n)
+        if d["op"] is P.input_:
+            mapping[n] = leaf_values[d["attrs"]["name"]].id
+            continue
+        mapping[n] = into.add(d["op"], [mapping[o] for o in body.operands(n)], d["attrs"], loc=d["loc"],
+                              name=d["name"], type=d["type"])
+    return {n: Var(into, m) for n, m in mapping.items()}
+
+
+def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
+    """Cotangents of all operands of scan node `y` given the cotangent g of its output."""
+    from ..passes.grad import vjp
+    graph = y.graph
+    inits = operands[:n_carry]
+    seqs = operands[n_carry:n_carry + n_seq]
+    frees = operands[n_carry + n_seq:]
+    # the carries before each step: the history of an extra emitted copy of each carry
+    prev_body, prev_outputs = _with_prev_emits(body, outputs, n_carry)
+    prevs = [scan_node(inits, seqs, frees, prev_body, prev_outputs, len(outputs) + j, True, length)
+             for j in range(n_carry)]
+    float_carry = [P.is_float(c.dtype) for c in inits]
+
+    def rev(v):
+        return L.getitem(v, slice(None, None, -1))
+
+    # the reverse step: carries = cotangents of the carries and accumulated cotangents of the
+    # frees; sequences = the reversed (g, previous carries, inputs)
+    def step(*args):
+        k = 0
+        gc = list(args[k:k + n_carry]); k += n_carry
+        gacc = list(args[k:k + len(frees)]); k += len(frees)
+        g_t = args[k] if history else None; k += 1 if history else 0
+        prev = list(args[k:k + n_carry]); k += n_carry
+        xs = list(args[k:k + n_seq]); k += n_seq
+        b = prev[0].graph if prev else (xs[0].graph if xs else graph)
+        leaves = {f"carry{j}": prev[j] for j in range(n_carry)}
+        leaves.update({f"seq{i}": xs[i] for i in range(n_seq)})
+        leaves.update({f"free{f}": frees[f] for f in range(len(frees))})
+        vals = _copy_body(body, b, leaves)
+        ys, seeds = [], []
+        for j in range(n_carry):
+            if float_carry[j]:
+                ys.append(vals[outputs[j]])
+                seeds.append(gc[j] + g_t if (history and j == out) else gc[j])
+        if history and out >= n_carry:
+            ys.append(vals[outputs[out]])
+            seeds.append(g_t)
+        wrt = [prev[j] for j in range(n_carry) if float_carry[j]] + \
+              [xs[i] for i in range(n_seq) if P.is_float(xs[i].dtype)] + \
+              [frees[f] for f in range(len(frees)) if P.is_float(frees[f].dtype)]
+        grads = vjp(ys, wrt, seeds, disconnected="zero", what="scan") if ys and wrt else []
+        it = iter(grads)
+        new_gc = [next(it) if float_carry[j] else gc[j] for j in range(n_carry)]
+        d_x = [next(it) if P.is_float(xs[i].dtype) else L.zeros_like(xs[i]) for i in range(n_seq)]
+        new_acc = [gacc[f] + next(it) if P.is_float(frees[f].dtype) else gacc[f] for f in range(len(frees))]
+        return tuple(new_gc + new_acc + d_x)
+
+    zero_gc = [L.zeros_like(c) for c in inits]
+    if not history:
+        zero_gc[out] = zero_gc[out] + g if out < n_carry else zero_gc[out]
+    init_carries = zero_gc + [L.zeros_like(f) for f in frees]
+    rseqs = ([rev(g)] if history else []) + [rev(p) for p in prevs] + [rev(s) for s in seqs]
+    if not history and out >= n_carry:
+        # the last step's emitted value: seed it at the first reverse step only
+        raise FlowTypeError("the derivative of an emitted (non-carried) value at the last step is not supported; "
+                            "stack it (history) and take [-1]", current_loc())
+    rstep_outs = _scan_all(step, init_carries, rseqs, length)
+    n_gc = n_carry
+    results = []
+    for j in range(n_carry):
+        results.append(rstep_outs[j][1])  # final
+    for i in range(n_seq):
+        results.append(rev(rstep_outs[n_gc + len(frees) + i][0]))  # history, back in time order
+    for f in range(len(frees)):
+        results.append(rstep_outs[n_gc + f][1])
+    return results
+
+
+def _scan_all(step, inits, seqs, length):
+    """(history, final) of every output of a loop."""
+    graph = (inits or seqs)[0].graph
+    body, n_carry, outputs, frees = loop(graph, step, inits, seqs, length)
+    out = []
+    for k in range(len(outputs)):
+        hist = scan_node(inits, seqs, frees, body, outputs, k, True, length) if k >= n_carry else None
+        final = scan_node(inits, seqs, frees, body, outputs, k, False, length) if k < n_carry else None
+        out.append((hist, final))
+    return out
+
+
+def _with_prev_emits(body: Graph, outputs, n_carry):
+    """The body with each carry's value before the step added as an emitted output."""
+    extra = tuple(_leaf(body, "carry", j) for j in range(n_carry))
+    return body, tuple(outputs) + extra
+
+
+# ----------------------------------------------------------------- forward mode
+
+
+def _forward_tangent(tangents, operands, body, n_carry, n_seq, outputs, out, history, length):
+    """The tangent of a scan's output: a scan carrying (states, their tangents)."""
+    from ..passes.rop import rop
+    inits = operands[:n_carry]
+    seqs = operands[n_carry:n_carry + n_seq]
+    frees = operands[n_carry + n_seq:]
+    t_init = [t if t is not None else L.zeros_like(c) for t, c in zip(tangents[:n_carry], inits)]
+    t_seq = [t if t is not None else L.zeros_like(s) for t, s in zip(tangents[n_carry:n_carry + n_seq], seqs)]
+    t_free = [t if t is not None else L.zeros_like(f) for t, f in zip(tangents[n_carry + n_seq:], frees)]
+    def step(*args):
+        cs = list(args[:n_carry])
+        tcs = list(args[n_carry:2 * n_carry])
+        xs = list(args[2 * n_carry:2 * n_carry + n_seq])
+        txs = list(args[2 * n_carry + n_seq:])
+        b = (cs + xs)[0].graph
+        leaves = {f"carry{j}": cs[j] for j in range(n_carry)}
+        leaves.update({f"seq{i}": xs[i] for i in range(n_seq)})
+        leaves.update({f"free{f}": frees[f] for f in range(len(frees))})
+        vals = _copy_body(body, b, leaves)
+        ys = [vals[o] for o in outputs]
+        pairs = [(v, t) for v, t in zip(cs + xs + frees, tcs + txs + t_free) if P.is_float(v.dtype)]
+        if pairs:
+            ts = rop(ys, [p[0] for p in pairs], [p[1] for p in pairs], disconnected="zero")
+        else:
+            ts = [L.zeros_like(v) for v in ys]
+        return tuple(ys[:n_carry] + list(ts[:n_carry]) + ys[n_carry:] + list(ts[n_carry:]))
+
+    body2, n_c2, outputs2, frees2 = loop(inits[0].graph if inits else seqs[0].graph, step,
+                                         list(inits) + t_init, list(seqs) + t_seq, length)
+    # the index of `out`'s tangent among the new loop's outputs (carries, their tangents,
+    # emitted values, their tangents)
+    n_emit = len(outputs) - n_carry
+    k = n_carry + out if out < n_carry else 2 * n_carry + n_emit + (out - n_carry)
+    return scan_node(list(inits) + t_init, list(seqs) + t_seq, frees2, body2, outputs2, k, history, length)
