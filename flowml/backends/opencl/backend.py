@@ -16,8 +16,9 @@ import numpy as np
 
 from ...errors import FlowError, FlowInternalError, FlowRuntimeError
 from ...ir import ops as P
+from ...ir.fused import Instr
 from ...ir.graph import Graph
-from ...ir.types import Sym, resolve_dim
+from ...ir.types import Sym, TensorType, resolve_dim
 from ..reference import ReferenceExecutable
 
 
@@ -74,12 +75,33 @@ class OpenCLExecutable:
         fused = [n for n in self.nodes if graph.op(n).name == "fused" and self._native(n)]
         specs = [([graph.type(o) for o in graph.operands(n)], graph.type(n), graph.attrs(n)["body"],
                   graph.attrs(n)["reduce"], graph.attrs(n)["shape"]) for n in fused]
-        self.kernels = dict(zip(fused, runtime.compile_fused_many(specs, device) if specs else []))
+        # a float matmul of mixed operand dtypes (f32 @ f64) computes in its result dtype, as
+        # numpy does: the other operand is cast on the device first (a kernel of this program)
+        casts = []
+        for n in self.nodes:
+            t = graph.type(n)
+            if graph.op(n) is P.matmul and t.dtype.kind == "f":
+                for k, o in enumerate(graph.operands(n)):
+                    src = graph.type(o)
+                    if src.dtype != t.dtype:
+                        casts.append((n, k))
+                        specs.append(([src], TensorType(t.dtype, src.shape),
+                                      (Instr("cast", (0,), (("dtype", t.dtype),), t.dtype.name),), None, src.shape))
+        compiled = runtime.compile_fused_many(specs, device) if specs else []
+        self.kernels = dict(zip(fused, compiled))
+        self._casts = dict(zip(casts, compiled[len(fused):]))
         self._consts: dict[int, object] = {}
 
     def _native(self, n: int) -> bool:
         g = self.graph
-        return all(_dims_ok(t) for t in [g.type(o) for o in g.operands(n)] + [g.type(n)])
+        types = [g.type(o) for o in g.operands(n)] + [g.type(n)]
+        if not all(_dims_ok(t) for t in types):
+            return False
+        # OpenCL guarantees a kernel only 1024 bytes of arguments (8 each: a pointer or a long per
+        # operand, its offset and a stride per dim; the output and the sizes): a node with more
+        # operands than fit runs on the host
+        rank, nin = len(g.attrs(n)["shape"]), len(types) - 1
+        return (nin * (2 + rank) + rank + 6) * 8 <= self.device.max_parameter_size
 
     def sources(self) -> str:
         seen, out = set(), []
@@ -128,7 +150,8 @@ class OpenCLExecutable:
                 src = values[g.operands(n)[0]]
                 v = src.reshape(tuple(resolve_dim(d, env) for d in g.type(n).shape))
             elif op is P.matmul and g.type(n).dtype.kind == "f":
-                a, b = (values[o] for o in g.operands(n))
+                a, b = (self._casts[(n, k)](values[o]) if (n, k) in self._casts else values[o]
+                        for k, o in enumerate(g.operands(n)))
                 v = runtime.matmul(a, b, device=dev)
             elif op is P.transpose:
                 v = runtime.transpose(values[g.operands(n)[0]], g.attrs(n)["axes"], device=dev)

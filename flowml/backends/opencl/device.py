@@ -73,8 +73,6 @@ def all_devices() -> list:
                 raise FlowError(f"no OpenCL platform found ({e})", notes=[INSTALL_HINT]) from None
             if not platforms:  # some ICD loaders report none instead of failing
                 raise FlowError("no OpenCL platform found", notes=[INSTALL_HINT])
-            if not platforms:  # some ICD loaders report no platform as an empty list
-                raise FlowError("no OpenCL platform found", notes=[INSTALL_HINT])
             devices = []
             for p in platforms:
                 try:

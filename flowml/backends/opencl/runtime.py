@@ -292,7 +292,10 @@ class FusedKernel(Compiled):
     def _second_pass(self) -> "FusedKernel":
         if self._pass2 is None:
             t = TensorType(np.dtype(self.gen.out_dtype), (1, 1))
-            gen = codegen.fused_kernel(self.gen.name + "_partials", [t], t, (), (self.gen.reduce[0], (1,), False))
+            # named by what it computes, not by the first pass: every reduction of this op and dtype
+            # shares one program (and PoCL's compiled work-group functions)
+            gen = codegen.fused_kernel(f"partials_{self.gen.reduce[0]}_{self.gen.out_dtype}", [t], t, (),
+                                       (self.gen.reduce[0], (1,), False))
             self._pass2 = FusedKernel(gen, self.device)
         return self._pass2
 
