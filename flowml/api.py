@@ -28,14 +28,16 @@ from .program import FnDecl, InputDecl, Model, ParamDecl, Program, UpdateDecl, c
 
 
 def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
-          file: str = "<string>") -> Model:
-    """Parse, build and compile a .flow program given as text."""
+          file: str = "<string>", check: bool = False) -> Model:
+    """Parse, build and compile a .flow program given as text. `check=True`: check mode, every
+    call is also run on the reference backend and compared node by node."""
     from .lang.build import build
     from .lang.parser import parse
-    return Model(build(parse(source, file)), backend=backend, seed=seed)
+    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check)
 
 
-def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None) -> Model:
+def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None,
+         check: bool = False) -> Model:
     """Load a .flow file (see `loads`)."""
     path = os.fspath(path)
     try:
@@ -43,7 +45,7 @@ def load(path: str | os.PathLike, backend: str | None = None, seed: int | None =
             data = f.read()
     except OSError as e:
         raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
-    return loads(data, backend=backend, seed=seed, file=path)
+    return loads(data, backend=backend, seed=seed, file=path, check=check)
 
 
 def parse_program(source: str | bytes, file: str = "<string>") -> Program:
@@ -143,9 +145,10 @@ def grad(cost: Var, wrt: Var | Sequence[Var], disconnected: str = "error"):
 
 
 def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | None = None,
-             name: str = "f"):
+             name: str = "f", check: bool = False):
     """Compile a function of the default graph (Theano's `theano.function`). `outputs` is a Var
-    (the call returns an array) or a list (a tuple); `updates` maps params to new values."""
+    (the call returns an array) or a list (a tuple); `updates` maps params to new values.
+    `check=True`: check mode (see `flowml.loads`)."""
     prog = _session.program
     backend_obj = get_backend(backend)
     single = isinstance(outputs, Var)
@@ -169,7 +172,7 @@ def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | N
                 [(v.name or f"out{i}", v) for i, v in enumerate(outs)], upd, current_loc())
     sub = Program(prog.graph, prog.file, dict(prog.inputs), dict(prog.params), {name: fn}, prog.seed)
     state = _session.state(backend_obj)
-    model = Model(sub, backend=backend_obj, state=state)
+    model = Model(sub, backend=backend_obj, state=state, check=check)
     f = model.functions[name]
     f.single_output = True if single else False
     return f
@@ -228,3 +231,27 @@ def arange(start, stop=None, step=1) -> Var:
 
 # Derivatives beyond grad (graph → graph, like grad): see flowml.passes.rop.
 from .passes.rop import hessian, hessian_vector, jacobian, lop, rop  # noqa: E402,F401
+
+
+# Random numbers of the default graph (Theano's RandomStreams): the streams' key is the hidden
+# param __rng__, advanced once per call of each function that draws (see flowml/program.py).
+
+
+def uniform(low=0.0, high=1.0, shape=(), dtype="f64") -> Var:
+    from .program import rng_key
+    return L.uniform(rng_key(_session.program), low, high, shape, dtype)
+
+
+def normal(mean=0.0, std=1.0, shape=(), dtype="f64") -> Var:
+    from .program import rng_key
+    return L.normal(rng_key(_session.program), mean, std, shape, dtype)
+
+
+def bernoulli(p, shape=None, dtype=None) -> Var:
+    from .program import rng_key
+    return L.bernoulli(rng_key(_session.program), p, shape, dtype)
+
+
+def randint(low, high, shape=()) -> Var:
+    from .program import rng_key
+    return L.randint(rng_key(_session.program), low, high, shape)

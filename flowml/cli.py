@@ -48,20 +48,45 @@ def cmd_compile(args) -> int:
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
+    native = args.emit in ("llvm", "asm")
+    if native:
+        backend = args.backend or "llvm"
+        if backend != "llvm":
+            raise UsageError(f"--emit {args.emit} shows the LLVM backend's code: use --backend llvm, not {backend}")
+        if args.after not in (None, "memory") or args.O == 0:
+            raise UsageError(f"--emit {args.emit} compiles the fully optimized graph: drop --after/-O0")
+    elif args.backend is not None:
+        from .backends import get_backend
+        get_backend(args.backend)  # an unknown name is an error; the graph is the same for all
     texts = []
     for fn in fns:
         check_function(program, fn)
         opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
                        level=args.O, after=args.after)
-        if args.emit == "ir":
+        if native:
+            text = _native_code(fn, opt, args.emit)
+        elif args.emit == "ir":
             text = dump_function(program, fn, opt.graph, opt.outputs, opt.updates)
         else:
             text = to_dot(program, fn, opt.graph, opt.outputs, opt.updates)
         if args.stats:
             text += "\n" + format_stats(program, fn, opt, dims)
         texts.append(text)
-    _write(("\n\n" if args.emit == "ir" else "\n").join(texts), args.output)
+    _write(("\n" if args.emit == "dot" else "\n\n").join(texts), args.output)
     return 0
+
+
+def _native_code(fn, opt, emit: str) -> str:
+    """`--emit llvm|asm`: the LLVM IR (as generated, before LLVM's optimizer) or the assembly of
+    one fn's native kernels, one per fused node; other steps (matmul, reference ops) run numpy."""
+    from .backends.llvm.backend import LLVMExecutable
+    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan)
+    comment = "; " if emit == "llvm" else "# "
+    head = f"{comment}fn {fn.name}: {len(ex.kernels)} native kernel(s)"
+    if ex._lazy:
+        head += " (none: the fn has a lazy `if`, run by the reference evaluator)"
+    code = ex.llvm_ir() if emit == "llvm" else ex.assembly()
+    return head + ("\n" + code.rstrip() if code else "")
 
 
 DEFAULT_STATS_DIM = 1000
@@ -164,7 +189,7 @@ def cmd_run(args) -> int:
     from .io import load_npz
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {args.steps}")
-    model = load(args.file, backend=args.backend, seed=args.seed)
+    model = load(args.file, backend=args.backend, seed=args.seed, check=args.check)
     if args.fn not in model.functions:
         _select_functions(model.program, args.fn)  # raises the helpful error
     fn = model.functions[args.fn]
@@ -270,9 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.set_defaults(func=cmd_check)
 
-    c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT)")
+    c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT), or its native code")
     c.add_argument("file")
-    c.add_argument("--emit", choices=["ir", "dot"], default="ir", help="what to print (default: ir)")
+    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm"], default="ir",
+                   help="what to print: the graph as IR text or DOT, or the LLVM backend's kernels as "
+                   "LLVM IR or assembly (default: ir)")
+    c.add_argument("--backend", default=None, help="the backend whose code --emit llvm|asm shows (llvm, "
+                   "the only one with native code to show)")
     c.add_argument("--fn", help="only this function (default: all)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
     c.add_argument("--after", metavar="PHASE", help="show the graph after this optimizer phase "
@@ -303,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None, help="seed for param initializers and --random")
     c.add_argument("--load-params", metavar="P.npz")
     c.add_argument("--save-params", metavar="P.npz")
-    c.add_argument("--backend", default=None, help="reference (default; or FLOWML_BACKEND)")
+    c.add_argument("--backend", default=None, help="llvm (default; or FLOWML_BACKEND), reference, opencl")
+    c.add_argument("--check", action="store_true", help="check mode: also run every call on the reference "
+                   "backend and stop at the first node whose values differ")
     c.set_defaults(func=cmd_run)
     return p
 

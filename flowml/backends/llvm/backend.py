@@ -146,6 +146,23 @@ class LLVMExecutable:
 
     def _prepare_steps(self) -> None:
         g = self.graph
+        # An output that is an updated param, or may be a view of one (reshape, and numpy's
+        # slices, transposes... of the reference steps), must keep the old value, but the
+        # param's array is overwritten by the update (in place, or by copyto below): such a
+        # param is read as a copy.
+        updated = {name for name, _ in self.updates}
+        keep_old = set()
+        stack, seen = list(self.outputs), set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            op = g.op(n)
+            if op is P.param and g.attrs(n)["name"] in updated:
+                keep_old.add(n)
+            elif not (op.leaf or n in self.kernels or op is P.matmul):  # (those make new arrays)
+                stack.extend(g.operands(n))
         steps = []
         for n in self.nodes:
             op = g.op(n)
@@ -154,7 +171,7 @@ class LLVMExecutable:
             if op is P.input_:
                 steps.append(("input", n, g.attrs(n)["name"], slot))
             elif op is P.param:
-                steps.append(("param", n, g.attrs(n)["name"], slot))
+                steps.append(("param_copy" if n in keep_old else "param", n, g.attrs(n)["name"], slot))
             elif op is P.const:
                 steps.append(("const", n, g.attrs(n)["value"], slot))
             elif op is P.dim:
@@ -178,7 +195,10 @@ class LLVMExecutable:
             found = self._bindings[key] = _Binding(self, env)
         return found
 
-    def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int]):
+    def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
+                 record: dict[int, np.ndarray] | None = None):
+        """Run the function. `record` (check mode): a dict that receives a copy of every node's
+        value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
         if self._lazy:
             from ..reference import ReferenceExecutable
             return ReferenceExecutable(self.graph, self.outputs, self.updates)(inputs, state, env)
@@ -198,6 +218,8 @@ class LLVMExecutable:
                     v = inputs[data]
                 elif kind == "param":
                     v = params[data]
+                elif kind == "param_copy":
+                    v = params[data].copy()
                 elif kind == "const":
                     v = data
                 elif kind == "view":
@@ -210,9 +232,11 @@ class LLVMExecutable:
                     v = self._reference_step(n, [values[o] for o in data], env)
                 values[n] = v
                 if slot is not None and kind != "kernel":
-                    if not (type(v) is np.ndarray and v.flags.c_contiguous):
+                    if not (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned):
                         v = values[n] = np.ascontiguousarray(v) if np.ndim(v) else np.array(v)
                     ctx[slot] = v.__array_interface__["data"][0]
+                if record is not None:  # a copy: buffers are reused, params updated in place
+                    record[n] = np.array(v, copy=True)
         g = self.graph
         new_values = {}
         for name, n in self.updates:

@@ -71,6 +71,17 @@ class LLVMScalarBuilder:
         t = IR_TYPE[dtype]
         if dtype in ("float32", "float64"):
             return self._emit(f"f{op} contract {t} {a}, {b}")
+        if op == "div" and b != "-1" and not b.lstrip("-").isdigit():
+            # sdiv of INT_MIN by -1 is undefined (x86's idiv traps: SIGFPE kills the process);
+            # numpy wraps it to INT_MIN. Divide by -1 as a wrapping negation instead. (Division
+            # by zero is guarded by the formulas, which never divide by a zero they can see.)
+            minus1 = self._emit(f"icmp eq {t} {b}, -1")
+            safe = self._emit(f"select i1 {minus1}, {t} 1, {t} {b}")
+            q = self._emit(f"sdiv {t} {a}, {safe}")
+            negated = self._emit(f"sub {t} 0, {a}")
+            return self._emit(f"select i1 {minus1}, {t} {negated}, {t} {q}")
+        if op == "div" and b == "-1":
+            return self._emit(f"sub {t} 0, {a}")
         ins = {"add": "add", "sub": "sub", "mul": "mul", "div": "sdiv"}[op]
         return self._emit(f"{ins} {t} {a}, {b}")
 

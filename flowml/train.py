@@ -1,0 +1,151 @@
+"""`flowml train`: mini-batch training of a model's step function over the rows of a data file.
+
+The data file's arrays are matched to the step's inputs by name; all of them are split into the
+same rows: the first `split` rows train, the rest test (the digits protocol: 1200). Each epoch
+shuffles the training rows with the seed, calls the step fn on each mini-batch (the last,
+shorter batch included), then evaluates the `evaluate` fn on the test rows. With `patience`,
+training stops after that many epochs without a better test result; the params of the best
+epoch are kept (and saved atomically with `save_params`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import FlowError
+from .program import Model
+
+
+@dataclass
+class Phase:
+    fn: str         # the step fn
+    epochs: int
+
+
+@dataclass
+class History:
+    epochs: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)        # mean of the step's first output
+    test: list[float] = field(default_factory=list)        # the evaluate fn's first output
+    seconds: list[float] = field(default_factory=list)
+    phase: list[str] = field(default_factory=list)
+
+
+def parse_phases(spec: str | None, default_fn: str, epochs: int) -> list[Phase]:
+    """`pretrain1:50,pretrain2:50,finetune:100` -> phases (`fn` alone takes --epochs)."""
+    if not spec:
+        return [Phase(default_fn, epochs)]
+    phases = []
+    for part in spec.split(","):
+        name, _, n = part.strip().partition(":")
+        if not name or (n and not n.isdigit()):
+            raise FlowError(f"--phases expects FN:EPOCHS pairs like pretrain:50,finetune:100, not {part!r}")
+        phases.append(Phase(name, int(n) if n else epochs))
+    return phases
+
+
+def _rows(data: dict[str, np.ndarray], names: list[str], fn: str, path: str) -> dict[str, np.ndarray]:
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise FlowError(f"{path}: has no array for input(s) {', '.join(missing)} of fn {fn} "
+                        f"(arrays: {', '.join(data) or 'none'})")
+    return {n: data[n] for n in names}
+
+
+def _batch_count(arrays: dict[str, np.ndarray], fn: str, path: str) -> int:
+    sizes = {n: len(a) for n, a in arrays.items() if np.ndim(a) > 0}
+    if len(set(sizes.values())) > 1:
+        raise FlowError(f"{path}: the inputs of fn {fn} have different numbers of rows: "
+                        + ", ".join(f"{n}: {s}" for n, s in sizes.items()))
+    return next(iter(sizes.values()), 0)
+
+
+def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch: int, split: int | None,
+          evaluate: str | None, seed: int = 0, patience: int | None = None, save_params: str | None = None,
+          path: str = "data", progress: bool = True, log=print) -> History:
+    """Train `model` through `phases`; returns the learning curves."""
+    for ph in phases:
+        if ph.fn not in model.functions:
+            raise FlowError(f"the model has no fn '{ph.fn}' to train (functions: {', '.join(model.functions)})")
+    if evaluate is not None and evaluate not in model.functions:
+        raise FlowError(f"the model has no fn '{evaluate}' to evaluate with (functions: {', '.join(model.functions)})")
+    if batch < 1:
+        raise FlowError("--batch must be at least 1")
+    n_rows = max((len(a) for a in data.values() if np.ndim(a) > 0), default=0)
+    split = n_rows if split is None else split
+    if not 0 < split <= n_rows:
+        raise FlowError(f"--split {split}: the data has {n_rows} rows")
+    train_data = {k: (v[:split] if np.ndim(v) > 0 else v) for k, v in data.items()}
+    test_data = {k: (v[split:] if np.ndim(v) > 0 else v) for k, v in data.items()}
+    rng = np.random.RandomState(seed)
+    history = History()
+    best, best_params, waited = None, None, 0
+    epoch_no = 0
+    for ph in phases:
+        fn = model.functions[ph.fn]
+        arrays = _rows(train_data, fn.input_names, ph.fn, path)
+        n = _batch_count(arrays, ph.fn, path)
+        best, best_params, waited = None, None, 0  # each phase keeps its own best
+        for _ in range(ph.epochs):
+            epoch_no += 1
+            t0 = time.perf_counter()
+            order = rng.permutation(n)
+            losses = []
+            for start in range(0, n, batch):
+                idx = order[start:start + batch]
+                out = fn(**{k: (a[idx] if np.ndim(a) > 0 else a) for k, a in arrays.items()})
+                first = out[0] if isinstance(out, tuple) else out
+                if first is not None:
+                    losses.append(float(np.mean(first)))
+            loss = float(np.mean(losses)) if losses else float("nan")
+            test = float("nan")
+            if evaluate is not None and split < n_rows:
+                ev = model.functions[evaluate]
+                out = ev(**_rows(test_data, ev.input_names, evaluate, path))
+                test = float(np.mean(out[0] if isinstance(out, tuple) else out))
+            seconds = time.perf_counter() - t0
+            history.epochs.append(epoch_no)
+            history.loss.append(loss)
+            history.test.append(test)
+            history.seconds.append(seconds)
+            history.phase.append(ph.fn)
+            if progress:
+                log(f"epoch {epoch_no:4d}  {ph.fn}  loss {loss:.6g}"
+                    + (f"  {evaluate} {test:.6g}" if evaluate else "") + f"  ({seconds:.2f} s)")
+            if evaluate is not None and np.isfinite(test):
+                if best is None or test < best:
+                    best, waited = test, 0
+                    best_params = model.params.to_dict()
+                else:
+                    waited += 1
+                    if patience is not None and waited >= patience:
+                        log(f"early stop: no better {evaluate} for {patience} epochs (best {best:.6g})")
+                        break
+        if best_params is not None and patience is not None:
+            model.params.update(best_params)  # keep the best epoch's params
+    if save_params:
+        model.save_params(save_params)
+    return history
+
+
+def plot(history: History, path: str, evaluate: str | None) -> None:
+    """Learning curves as a PNG (matplotlib, without a display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history.epochs, history.loss, label="training loss (mean over batches)")
+    if evaluate and any(np.isfinite(history.test)):
+        ax2 = ax.twinx()
+        ax2.plot(history.epochs, history.test, color="tab:orange", label=f"test {evaluate}")
+        ax2.set_ylabel(f"test {evaluate}")
+        ax2.legend(loc="upper center")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
