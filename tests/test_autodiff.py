@@ -274,6 +274,15 @@ def concat_part_case(draw):
 
 
 @st.composite
+def crossentropy_case(draw):
+    """categorical_crossentropy(x, y): logits [N, K] and integer labels (not differentiated)."""
+    n, k = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    x = draw(floats((n, k), -3, 3))
+    y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, k - 1)))
+    return Case(L.categorical_crossentropy, [x, y])
+
+
+@st.composite
 def clip_case(draw):
     shapes = draw(three_shapes)
     x = draw(grid(shapes.input_shapes[0], 0.0))
@@ -295,6 +304,7 @@ OP_CASES = {
     "cos": unary_case(L.cos, -3, 3),
     "tanh": unary_case(L.tanh, -3, 3),
     "erf": unary_case(L.erf, -2, 2),
+    "erfc": unary_case(L.erfc, -2, 2),
     "sigmoid": unary_case(L.sigmoid, -5, 5),
     "softplus": unary_case(L.softplus, -5, 5),
     "relu": unary_case(L.relu, -2, 2, 0.1),
@@ -324,6 +334,7 @@ OP_CASES = {
     "logsumexp": reduction_case(L.logsumexp),
     "softmax": softmax_case(L.softmax),
     "log_softmax": softmax_case(L.log_softmax),
+    "categorical_crossentropy": crossentropy_case(),
     # linear algebra and shapes
     "matmul": matmul_case(),
     "transpose": transpose_case(),

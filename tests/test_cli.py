@@ -66,16 +66,15 @@ def test_check_prints_signatures():
 
 # ---------------------------------------------------------------- compile
 
-SSA = re.compile(r"  (%\d+) = (\w+)(?: [^:]*)? : (bool|[fi](?:32|64))(\[[^\]]*\])?(?:  # (\S+):(\d+):(\d+)(?: \((\w+)\))?)?")
+# `%k = op operands {attrs} : type  # file:line:col (name)`; a fused node is `%k = fused[formula] : type`
+SSA = re.compile(r"  (%\d+) = (\w+)(?:\[.*\])?(?: [^:]*)? : (bool|[fi](?:32|64))(\[[^\]]*\])?"
+                 r"(?:  # (\S+):(\d+):(\d+)(?: \((\w+)\))?)?")
 
 
-def test_compile_emits_ssa_ir():
-    out = ok("compile", LOGREG)
+def check_ssa(out: str) -> list[str]:
+    """Every fn block of `compile --emit ir` output is SSA: each name assigned once, before use,
+    every node located in logreg.flow. Returns the blocks."""
     blocks = out.strip().split("\n\n")
-    assert [b.splitlines()[0] for b in blocks] == [
-        "fn train(x: f64[N, 784], y: f64[N]) {",
-        "fn predict(x: f64[N, 784]) {",
-    ]
     for block in blocks:
         lines = block.splitlines()
         assert lines[-1] == "}"
@@ -93,28 +92,61 @@ def test_compile_emits_ssa_ir():
                 assert ref in defined, f"{ref} used before it is defined: {line}"
             defined.add(target)
             assert m.group(5) == "logreg.flow", line  # every node says where it comes from
+    return blocks
+
+
+def test_compile_emits_ssa_ir():
+    """The IR is the optimized graph: fused kernels print as their scalar formula."""
+    out = ok("compile", LOGREG)
+    blocks = check_ssa(out)
+    assert [b.splitlines()[0] for b in blocks] == [
+        "fn train(x: f64[N, 784], y: f64[N]) {",
+        "fn predict(x: f64[N, 784]) {",
+    ]
     train = blocks[0]
     assert re.search(r"^  %\d+ = matmul %0, %\d+ : f64\[N\]  # logreg\.flow:13:22$", train, re.M)
     assert re.search(r"^  update w <- %\d+$", train, re.M) and re.search(r"^  update b <- %\d+$", train, re.M)
     assert re.search(r"^  return %\d+ \(prediction\), %\d+ \(xent\)$", train, re.M)
+    # the naive cross-entropy is gone: softplus of the logit, no log of a probability
+    xent = re.search(r"^  %\d+ = fused\[(.*)\] : f64\[N\]  # logreg\.flow:15:14 \(xent\)$", train, re.M)
+    assert xent and "softplus" in xent.group(1) and "log(" not in xent.group(1)
+    # -O0: the graph as built, one op per line
+    built = check_ssa(ok("compile", LOGREG, "-O0"))
+    assert "fused" not in "".join(built) and re.search(r"= log %\d+ : f64\[N\]", built[0])
+
+
+PREDICT_AS_BUILT = [
+    "fn predict(x: f64[N, 784]) {",
+    "  %0 = input x : f64[N, 784]  # logreg.flow:8:1 (x)",
+    "  %1 = param w : f64[784]  # logreg.flow:10:1 (w)",
+    "  %2 = param b : f64  # logreg.flow:11:1 (b)",
+    "  %3 = matmul %0, %1 : f64[N]  # logreg.flow:13:22",
+    "  %4 = add %3, %2 : f64[N]  # logreg.flow:13:22",
+    "  %5 = sigmoid %4 : f64[N]  # logreg.flow:13:14 (p_1)",
+    "  %6 = const 0.5 : f64  # logreg.flow:14:14",
+    "  %7 = gt %5, %6 : bool[N]  # logreg.flow:14:14 (prediction)",
+    "  return %7 (prediction)",
+    "}",
+]
 
 
 def test_compile_one_fn_matches_the_api():
     out = ok("compile", LOGREG, "--fn", "predict")
-    assert out == flowml.load(ROOT / LOGREG).predict.ir() + "\n"
+    model = flowml.load(ROOT / LOGREG)
+    assert out == model.predict.ir() + "\n"
     assert out.splitlines() == [
         "fn predict(x: f64[N, 784]) {",
         "  %0 = input x : f64[N, 784]  # logreg.flow:8:1 (x)",
         "  %1 = param w : f64[784]  # logreg.flow:10:1 (w)",
         "  %2 = param b : f64  # logreg.flow:11:1 (b)",
         "  %3 = matmul %0, %1 : f64[N]  # logreg.flow:13:22",
-        "  %4 = add %3, %2 : f64[N]  # logreg.flow:13:22",
-        "  %5 = sigmoid %4 : f64[N]  # logreg.flow:13:14 (p_1)",
-        "  %6 = const 0.5 : f64  # logreg.flow:14:14",
-        "  %7 = gt %5, %6 : bool[N]  # logreg.flow:14:14 (prediction)",
-        "  return %7 (prediction)",
+        "  %4 = fused[sigmoid(%3 + %2) > 0.5] : bool[N]  # logreg.flow:14:14 (prediction)",
+        "  return %4 (prediction)",
         "}",
     ]
+    built = ok("compile", LOGREG, "--fn", "predict", "-O0")
+    assert built == model.predict.ir(level=0) + "\n"
+    assert built.splitlines() == PREDICT_AS_BUILT
 
 
 def test_compile_emits_dot():
@@ -122,16 +154,76 @@ def test_compile_emits_dot():
     graphs = re.findall(r'^digraph "(\w+)" \{$', out, re.M)
     assert graphs == ["train", "predict"]
     assert out.count("{") == out.count("}")
+    for args, n_nodes, n_edges in ((("--fn", "predict"), 6, 5), (("--fn", "predict", "-O0"), 9, 8)):
+        one = ok("compile", LOGREG, "--emit", "dot", *args)
+        assert one.startswith('digraph "predict" {\n') and one.rstrip().endswith("}")
+        assert one.count("digraph") == 1
+        nodes = set(re.findall(r"^  (\w+) \[label=", one, re.M))
+        edges = re.findall(r"^  (\w+) -> (\w+)", one, re.M)
+        # the nodes of its IR and its output; their operands + 1 output edge
+        assert (len(nodes), len(edges)) == (n_nodes, n_edges), args
+        for a, b in edges:
+            assert a in nodes and b in nodes, (a, b)
+        assert '[label="matmul\\nf64[N]"];' in one
+        assert '[label="input x\\nf64[N, 784]", shape=ellipse];' in one
     one = ok("compile", LOGREG, "--emit", "dot", "--fn", "predict")
-    assert one.startswith('digraph "predict" {\n') and one.rstrip().endswith("}")
-    assert one.count("digraph") == 1
-    nodes = set(re.findall(r"^  (\w+) \[label=", one, re.M))
-    edges = re.findall(r"^  (\w+) -> (\w+)", one, re.M)
-    assert len(nodes) == 9 and len(edges) == 8  # the 8 nodes of its IR and its output; 7 operands + 1 output
-    for a, b in edges:
-        assert a in nodes and b in nodes, (a, b)
-    assert '[label="matmul\\nf64[N]"];' in one
-    assert '[label="input x\\nf64[N, 784]", shape=ellipse];' in one
+    assert re.search(r'\[label="fused sigmoid\(%\d+ \+ %\d+\) > 0\.5\\nbool\[N\]"\];', one)
+
+
+@pytest.mark.parametrize("phase", ["canonicalize", "stabilize", "specialize", "fuse", "memory"])
+def test_compile_after_a_phase_matches_the_api(phase):
+    out = ok("compile", LOGREG, "--fn", "train", "--after", phase)
+    model = flowml.load(ROOT / LOGREG)
+    assert out == model.train.ir(after=phase) + "\n"
+    check_ssa(out)
+    assert ("softplus" in out) == (phase != "canonicalize")
+    assert ("fused[" in out) == (phase in ("fuse", "memory"))
+
+
+def test_compile_unknown_phase():
+    err = fails("compile", LOGREG, "--after", "fusion")
+    assert err.strip() == ("error: unknown phase 'fusion'; the phases are canonicalize, stabilize, "
+                           "specialize, fuse, memory")
+
+
+def _stats(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("#")]
+
+
+def test_compile_stats():
+    """--stats: how often each rule fired (by phase), kernels, and the memory plan's bytes for
+    N=1000 (or --dims), the same numbers the Python API gives."""
+    out = ok("compile", LOGREG, "--fn", "train", "--stats")
+    model = flowml.load(ROOT / LOGREG)
+    opt = model.train.optimized()
+    assert out.startswith(model.train.ir() + "\n# stats for fn train (after memory)\n")
+    stats = _stats(out)
+    rows = {line[4:].rsplit(None, 1)[0].strip(): int(line.rsplit(None, 1)[1]) for line in stats[1:-2]}
+    assert rows == dict(opt.stats)
+    assert rows["stabilize: log(sigmoid(x)) -> -softplus(-x)"] == 2
+    assert rows["stabilize: 1 - sigmoid(x) -> sigmoid(-x)"] == 1
+    assert rows["memory: in-place param updates"] == 2
+    assert stats[-2] == "#   kernels: 11 (8 fused)"
+    for dims, n in (((), 1000), (("--dims", "N=400"), 400)):
+        text = _stats(ok("compile", LOGREG, "--fn", "train", "--stats", *dims))[-1]
+        before, after = opt.plan.bytes_before(opt.graph, {"N": n}), opt.plan.bytes_after({"N": n})
+        assert text == (f"#   intermediate bytes (N={n}): {before:,} unplanned, {after:,} planned "
+                        f"({len(opt.plan.buffers)} buffers, 2 in-place updates)")
+        assert after <= before
+
+
+def test_compile_stats_of_the_unoptimized_and_partial_graphs():
+    stats = _stats(ok("compile", LOGREG, "--fn", "predict", "--stats", "-O0"))
+    assert stats == ["# stats for fn predict (after none)", "#   kernels: 4 (0 fused)"]
+    stats = _stats(ok("compile", LOGREG, "--fn", "train", "--stats", "--after", "stabilize"))
+    assert stats[0] == "# stats for fn train (after stabilize)"
+    assert not any("fuse:" in s or "bytes" in s for s in stats)
+
+
+def test_compile_bad_dims_is_a_usage_error():
+    r = cli("compile", LOGREG, "--stats", "--dims", "N=x")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "flowml compile: --dims expects NAME=INT pairs (sizes of 0 or more) like N=400,y=2, not 'N=x'"
 
 
 def test_compile_to_a_file(tmp_path):
@@ -200,12 +292,14 @@ def test_save_and_load_params_round_trip(tmp_path):
     data = tmp_path / "d.npz"
     np.savez(data, x=x, y=y)
     first, second = tmp_path / "p1.npz", tmp_path / "p2.npz"
-    out = ok("run", LOGREG, "train", "--data", data, "--steps", 3, "--seed", 7, "--save-params", first)
+    # (one backend for both sides: the comparison is bit for bit)
+    out = ok("run", LOGREG, "train", "--data", data, "--steps", 3, "--seed", 7, "--save-params", first,
+             "--backend", "reference")
     assert f"params saved to {first}" in out
     ok("run", LOGREG, "train", "--data", data, "--steps", 2, "--seed", 123, "--load-params", first,
-       "--save-params", second)
+       "--save-params", second, "--backend", "reference")
 
-    model = flowml.load(ROOT / LOGREG, seed=7)
+    model = flowml.load(ROOT / LOGREG, seed=7, backend="reference")
     for _ in range(3):
         model.train(x, y)
     with np.load(first, allow_pickle=False) as f:

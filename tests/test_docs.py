@@ -10,7 +10,8 @@
   one command per line, as `python -m flowml.cli ...`, and each command must exit 0. They run in
   a scratch folder holding a copy of examples/, after the ```python blocks of docs/cli.md
   (which prepare data files there), so the repository is left clean;
-- the reference tables stay complete: every built-in function and every CLI option is documented.
+- the reference tables stay complete: every built-in function, every CLI option and every rewrite
+  rule of the optimizer (docs/optimizer.md) is documented.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def in_root(monkeypatch):
 
 
 def test_docs_exist():
-    for name in ("language.md", "cli.md", "api.md"):
+    for name in ("language.md", "cli.md", "api.md", "optimizer.md"):
         assert (DOCS / name).is_file(), f"docs/{name} is missing"
     assert _flat({"flow"}), "no ```flow block found"
     assert _run_pairs() and _standalone_python() and _cli_blocks() and _error_pairs()
@@ -246,3 +247,14 @@ def test_every_public_name_is_documented():
     names = [n for n in flowml.__all__ if not isinstance(getattr(flowml, n), types.ModuleType)]
     missing = [n for n in names if not re.search(rf"\b{n}\b", text)]
     assert not missing, f"docs/api.md does not mention {missing}"
+
+
+def test_every_rewrite_rule_is_documented():
+    """docs/optimizer.md names every rule of the optimizer's phases, as `before -> after`."""
+    from flowml.passes import canonicalize, specialize, stabilize
+    text = (DOCS / "optimizer.md").read_text(encoding="utf-8")
+    missing = [r.name for m in (canonicalize, stabilize, specialize) for r in m.RULES if f"`{r.name}`" not in text]
+    assert not missing, f"docs/optimizer.md does not document the rule(s) {missing}"
+    from flowml.passes.pipeline import PHASES
+    for phase in PHASES:
+        assert f"`{phase}`" in text

@@ -91,9 +91,9 @@ def fused_formula(body, reduce, inputs: list[str]) -> str:
         elif ins.op in ("broadcast_to", "reshape"):
             expr = args[0]  # the identity on each element
         elif ins.op == "cast":
-            expr = f"cast({args[0]}, {_fmt_value(ins.attr('dtype'))})"
-        else:
-            expr = f"{ins.op}({', '.join(args)})"
+            expr = f"cast({_strip(args[0])}, {_fmt_value(ins.attr('dtype'))})"
+        else:  # a call's parentheses delimit its arguments: sigmoid(%4 + %3), not sigmoid((%4 + %3))
+            expr = f"{ins.op}({', '.join(_strip(a) for a in args)})"
         if uses.get(k, 0) > 1 and ins.op != "const":
             name = f"t{i}"
             lets.append(f"{name} = {_strip(expr)}")

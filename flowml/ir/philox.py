@@ -64,3 +64,16 @@ def normal(w2: np.ndarray, w3: np.ndarray, dtype) -> np.ndarray:
     u2 = w3.astype(np.float64) * 2.0 ** -32
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
     return z.astype(dtype)
+
+
+def fold(seed: int, step: int) -> int:
+    """The key (seed) of step `step` of a loop whose body draws with key `seed`: two words of
+    Philox(seed) at a counter no element of a random op uses (site and call word all ones), so
+    every step of a loop, and every step of a loop nested in it, draws its own numbers. Returned
+    as a signed 64-bit int (the `__rng__` param is i64)."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    step = int(step) & 0xFFFFFFFFFFFFFFFF
+    w0, w1, _, _ = philox4x32((step & 0xFFFFFFFF, step >> 32, 0xFFFFFFFF, 0xFFFFFFFF),
+                              (seed & 0xFFFFFFFF, seed >> 32))
+    v = int(w0) | (int(w1) << 32)
+    return v - (1 << 64) if v >= (1 << 63) else v

@@ -37,7 +37,7 @@ class Scan(P.Op):
 
     def impl(self, *arrays, body, n_carry, n_seq, outputs, index, history, length, env):
         out = index
-        from ..backends.reference import evaluate
+        from ..backends.reference import _compute, evaluate
         carries = list(arrays[:n_carry])
         seqs = arrays[n_carry:n_carry + n_seq]
         frees = arrays[n_carry + n_seq:]
@@ -47,7 +47,11 @@ class Scan(P.Op):
                 raise ValueError(f"a sequence has length {s.shape[0]}, the loop runs {steps} steps")
         leaves = _leaf_names(body)
         inputs = {leaves[("free", f)]: v for f, v in enumerate(frees)}
-        order = sorted(body.ancestors(list(outputs)))
+        targets = [outputs[j] for j in range(n_carry)] + [outputs[out]]
+        order = sorted(body.ancestors(targets))
+        lazy = any(body.op(n).lazy for n in order)
+        # (the body's operand lists, read once: networkx lookups per node and step are slow)
+        plan = None if lazy else [(n, body.operands(n)) for n in order]
         stacked = []
         result = None
         for t in range(steps):
@@ -55,8 +59,15 @@ class Scan(P.Op):
                 inputs[leaves[("carry", j)]] = c
             for i, s in enumerate(seqs):
                 inputs[leaves[("seq", i)]] = s[t]
-            lazy = any(body.op(n).lazy for n in order)
-            values = evaluate(body, list(outputs), inputs, {}, dict(env), order=None if lazy else order)
+            if ("step", 0) in leaves:  # the body draws random numbers: its key depends on t
+                inputs[leaves[("step", 0)]] = np.array(t, dtype=np.int64)
+            if lazy:
+                values = evaluate(body, targets, inputs, {}, dict(env))
+            else:
+                values, step_env = {}, dict(env)
+                with np.errstate(all="ignore"):
+                    for n, ops in plan:
+                        values[n] = _compute(body, n, [values[o] for o in ops], inputs, {}, step_env)
             result = values[outputs[out]]
             if history:
                 stacked.append(np.asarray(result))
@@ -94,6 +105,32 @@ class Scan(P.Op):
 scan_op = Scan()
 
 
+class RngFold(P.Op):
+    """The random-stream key of one step of a loop: `__rng__` = (seed, calls) with the seed
+    replaced by `philox.fold(seed, step)` (see `loop`). Integer: no derivative."""
+
+    def __init__(self):
+        super().__init__("rng_fold", jvp=lambda ts, y, key, step: None, verb="fold the step into")
+
+    def infer(self, types, attrs):
+        key, step = types
+        if key.shape != (2,) or key.dtype != P.DTYPES["i64"] or step.shape != () or step.dtype.kind != "i":
+            raise ShapeError(f"rng_fold takes an i64[2] key and an integer step, not {key} and {step}")
+        return key
+
+    def impl(self, key, step):
+        from . import philox
+        return np.array([philox.fold(key[0], step), key[1]], dtype=np.int64)
+
+
+rng_fold = RngFold()
+RNG_PARAM = "__rng__"  # (flowml.program.RNG_PARAM: the model's random-stream key)
+
+
+def _is_rng_key(graph: Graph, n: int) -> bool:
+    return graph.op(n) is P.param and graph.attrs(n).get("name") == RNG_PARAM
+
+
 def _leaf_names(body: Graph) -> dict:
     names = {}
     for n in body.nodes():
@@ -114,10 +151,17 @@ def _leaf(body: Graph, kind: str, k: int) -> int:
 # ----------------------------------------------------------------- building
 
 
-def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None):
+def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None, rng_steps=True):
     """Trace `step(*carries, *seq_elements) -> new carries (+ emitted values)` into a body and
-    return (body, n_carry, outputs, frees); see `scan_nodes` for the nodes."""
+    return (body, n_carry, outputs, frees); see `scan_nodes` for the nodes.
+
+    Random numbers: a node traced here that reads the model's random-stream key (`__rng__`: a
+    random op, or a loop whose body draws) belongs to the body even when it does not depend on
+    the carries, and with `rng_steps` it reads the key folded with the step index (leaf `step0`,
+    set by `Scan.impl`), so each step draws different numbers. The loops derived from a body
+    (BPTT, forward mode) copy its fold and give `step0` the forward step index themselves."""
     body = Graph()
+    first_new = graph._next_id  # nodes traced by `step` have ids from here on
     placeholders = []
     with at(loc):
         for j, c in enumerate(inits):
@@ -138,13 +182,27 @@ def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None
             raise FlowTypeError(f"carried state {j} has type {c.type} before a step and {r.type} after it: "
                                 "a carried state must keep its type (cast or reshape it)", graph.loc(r.id) or loc)
     ph_ids = [p.id for p in placeholders]
-    inside = graph.descendants(ph_ids) & graph.ancestors([r.id for r in results])
+    needed = graph.ancestors([r.id for r in results])
+    keys = [n for n in needed if _is_rng_key(graph, n)]
+    drawing = [u for k in keys for u in graph.users(k) if u >= first_new and u in needed]
+    inside = graph.descendants(ph_ids + drawing) & needed
     mapping: dict[int, int] = {}
     frees: list[int] = []
     for p, name in zip(ph_ids, [graph.attrs(p)["name"] for p in ph_ids]):
         mapping[p] = body.add(P.input_, [], {"name": name}, loc=graph.loc(p), name=name, type=graph.type(p))
+    step_key: dict[int, int] = {}
 
     def free(o: int) -> int:
+        if rng_steps and _is_rng_key(graph, o):
+            if o not in step_key:
+                key = _free(o)
+                t = body.add(P.input_, [], {"name": "step0"}, loc=loc, name="step",
+                             type=TensorType(P.DTYPES["i64"], ()))
+                step_key[o] = body.add(rng_fold, [key, t], {}, loc=loc, name=RNG_PARAM)
+            return step_key[o]
+        return _free(o)
+
+    def _free(o: int) -> int:
         if o not in mapping:
             k = len(frees)
             frees.append(o)
@@ -155,10 +213,10 @@ def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None
     for n in sorted(inside):
         if n in mapping:
             continue
-        ops = [mapping[o] if o in mapping else free(o) for o in graph.operands(n)]
+        ops = [mapping[o] if o in mapping and o not in step_key else free(o) for o in graph.operands(n)]
         d = graph.data(n)
         mapping[n] = body.add(d["op"], ops, d["attrs"], loc=d["loc"], name=d["name"], type=d["type"])
-    outputs = tuple(mapping[r.id] if r.id in mapping else free(r.id) for r in results)
+    outputs = tuple(mapping[r.id] if r.id in mapping and r.id not in step_key else free(r.id) for r in results)
     return body, len(inits), outputs, [Var(graph, f) for f in frees]
 
 
@@ -217,6 +275,7 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
     prevs = [scan_node(inits, seqs, frees, prev_body, prev_outputs, len(outputs) + j, True, length)
              for j in range(n_carry)]
     float_carry = [P.is_float(c.dtype) for c in inits]
+    drawing = ("step", 0) in _leaf_names(body)  # the body draws random numbers (keyed by the step)
 
     def rev(v):
         return L.getitem(v, slice(None, None, -1))
@@ -234,6 +293,8 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
         leaves = {f"carry{j}": prev[j] for j in range(n_carry)}
         leaves.update({f"seq{i}": xs[i] for i in range(n_seq)})
         leaves.update({f"free{f}": frees[f] for f in range(len(frees))})
+        if drawing:
+            leaves["step0"] = args[k]  # the forward step's index: it draws the same numbers
         vals = _copy_body(body, b, leaves)
         ys, seeds = [], []
         for j in range(n_carry):
@@ -258,11 +319,13 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
         zero_gc[out] = zero_gc[out] + g if out < n_carry else zero_gc[out]
     init_carries = zero_gc + [L.zeros_like(f) for f in frees]
     rseqs = ([rev(g)] if history else []) + [rev(p) for p in prevs] + [rev(s) for s in seqs]
+    if drawing:
+        rseqs.append(rev(L.arange(graph, length)))
     if not history and out >= n_carry:
         # the last step's emitted value: seed it at the first reverse step only
         raise FlowTypeError("the derivative of an emitted (non-carried) value at the last step is not supported; "
                             "stack it (history) and take [-1]", current_loc())
-    rstep_outs = _scan_all(step, init_carries, rseqs, length)
+    rstep_outs = _scan_all(step, init_carries, rseqs, length, rng_steps=False)
     n_gc = n_carry
     results = []
     for j in range(n_carry):
@@ -274,10 +337,10 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
     return results
 
 
-def _scan_all(step, inits, seqs, length):
+def _scan_all(step, inits, seqs, length, rng_steps=True):
     """(history, final) of every output of a loop."""
     graph = (inits or seqs)[0].graph
-    body, n_carry, outputs, frees = loop(graph, step, inits, seqs, length)
+    body, n_carry, outputs, frees = loop(graph, step, inits, seqs, length, rng_steps=rng_steps)
     out = []
     for k in range(len(outputs)):
         hist = scan_node(inits, seqs, frees, body, outputs, k, True, length) if k >= n_carry else None
@@ -308,11 +371,13 @@ def _forward_tangent(tangents, operands, body, n_carry, n_seq, outputs, out, his
         cs = list(args[:n_carry])
         tcs = list(args[n_carry:2 * n_carry])
         xs = list(args[2 * n_carry:2 * n_carry + n_seq])
-        txs = list(args[2 * n_carry + n_seq:])
+        txs = list(args[2 * n_carry + n_seq:2 * n_carry + 2 * n_seq])
         b = (cs + xs)[0].graph
         leaves = {f"carry{j}": cs[j] for j in range(n_carry)}
         leaves.update({f"seq{i}": xs[i] for i in range(n_seq)})
         leaves.update({f"free{f}": frees[f] for f in range(len(frees))})
+        if drawing:
+            leaves["step0"] = args[-1]  # this step's index: it draws the same numbers as the loop
         vals = _copy_body(body, b, leaves)
         ys = [vals[o] for o in outputs]
         pairs = [(v, t) for v, t in zip(cs + xs + frees, tcs + txs + t_free) if P.is_float(v.dtype)]
@@ -322,10 +387,13 @@ def _forward_tangent(tangents, operands, body, n_carry, n_seq, outputs, out, his
             ts = [L.zeros_like(v) for v in ys]
         return tuple(ys[:n_carry] + list(ts[:n_carry]) + ys[n_carry:] + list(ts[n_carry:]))
 
-    body2, n_c2, outputs2, frees2 = loop(inits[0].graph if inits else seqs[0].graph, step,
-                                         list(inits) + t_init, list(seqs) + t_seq, length)
+    graph = inits[0].graph if inits else seqs[0].graph
+    drawing = ("step", 0) in _leaf_names(body)
+    steps = [L.arange(graph, length)] if drawing else []
+    body2, n_c2, outputs2, frees2 = loop(graph, step, list(inits) + t_init, list(seqs) + t_seq + steps, length,
+                                         rng_steps=False)
     # the index of `out`'s tangent among the new loop's outputs (carries, their tangents,
     # emitted values, their tangents)
     n_emit = len(outputs) - n_carry
     k = n_carry + out if out < n_carry else 2 * n_carry + n_emit + (out - n_carry)
-    return scan_node(list(inits) + t_init, list(seqs) + t_seq, frees2, body2, outputs2, k, history, length)
+    return scan_node(list(inits) + t_init, list(seqs) + t_seq + steps, frees2, body2, outputs2, k, history, length)

@@ -495,13 +495,31 @@ class Builder:
                                 f.loc if hasattr(f, "loc") else e.loc)
         init = self.expr(e.args[1], scope)
         inits = [self.to_var(v) for v in init] if isinstance(init, tuple) else [self.to_var(init)]
+        d: A.DefDecl = b.value
+
+        def body(*phs):
+            results = self.inline_values(d, list(phs), e)
+            count = len(results) if isinstance(results, tuple) else 1
+            if count < len(inits):  # located at the body's return, the loop as a note
+                where = d.result[0].loc if d.result else d.loc
+                raise FlowTypeError(f"the loop body {d.name} returns {count} value{'' if count == 1 else 's'} "
+                                    f"but {e.func} carries {len(inits)} states: it must return the new "
+                                    "carried states first (then any values to emit)", where,
+                                    [f"the {e.func} is at {e.loc}"])
+            return results
+
         with _located_at_call(e):
             if e.func == "iterate":
-                n = L.as_dim(self.expr(e.args[2], scope))
-                outs = S.iterate(lambda *phs: self.inline_values(b.value, list(phs), e), inits, n, loc=e.loc)
+                steps = self.expr(e.args[2], scope)
+                try:
+                    n = L.as_dim(steps)
+                except FlowTypeError:
+                    raise FlowTypeError(f"{usage}: the number of steps n must be an integer or a dim (like N or "
+                                        f"x.shape[0]), not {_kind_of(steps)}", e.args[2].loc) from None
+                outs = S.iterate(body, inits, n, loc=e.loc)
             else:
                 seqs = [self.to_var(self.expr(a, scope)) for a in e.args[2:]]
-                outs = S.scan(lambda *phs: self.inline_values(b.value, list(phs), e), inits, seqs, loc=e.loc)
+                outs = S.scan(body, inits, seqs, loc=e.loc)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def inline(self, d: A.DefDecl, call: A.Call, scope: Scope):

@@ -53,6 +53,25 @@ def _exact_zero_product(x: Var) -> bool:
     return x.op is P.cast and x.graph.type(x.graph.operands(x.id)[0]).dtype.kind in "biu"
 
 
+def _power_rule(text: str, exponent: float, build, floats_only: bool = False) -> Rule:
+    """`x ** exponent -> build(x)` where x already has the power's dtype: `build` computes in x's
+    dtype, so an i64 x ** 2.0 (an f64) must not become the i64 x * x (which overflows), nor an f32
+    x ** f64(2) an f32 product (rounded to f32)."""
+    def fn(graph: Graph, n: int):
+        if graph.op(n) is not P.pow_:
+            return None
+        x, c = graph.operands(n)
+        if graph.op(c) is not P.const or graph.type(x).dtype != graph.type(n).dtype:
+            return None
+        value = graph.attrs(c)["value"]
+        if value.size == 0 or not np.all(value == exponent):
+            return None
+        if floats_only and graph.type(x).dtype.kind != "f":
+            return None
+        return build(Var(graph, x))
+    return Rule(text, fn=fn)
+
+
 @rule("transpose(transpose(x)) -> transpose(x) with composed axes (or x)")
 def transpose_of_transpose(graph: Graph, n: int):
     if graph.op(n) is not P.transpose:
@@ -187,9 +206,9 @@ RULES = [
     Rule("x * 0 -> zeros_like(x)", when=lambda x: _exact_zero_product(x)),
     Rule("x - x -> zeros_like(x)", when=lambda x: _is_int(x)),
     Rule("x ** 1 -> x"),
-    Rule("x ** 2 -> x * x"),
-    Rule("x ** 0.5 -> sqrt(x)"),
-    Rule("x ** -1 -> 1 / x", when=lambda x: x.dtype.kind == "f"),
+    _power_rule("x ** 2 -> x * x", 2, lambda x: x * x),
+    _power_rule("x ** 0.5 -> sqrt(x)", 0.5, L.sqrt),
+    _power_rule("x ** -1 -> 1 / x", -1, lambda x: 1 / x, floats_only=True),
     Rule("-(a - b) -> b - a"),
     Rule("-a * -b -> a * b"),
     Rule("-(-a * b) -> a * b"),

@@ -256,8 +256,10 @@ class Rebuild:
                 continue
             ids = r.ys + r.xs + r.directions + r.results
             if all(i in self.map for i in ids):
-                self.new.derivatives.append(DerivativeRecord(
-                    r.kind, *(tuple(self.map[i] for i in part) for part in (r.ys, r.xs, r.directions, r.results))))
+                copied = DerivativeRecord(
+                    r.kind, *(tuple(self.map[i] for i in part) for part in (r.ys, r.xs, r.directions, r.results)))
+                copied.connected = _connected(old, r)  # as in the graph as built, before any rewrite
+                self.new.derivatives.append(copied)
 
     def _rederive(self, rec: DerivativeRecord, needed: set[int]) -> bool:
         """Take the derivative again from the rewritten ys; False (copy as is) when a rewrite
@@ -273,8 +275,7 @@ class Rebuild:
         xs = [Var(new, self.map[i]) for i in rec.xs]
         dirs = [Var(new, self.map[i]) for i in rec.directions]
         anc = new.ancestors([y.id for y in ys])
-        for x_old, x in zip(rec.xs, xs):
-            connected_before = x_old in self.old.ancestors(list(rec.ys))
+        for connected_before, x in zip(_connected(self.old, rec), xs):
             if connected_before != (x.id in anc):
                 return False
         with at(self.old.loc(rec.results[0])):
@@ -292,6 +293,16 @@ class Rebuild:
             self.map[old_id] = r.id
         # the old naive derivative nodes are no longer needed unless something else uses them
         return True
+
+
+def _connected(graph: Graph, rec: DerivativeRecord) -> tuple[bool, ...]:
+    """Which of the record's xs its ys depend on, as first recorded: a rewrite in an earlier
+    phase may have absorbed an x since (-(-h) -> x drops h), and the derivative by h is not zero."""
+    known = getattr(rec, "connected", None)
+    if known is not None:
+        return known
+    anc = graph.ancestors(list(rec.ys))
+    return tuple(x in anc for x in rec.xs)
 
 
 def _needed(graph: Graph, roots: list[int], cut: dict[int, DerivativeRecord]) -> set[int]:

@@ -24,7 +24,9 @@ def _power_of_two(c: Var) -> bool:
     if value is None or value.dtype.kind != "f" or value.size == 0:
         return False
     mantissa, _ = np.frexp(value)
-    return bool(np.all(np.abs(mantissa) == 0.5))
+    with np.errstate(over="ignore", divide="ignore"):
+        inverse = np.reciprocal(value)  # 1 / 2**-1074 overflows: then x / c is not x * (1 / c)
+    return bool(np.all(np.abs(mantissa) == 0.5) and np.all(np.isfinite(inverse)))
 
 
 RULES = [

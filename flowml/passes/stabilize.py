@@ -30,9 +30,10 @@ _ERFC_TERMS = 10
 def log_erfc(x: Var) -> Var:
     switch = _ERFC_SWITCH.get(x.dtype.name, 10.0)
     small = x < switch
-    # each branch only sees inputs it is accurate and finite for (so its gradient is too)
-    near = L.minimum(x, switch)
-    far = L.maximum(x, switch)
+    # each branch only sees inputs it is accurate and finite for (so its gradient is too); the
+    # clamps are `where`s, not minimum/maximum, which would split the derivative at x == switch
+    near = L.where(small, x, switch)
+    far = L.where(small, switch, x)
     z = 1 / (2 * far * far)
     series, term = 1, 1
     for n in range(1, _ERFC_TERMS + 1):
@@ -43,8 +44,11 @@ def log_erfc(x: Var) -> Var:
 
 
 def _not_clamped(x: Var) -> bool:
-    """log(erfc(minimum(x, c))) is the near branch `log_erfc` built: don't rewrite it again."""
-    return x.op is not P.minimum
+    """log(erfc(where(x0 < c, x0, c))) is the near branch `log_erfc` built: don't rewrite it again."""
+    if x.op is not P.where:
+        return True
+    cond, a, c = x.graph.operands(x.id)
+    return not (x.graph.op(cond) is P.lt and x.graph.operands(cond)[0] == a and x.graph.op(c) is P.const)
 
 
 @rule("-log(softmax(x))[arange(N), y] -> categorical_crossentropy(x, y)")

@@ -233,7 +233,7 @@ class LLVMExecutable:
                 values[n] = v
                 if slot is not None and kind != "kernel":
                     if not (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned):
-                        v = values[n] = np.ascontiguousarray(v) if np.ndim(v) else np.array(v)
+                        v = values[n] = np.require(v, requirements="CA") if np.ndim(v) else np.array(v)
                     ctx[slot] = v.__array_interface__["data"][0]
                 if record is not None:  # a copy: buffers are reused, params updated in place
                     record[n] = np.array(v, copy=True)
