@@ -213,6 +213,45 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .api import load
+    from .io import load_npz
+    from .train import parse_phases, plot, train
+    model = load(args.file, backend=args.backend, seed=args.seed)
+    if args.load_params:
+        model.load_params(args.load_params)
+    data = load_npz(args.data)
+    phases = parse_phases(args.phases, args.fn, args.epochs)
+    evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
+    total = sum(ph.epochs for ph in phases)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=total, status="")
+
+        def log(line: str) -> None:
+            if line.startswith("epoch"):
+                progress.update(task, advance=1, status=" ".join(line.split()[2:]))
+            else:
+                progress.console.print(line)
+        history = train(model, data, phases, args.batch, args.split, evaluate, seed=args.seed or 0,
+                        patience=args.patience, save_params=args.save_params, path=args.data, log=log)
+    last = len(history.epochs) - 1
+    if last >= 0:
+        best = min((t for t in history.test if t == t), default=None)
+        print(f"{len(history.epochs)} epochs, {sum(history.seconds):.1f} s: final loss {history.loss[last]:.6g}"
+              + (f", final test {evaluate} {history.test[last]:.6g}, best {best:.6g}" if evaluate and best is not None
+                 else ""))
+    if args.save_params:
+        print(f"params saved to {args.save_params}")
+    if args.plot:
+        plot(history, args.plot, evaluate)
+        print(f"learning curves written to {args.plot}")
+    return 0
+
+
 def _as_tuple(result) -> tuple:
     if result is None:
         return ()
@@ -336,6 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true", help="check mode: also run every call on the reference "
                    "backend and stop at the first node whose values differ")
     c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("train", help="train a model with mini-batches over the rows of a data file, "
+                       "evaluating on the held-out rows each epoch")
+    c.add_argument("file")
+    c.add_argument("--data", required=True, help=".npz file whose arrays are matched to the fns' inputs by name")
+    c.add_argument("--fn", default="train", help="the step fn (default: train)")
+    c.add_argument("--evaluate", default="error", help="the fn evaluated on the test rows each epoch "
+                   "(default: error, if the model has one)")
+    c.add_argument("--phases", metavar="FN:EPOCHS,...", help="train several step fns in turn, e.g. "
+                   "pretrain1:50,pretrain2:50,finetune:100 (instead of --fn/--epochs)")
+    c.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    c.add_argument("--batch", type=int, default=20, help="mini-batch rows (default 20)")
+    c.add_argument("--split", type=int, default=None, help="rows [0, SPLIT) train, the rest test "
+                   "(default: all rows train)")
+    c.add_argument("--patience", type=int, default=None, help="early stopping: stop after this many "
+                   "epochs without a better test result and keep the best params")
+    c.add_argument("--seed", type=int, default=None, help="seed for param initializers, random streams "
+                   "and shuffling")
+    c.add_argument("--backend", default=None, help="llvm (default; or FLOWML_BACKEND), reference, opencl")
+    c.add_argument("--load-params", metavar="P.npz")
+    c.add_argument("--save-params", metavar="P.npz", help="save the (best) params atomically")
+    c.add_argument("--plot", metavar="CURVE.png", help="write the learning curves (matplotlib)")
+    c.set_defaults(func=cmd_train)
     return p
 
 
