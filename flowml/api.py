@@ -28,16 +28,17 @@ from .program import FnDecl, InputDecl, Model, ParamDecl, Program, UpdateDecl, c
 
 
 def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
-          file: str = "<string>", check: bool = False) -> Model:
+          file: str = "<string>", check: bool = False, opt_level: int = 1) -> Model:
     """Parse, build and compile a .flow program given as text. `check=True`: check mode, every
-    call is also run on the reference backend and compared node by node."""
+    call is also run on the reference backend and compared node by node. `opt_level=0`: no
+    optimizer (the graph as built)."""
     from .lang.build import build
     from .lang.parser import parse
-    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check)
+    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check, opt_level=opt_level)
 
 
 def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None,
-         check: bool = False) -> Model:
+         check: bool = False, opt_level: int = 1) -> Model:
     """Load a .flow file (see `loads`)."""
     path = os.fspath(path)
     try:
@@ -45,7 +46,7 @@ def load(path: str | os.PathLike, backend: str | None = None, seed: int | None =
             data = f.read()
     except OSError as e:
         raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
-    return loads(data, backend=backend, seed=seed, file=path, check=check)
+    return loads(data, backend=backend, seed=seed, file=path, check=check, opt_level=opt_level)
 
 
 def parse_program(source: str | bytes, file: str = "<string>") -> Program:
