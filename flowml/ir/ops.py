@@ -139,7 +139,7 @@ class Elementwise(Op):
 
     def _vjp_from_deriv(self, g, out, *operands, **attrs):
         maps = self.deriv(out, *operands)
-        return [None if m is None else (lambda m=m, x=x: _sum_to(m(g), x)) for m, x in zip(maps, operands)]
+        return [None if m is None else (lambda m=m, x=x: _sum_to(_masked(m, g), x)) for m, x in zip(maps, operands)]
 
     def _jvp_from_deriv(self, tangents, out, *operands, **attrs):
         maps = self.deriv(out, *operands)
@@ -151,6 +151,30 @@ class Elementwise(Op):
 _NOT_FOR_BOOLS = {"neg": "negating bools is not supported; use `not`",
                   "sub": "subtracting bools is not supported; use `!=` or cast to an integer first",
                   "sign": "sign of bools is not supported"}
+
+
+def _zero_mask(g):
+    """(c, inner, taken_when_c) if the cotangent g is where(c, inner, 0) or where(c, 0, inner)."""
+    if g.op is not where:
+        return None
+    c, a, b = (L.Var(g.graph, o) for o in g.graph.operands(g.id))
+    if L.const_value(b) is not None and np.all(L.const_value(b) == 0):
+        return c, a, True
+    if L.const_value(a) is not None and np.all(L.const_value(a) == 0):
+        return c, b, False
+    return None
+
+
+def _masked(m, g):
+    """m(g), where a cotangent masked by a `where` keeps its mask outside the derivative: the
+    derivative of where(x > 0, log(x), 0) at x = 0 is where(x > 0, g / x, 0) = 0, not 0 / 0. This is
+    the "double where" JAX users write by hand."""
+    mask = _zero_mask(g)
+    if mask is None or m is _identity:
+        return m(g)
+    c, inner, taken = mask
+    r = m(inner)
+    return L.where(c, r, 0) if taken else L.where(c, 0, r)
 
 
 def _add_all(terms):

@@ -381,10 +381,14 @@ def _forward_tangent(tangents, operands, body, n_carry, n_seq, outputs, out, his
         vals = _copy_body(body, b, leaves)
         ys = [vals[o] for o in outputs]
         pairs = [(v, t) for v, t in zip(cs + xs + frees, tcs + txs + t_free) if P.is_float(v.dtype)]
-        if pairs:
-            ts = rop(ys, [p[0] for p in pairs], [p[1] for p in pairs], disconnected="zero")
-        else:
-            ts = [L.zeros_like(v) for v in ys]
+        # an integer output (a step counter, the random-stream key's slot in a reverse loop) has a
+        # zero tangent of its own type: only the float outputs go through rop
+        ts = [L.zeros_like(v) for v in ys]
+        floats = [k for k, v in enumerate(ys) if P.is_float(v.dtype)]
+        if pairs and floats:
+            for k, t in zip(floats, rop([ys[k] for k in floats], [p[0] for p in pairs], [p[1] for p in pairs],
+                                        disconnected="zero")):
+                ts[k] = t
         return tuple(ys[:n_carry] + list(ts[:n_carry]) + ys[n_carry:] + list(ts[n_carry:]))
 
     graph = inits[0].graph if inits else seqs[0].graph

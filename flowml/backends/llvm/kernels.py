@@ -70,7 +70,8 @@ class LLVMScalarBuilder:
     def binary(self, op, a, b, dtype):
         t = IR_TYPE[dtype]
         if dtype in ("float32", "float64"):
-            return self._emit(f"f{op} contract {t} {a}, {b}")
+            # no `contract`: a fused multiply-add would round differently from numpy
+            return self._emit(f"f{op} {t} {a}, {b}")
         if op == "div" and b != "-1" and not b.lstrip("-").isdigit():
             # sdiv of INT_MIN by -1 is undefined (x86's idiv traps: SIGFPE kills the process);
             # numpy wraps it to INT_MIN. Divide by -1 as a wrapping negation instead. (Division
