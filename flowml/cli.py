@@ -48,11 +48,13 @@ def cmd_compile(args) -> int:
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
-    native = args.emit in ("llvm", "asm")
+    native = args.emit in ("llvm", "asm", "opencl")
     if native:
-        backend = args.backend or "llvm"
-        if backend != "llvm":
-            raise UsageError(f"--emit {args.emit} shows the LLVM backend's code: use --backend llvm, not {backend}")
+        wanted = "opencl" if args.emit == "opencl" else "llvm"
+        backend = args.backend or wanted
+        if backend.split(":")[0] != wanted:
+            raise UsageError(f"--emit {args.emit} shows the {wanted} backend's code: use --backend {wanted}, "
+                             f"not {backend}")
         if args.after not in (None, "memory") or args.O == 0:
             raise UsageError(f"--emit {args.emit} compiles the fully optimized graph: drop --after/-O0")
     elif args.backend is not None:
@@ -63,7 +65,9 @@ def cmd_compile(args) -> int:
         check_function(program, fn)
         opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
                        level=args.O, after=args.after)
-        if native:
+        if args.emit == "opencl":
+            text = _opencl_code(fn, opt, backend)
+        elif native:
             text = _native_code(fn, opt, args.emit)
         elif args.emit == "ir":
             text = dump_function(program, fn, opt.graph, opt.outputs, opt.updates)
@@ -86,6 +90,15 @@ def _native_code(fn, opt, emit: str) -> str:
     if ex._lazy:
         head += " (none: the fn has a lazy `if`, run by the reference evaluator)"
     code = ex.llvm_ir() if emit == "llvm" else ex.assembly()
+    return head + ("\n" + code.rstrip() if code else "")
+
+
+def _opencl_code(fn, opt, backend: str) -> str:
+    """`--emit opencl`: the OpenCL C of one fn's kernels (one per fused node)."""
+    from .backends.opencl.backend import OpenCLBackend
+    ex = OpenCLBackend(backend).compile(opt.graph, opt.outputs, opt.updates, opt.plan)
+    head = f"// fn {fn.name}: {len(ex.kernels)} OpenCL kernel(s) on {ex.device.name.strip()}"
+    code = ex.sources()
     return head + ("\n" + code.rstrip() if code else "")
 
 
@@ -336,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT), or its native code")
     c.add_argument("file")
-    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm"], default="ir",
+    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl"], default="ir",
                    help="what to print: the graph as IR text or DOT, or the LLVM backend's kernels as "
                    "LLVM IR or assembly (default: ir)")
     c.add_argument("--backend", default=None, help="the backend whose code --emit llvm|asm shows (llvm, "

@@ -826,3 +826,16 @@ def test_choosing_the_device(dev, monkeypatch):
     monkeypatch.setenv("FLOWML_BACKEND", "opencl:0")  # the default backend can be a device too
     monkeypatch.delenv("FLOWML_OPENCL_DEVICE")
     assert flowml.loads(F64_MODEL).backend.device == devices[0]
+
+
+def test_compile_emits_the_opencl_kernels():
+    """`flowml compile --emit opencl` prints the generated OpenCL C, one kernel per fused node."""
+    from flowml.cli import main
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["compile", "examples/logreg.flow", "--fn", "predict", "--emit", "opencl"]) == 0
+    text = buf.getvalue()
+    assert text.startswith("// fn predict: 1 OpenCL kernel(s)")
+    assert "__kernel void" in text and "exp(" in text
