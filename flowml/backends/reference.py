@@ -58,6 +58,12 @@ def evaluate(graph: Graph, targets: list[int], inputs: dict[str, np.ndarray], pa
     needed nodes) every node is computed in turn; without it, evaluation is demand-driven, which
     lets `ifelse` compute only its chosen branch. `overrides` fixes the values of some nodes
     (finite differences perturb intermediate values this way)."""
+    from ..ir.scan import scan_runs
+    with scan_runs():
+        return _evaluate(graph, targets, inputs, params, env, order, overrides)
+
+
+def _evaluate(graph, targets, inputs, params, env, order, overrides):
     values: dict[int, np.ndarray] = dict(overrides or {})
     with np.errstate(all="ignore"):
         if order is not None:

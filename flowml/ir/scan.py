@@ -12,6 +12,9 @@ Operands: initial carries, sequences, free values (in that order).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 from ..errors import FlowRuntimeError, FlowTypeError
@@ -36,49 +39,16 @@ class Scan(P.Op):
         return TensorType(t.dtype, t.shape)
 
     def impl(self, *arrays, body, n_carry, n_seq, outputs, index, history, length, env):
-        out = index
-        from ..backends.reference import _compute, evaluate
-        carries = list(arrays[:n_carry])
-        seqs = arrays[n_carry:n_carry + n_seq]
-        frees = arrays[n_carry + n_seq:]
-        steps = int(resolve_dim(length, env))
-        for s in seqs:
-            if s.shape[0] != steps:
-                raise ValueError(f"a sequence has length {s.shape[0]}, the loop runs {steps} steps")
-        leaves = _leaf_names(body)
-        inputs = {leaves[("free", f)]: v for f, v in enumerate(frees)}
-        targets = [outputs[j] for j in range(n_carry)] + [outputs[out]]
-        order = sorted(body.ancestors(targets))
-        lazy = any(body.op(n).lazy for n in order)
-        # (the body's operand lists, read once: networkx lookups per node and step are slow)
-        plan = None if lazy else [(n, body.operands(n)) for n in order]
-        stacked = []
-        result = None
-        for t in range(steps):
-            for j, c in enumerate(carries):
-                inputs[leaves[("carry", j)]] = c
-            for i, s in enumerate(seqs):
-                inputs[leaves[("seq", i)]] = s[t]
-            if ("step", 0) in leaves:  # the body draws random numbers: its key depends on t
-                inputs[leaves[("step", 0)]] = np.array(t, dtype=np.int64)
-            if lazy:
-                values = evaluate(body, targets, inputs, {}, dict(env))
-            else:
-                values, step_env = {}, dict(env)
-                with np.errstate(all="ignore"):
-                    for n, ops in plan:
-                        values[n] = _compute(body, n, [values[o] for o in ops], inputs, {}, step_env)
-            result = values[outputs[out]]
-            if history:
-                stacked.append(np.asarray(result))
-            carries = [values[outputs[j]] for j in range(n_carry)]
-        t_out = body.type(outputs[out])
-        shape = tuple(resolve_dim(d, env) for d in t_out.shape)
-        if history:
-            return np.stack(stacked) if stacked else np.zeros((0,) + shape, dtype=t_out.dtype)
-        if result is None:  # no step: a carry is its initial value, an emitted value is 0
-            return np.asarray(arrays[out]) if out < n_carry else np.zeros(shape, dtype=t_out.dtype)
-        return np.asarray(result)
+        # The nodes of one loop's outputs share its run within a call (see `scan_runs`).
+        runs = _RUNS.get()
+        key = (id(body), tuple(outputs), n_carry, n_seq, tuple(id(a) for a in arrays))
+        found = runs.get(key) if runs is not None else None
+        if found is None or not all(a is b for a, b in zip(found[0], arrays)):
+            found = (tuple(arrays), _run(arrays, body, n_carry, n_seq, outputs, length, env))
+            if runs is not None:
+                runs[key] = found  # (keeps the arrays alive, so their ids stay theirs)
+        histories, finals = found[1]
+        return histories[index] if history else finals[index]
 
     # ------------------------------------------------------------ derivatives
 
@@ -129,6 +99,72 @@ RNG_PARAM = "__rng__"  # (flowml.program.RNG_PARAM: the model's random-stream ke
 
 def _is_rng_key(graph: Graph, n: int) -> bool:
     return graph.op(n) is P.param and graph.attrs(n).get("name") == RNG_PARAM
+
+
+_RUNS: contextvars.ContextVar = contextvars.ContextVar("flowml_scan_runs", default=None)
+
+
+@contextlib.contextmanager
+def scan_runs():
+    """Within this block (one call of a compiled function), the scan nodes of one loop run it
+    once: a loop with two carries is two nodes, and both read this run's results."""
+    if _RUNS.get() is not None:
+        yield
+        return
+    token = _RUNS.set({})
+    try:
+        yield
+    finally:
+        _RUNS.reset(token)
+
+
+def _run(arrays, body, n_carry, n_seq, outputs, length, env):
+    """Run a loop: (the stacked history, the last value) of every output."""
+    from ..backends.reference import _compute, evaluate
+    carries = list(arrays[:n_carry])
+    seqs = arrays[n_carry:n_carry + n_seq]
+    frees = arrays[n_carry + n_seq:]
+    steps = int(resolve_dim(length, env))
+    for s in seqs:
+        if s.shape[0] != steps:
+            raise ValueError(f"a sequence has length {s.shape[0]}, the loop runs {steps} steps")
+    leaves = _leaf_names(body)
+    inputs = {leaves[("free", f)]: v for f, v in enumerate(frees)}
+    targets = list(outputs)
+    order = sorted(body.ancestors(targets))
+    lazy = any(body.op(n).lazy for n in order)
+    # (the body's operand lists, read once: networkx lookups per node and step are slow)
+    plan = None if lazy else [(n, body.operands(n)) for n in order]
+    stacked: list[list] = [[] for _ in outputs]
+    last = [None] * len(outputs)
+    for t in range(steps):
+        for j, c in enumerate(carries):
+            inputs[leaves[("carry", j)]] = c
+        for i, s in enumerate(seqs):
+            inputs[leaves[("seq", i)]] = s[t]
+        if ("step", 0) in leaves:  # the body draws random numbers: its key depends on t
+            inputs[leaves[("step", 0)]] = np.array(t, dtype=np.int64)
+        if lazy:
+            values = evaluate(body, targets, inputs, {}, dict(env))
+        else:
+            values, step_env = {}, dict(env)
+            with np.errstate(all="ignore"):
+                for n, ops in plan:
+                    values[n] = _compute(body, n, [values[o] for o in ops], inputs, {}, step_env)
+        for k, o in enumerate(outputs):
+            last[k] = np.asarray(values[o])
+            stacked[k].append(last[k])
+        carries = [values[outputs[j]] for j in range(n_carry)]
+    histories, finals = [], []
+    for k, o in enumerate(outputs):
+        t_out = body.type(o)
+        shape = tuple(resolve_dim(d, env) for d in t_out.shape)
+        histories.append(np.stack(stacked[k]) if stacked[k] else np.zeros((0,) + shape, dtype=t_out.dtype))
+        if last[k] is not None:
+            finals.append(last[k])
+        else:  # no step: a carry is its initial value, an emitted value is 0
+            finals.append(np.asarray(arrays[k]) if k < n_carry else np.zeros(shape, dtype=t_out.dtype))
+    return histories, finals
 
 
 def _leaf_names(body: Graph) -> dict:

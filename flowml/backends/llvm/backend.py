@@ -197,6 +197,12 @@ class LLVMExecutable:
 
     def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
                  record: dict[int, np.ndarray] | None = None):
+        from ...ir.scan import scan_runs
+        with scan_runs():  # the nodes of one loop share its run
+            return self._call(inputs, state, env, record)
+
+    def _call(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
+              record: dict[int, np.ndarray] | None = None):
         """Run the function. `record` (check mode): a dict that receives a copy of every node's
         value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
         if self._lazy:

@@ -113,6 +113,11 @@ class OpenCLExecutable:
         return "\n\n".join(out)
 
     def __call__(self, inputs, state: OpenCLState, env):
+        from ...ir.scan import scan_runs
+        with scan_runs():  # the nodes of one loop share its run
+            return self._call(inputs, state, env)
+
+    def _call(self, inputs, state: OpenCLState, env):
         _, runtime = _cl()
         g = self.graph
         if self._lazy:  # `if` picks one branch: the reference evaluator on host copies
