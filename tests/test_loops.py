@@ -553,3 +553,48 @@ def test_the_rnn_example_passes_gradcheck():
                           text=True, cwd=ROOT, env=dict(os.environ, COLUMNS="200"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL" not in proc.stdout and proc.stdout.count("pass") == 5
+
+
+TRUNCATED = """
+input xs : f64[T, 3]
+param Wx : f64[3, 4] = normal(0, 0.5)
+param Wh : f64[4, 4] = normal(0, 0.5)
+param h0 : f64[4] = zeros
+def step(h, x) = tanh(x @ Wx + h @ Wh)
+hs = scan(step, h0, xs, truncate=K)
+cost = sum(hs[-1] ** 2) + 0.1 * sum(hs)
+gx = grad(cost, Wx)
+fn f(xs) -> gx
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_truncated_backprop_through_time(backend):
+    """scan(..., truncate=k) differentiates only the last k steps (Theano's truncate_gradient):
+    k = 1 is the gradient of the last step's outputs with the carry into it held constant, and
+    k >= T is the full gradient."""
+    xs = np.random.RandomState(0).randn(6, 3)
+    ref = flowml.loads(TRUNCATED.replace("truncate=K", "truncate=1"), backend=backend)
+    Wx, Wh, h0 = ref.params["Wx"], ref.params["Wh"], ref.params["h0"]
+    h = h0
+    for x in xs[:-1]:
+        h = np.tanh(x @ Wx + h @ Wh)
+
+    def last_step_cost(W):
+        hT = np.tanh(xs[-1] @ W + h @ Wh)  # h (the carry into the last step) held constant
+        return np.sum(hT ** 2) + 0.1 * np.sum(hT)
+    eps, want = 1e-6, np.zeros_like(Wx)
+    for i in np.ndindex(Wx.shape):
+        d = np.zeros_like(Wx)
+        d[i] = eps
+        want[i] = (last_step_cost(Wx + d) - last_step_cost(Wx - d)) / (2 * eps)
+    np.testing.assert_allclose(ref.f(xs), want, rtol=1e-6, atol=1e-9)
+    full = flowml.loads(TRUNCATED.replace(", truncate=K", ""), backend=backend)
+    long = flowml.loads(TRUNCATED.replace("truncate=K", "truncate=6"), backend=backend)
+    np.testing.assert_allclose(long.f(xs), full.f(xs), rtol=1e-12)
+    assert not np.allclose(ref.f(xs), full.f(xs))
+
+
+def test_truncate_must_be_a_positive_integer():
+    with pytest.raises(flowml.FlowTypeError, match="truncate must be a positive integer"):
+        flowml.loads(TRUNCATED.replace("truncate=K", "truncate=0"))

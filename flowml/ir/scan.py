@@ -38,7 +38,7 @@ class Scan(P.Op):
             return TensorType(t.dtype, (attrs["length"],) + t.shape)
         return TensorType(t.dtype, t.shape)
 
-    def impl(self, *arrays, body, n_carry, n_seq, outputs, index, history, length, env):
+    def impl(self, *arrays, body, n_carry, n_seq, outputs, index, history, length, env, truncate=None):
         # The nodes of one loop's outputs share its run within a call (see `scan_runs`).
         runs = _RUNS.get()
         key = (id(body), tuple(outputs), n_carry, n_seq, tuple(id(a) for a in arrays))
@@ -53,11 +53,11 @@ class Scan(P.Op):
     # ------------------------------------------------------------ derivatives
 
     @staticmethod
-    def _vjp_rule(g, y, *operands, body, n_carry, n_seq, outputs, index, history, length):
+    def _vjp_rule(g, y, *operands, body, n_carry, n_seq, outputs, index, history, length, truncate=None):
         out = index
         """Backprop through time: a reverse scan whose body is the VJP of this body."""
         def thunks():
-            return _bptt(g, y, list(operands), body, n_carry, n_seq, outputs, out, history, length)
+            return _bptt(g, y, list(operands), body, n_carry, n_seq, outputs, out, history, length, truncate)
         cache: dict = {}
 
         def get(k):
@@ -67,7 +67,7 @@ class Scan(P.Op):
         return [(lambda k=k: get(k)) for k in range(len(operands))]
 
     @staticmethod
-    def _jvp_rule(tangents, y, *operands, body, n_carry, n_seq, outputs, index, history, length):
+    def _jvp_rule(tangents, y, *operands, body, n_carry, n_seq, outputs, index, history, length, truncate=None):
         out = index
         return _forward_tangent(tangents, list(operands), body, n_carry, n_seq, outputs, out, history, length)
 
@@ -256,13 +256,14 @@ def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None
     return body, len(inits), outputs, [Var(graph, f) for f in frees]
 
 
-def scan_node(inits, seqs, frees, body, outputs, out, history, length) -> Var:
+def scan_node(inits, seqs, frees, body, outputs, out, history, length, truncate=None) -> Var:
     operands = list(inits) + list(seqs) + list(frees)
     return L.apply(scan_op, operands, body=body, n_carry=len(inits), n_seq=len(seqs), outputs=tuple(outputs),
-                   index=out, history=history, length=length)
+                   index=out, history=history, length=length,
+                   **({"truncate": int(truncate)} if truncate is not None else {}))
 
 
-def scan(step, inits, seqs, history=True, loc=None):
+def scan(step, inits, seqs, history=True, loc=None, truncate=None):
     """All outputs of a loop over `seqs` (or `length` steps): a list of Vars."""
     graph = (inits or seqs)[0].graph
     length = seqs[0].type.shape[0] if seqs else None
@@ -272,7 +273,8 @@ def scan(step, inits, seqs, history=True, loc=None):
                                 loc)
     body, n_carry, outputs, frees = loop(graph, step, inits, seqs, length, loc)
     with at(loc):
-        return [scan_node(inits, seqs, frees, body, outputs, k, history, length) for k in range(len(outputs))]
+        return [scan_node(inits, seqs, frees, body, outputs, k, history, length, truncate)
+                for k in range(len(outputs))]
 
 
 def iterate(step, inits, n, loc=None):
@@ -299,8 +301,10 @@ def _copy_body(body: Graph, into: Graph, leaf_values: dict[str, Var]) -> dict[in
     return {n: Var(into, m) for n, m in mapping.items()}
 
 
-def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
-    """Cotangents of all operands of scan node `y` given the cotangent g of its output."""
+def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length, truncate=None):
+    """Cotangents of all operands of scan node `y` given the cotangent g of its output. With
+    `truncate` k (truncated backprop through time, Theano's truncate_gradient), only the last k
+    steps are differentiated: earlier steps get no cotangent."""
     from ..passes.grad import vjp
     graph = y.graph
     inits = operands[:n_carry]
@@ -331,6 +335,8 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
         leaves.update({f"free{f}": frees[f] for f in range(len(frees))})
         if drawing:
             leaves["step0"] = args[k]  # the forward step's index: it draws the same numbers
+            k += 1
+        within = args[k] < truncate if truncate is not None else None  # reverse step index < k
         vals = _copy_body(body, b, leaves)
         ys, seeds = [], []
         for j in range(n_carry):
@@ -347,7 +353,12 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
         it = iter(grads)
         new_gc = [next(it) if float_carry[j] else gc[j] for j in range(n_carry)]
         d_x = [next(it) if P.is_float(xs[i].dtype) else L.zeros_like(xs[i]) for i in range(n_seq)]
-        new_acc = [gacc[f] + next(it) if P.is_float(frees[f].dtype) else gacc[f] for f in range(len(frees))]
+        d_free = [next(it) if P.is_float(frees[f].dtype) else None for f in range(len(frees))]
+        if within is not None:  # beyond the last `truncate` steps: nothing flows
+            new_gc = [L.where(within, v, 0) if float_carry[j] else v for j, v in enumerate(new_gc)]
+            d_x = [L.where(within, v, 0) for v in d_x]
+            d_free = [L.where(within, v, 0) if v is not None else None for v in d_free]
+        new_acc = [gacc[f] + d_free[f] if d_free[f] is not None else gacc[f] for f in range(len(frees))]
         return tuple(new_gc + new_acc + d_x)
 
     zero_gc = [L.zeros_like(c) for c in inits]
@@ -357,6 +368,8 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length):
     rseqs = ([rev(g)] if history else []) + [rev(p) for p in prevs] + [rev(s) for s in seqs]
     if drawing:
         rseqs.append(rev(L.arange(graph, length)))
+    if truncate is not None:
+        rseqs.append(L.arange(graph, length))  # the reverse step's index (0 = the last step)
     if not history and out >= n_carry:
         # the last step's emitted value: seed it at the first reverse step only
         raise FlowTypeError("the derivative of an emitted (non-carried) value at the last step is not supported; "

@@ -484,8 +484,13 @@ class Builder:
         carries. `step` is a def taking the carries (then the sequences' elements) and returning
         the new carries (then any values to emit); `init` is a value or a tuple of them."""
         from ..ir import scan as S
-        usage = {"scan": "scan(step, init, xs...)", "iterate": "iterate(step, init, n)"}[e.func]
-        if len(e.args) < (2 if e.func == "scan" else 3) or e.kwargs:
+        usage = {"scan": "scan(step, init, xs..., truncate=none)", "iterate": "iterate(step, init, n)"}[e.func]
+        kwargs = self.keywords(e, scope)
+        truncate = kwargs.pop("truncate", None) if e.func == "scan" else None
+        if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 1):
+            raise FlowTypeError(f"{usage}: truncate must be a positive integer (the steps to backpropagate "
+                                f"through), not {truncate!r}", e.loc)
+        if len(e.args) < (2 if e.func == "scan" else 3) or kwargs:
             raise FlowTypeError(f"{usage}: takes a def, the initial carried state(s) and "
                                 + ("the sequences" if e.func == "scan" else "the number of steps"), e.loc)
         f = e.args[0]
@@ -519,7 +524,7 @@ class Builder:
                 outs = S.iterate(body, inits, n, loc=e.loc)
             else:
                 seqs = [self.to_var(self.expr(a, scope)) for a in e.args[2:]]
-                outs = S.scan(body, inits, seqs, loc=e.loc)
+                outs = S.scan(body, inits, seqs, loc=e.loc, truncate=truncate)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def inline(self, d: A.DefDecl, call: A.Call, scope: Scope):
