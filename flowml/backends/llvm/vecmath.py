@@ -129,7 +129,16 @@ def _exp_f64_ir(name: str) -> str:
 INLINE = {("exp", "f64"): ("flowml_exp_f64_inline", _exp_f64_ir)}
 
 _IR_TYPE = {"f32": "float", "f64": "double"}
-_LANES = {"f32": 8, "f64": 4}  # AVX2 ('d' ISA in the vector ABI) lanes per 256-bit register
+def _isa() -> tuple[str, dict[str, int]]:
+    """The vector ABI's ISA letter and lanes: AVX-512 ('e', 512-bit) where the host has it and
+    FLOWML_VECMATH != "avx2", else AVX2 ('d', 256-bit)."""
+    import os
+    if os.environ.get("FLOWML_VECMATH", "").lower() != "avx2" and host_has_features("avx512f", "avx512dq"):
+        return "e", {"f32": 16, "f64": 8}
+    return "d", {"f32": 8, "f64": 4}
+
+
+_ISA, _LANES = _isa()
 LIBMVEC = "libmvec.so.1"
 
 
@@ -159,7 +168,7 @@ def mvec_scalar_name(fn: str, dtype) -> str:
 def vector_name(fn: str, dtype) -> str:
     """libmvec's AVX2 variant: '_ZGVdN8v_expf', '_ZGVdN4vv_pow'."""
     d = _dtype(dtype)
-    return f"_ZGVdN{_LANES[d]}{'v' * ARITY[fn]}_{scalar_name(fn, d)}"
+    return f"_ZGV{_ISA}N{_LANES[d]}{'v' * ARITY[fn]}_{scalar_name(fn, d)}"
 
 
 _lock = threading.Lock()
