@@ -17,7 +17,7 @@ import contextvars
 
 import numpy as np
 
-from ..errors import FlowRuntimeError, FlowTypeError
+from ..errors import FlowTypeError
 from . import lib as L
 from . import ops as P
 from .graph import Graph, ShapeError, at, current_loc

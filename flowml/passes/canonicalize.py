@@ -143,7 +143,7 @@ def sum_of_broadcast(graph: Graph, n: int):
         return None
     (x,) = graph.operands(b)
     xt, bt = graph.type(x), graph.type(b)
-    axis, keepdims = graph.attrs(n)["axis"], graph.attrs(n)["keepdims"]
+    axis = graph.attrs(n)["axis"]  # (keepdims is in the output type)
     lead = bt.ndim - xt.ndim
     # every reduced axis must be one the broadcast created (absent in x, or 1 in x)
     for a in axis:

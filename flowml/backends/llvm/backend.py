@@ -21,14 +21,13 @@ import ctypes
 
 import numpy as np
 
-from ...errors import FlowInternalError, FlowRuntimeError
+from ...errors import FlowRuntimeError
 from ...ir import ops as P
-from ...ir.fused import REDUCTIONS
 from ...ir.graph import Graph
 from ...ir.types import Sym, resolve_dim
 from .. import scalar as S
-from ..reference import ReferenceState
-from . import cache, jit, parallel, vecmath
+from ..reference import ReferenceState, run_op
+from . import cache, parallel, vecmath
 from .kernels import ITEMSIZE, KernelWriter
 
 _KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
@@ -213,7 +212,6 @@ class LLVMExecutable:
         env = dict(env)
         binding = self._binding(env)
         ctx = binding.ctx
-        ctx_ptr = binding.ctx_ptr
         values: dict[int, np.ndarray] = {}
         params = state.values
         with np.errstate(all="ignore"):
@@ -257,21 +255,7 @@ class LLVMExecutable:
         return [values[n] for n in self.outputs]
 
     def _reference_step(self, n, args, env):
-        g = self.graph
-        op = g.op(n)
-        attrs = g.attrs(n)
-        try:
-            out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
-        except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-            raise FlowRuntimeError(f"{op.name} failed: {e}", g.loc(n)) from None
-        out = np.asarray(out)
-        t = g.type(n)
-        if out.dtype != t.dtype:
-            raise FlowInternalError(f"{op.name} (%{n}) produced {out.dtype}, its type says {t}", g.loc(n))
-        for d, actual in zip(t.shape, out.shape):  # bind derived dims (N-1) as they appear
-            if isinstance(d, Sym) and len(d.names) == 1 and d.coeff == 1 and d.names[0] not in env:
-                env[d.names[0]] = actual
-        return out
+        return run_op(self.graph, n, args, env)
 
     # ------------------------------------------------------------ inspection
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import scalar as S
-from ...ir.types import Sym
 
 IR_TYPE = {"float32": "float", "float64": "double", "int32": "i32", "int64": "i64", "bool": "i1"}
 MEM_TYPE = {**IR_TYPE, "bool": "i8"}

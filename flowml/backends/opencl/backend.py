@@ -18,8 +18,8 @@ from ...errors import FlowError, FlowInternalError, FlowRuntimeError
 from ...ir import ops as P
 from ...ir.fused import Instr
 from ...ir.graph import Graph
-from ...ir.types import Sym, TensorType, resolve_dim
-from ..reference import ReferenceExecutable
+from ...ir.types import TensorType, resolve_dim
+from ..reference import ReferenceExecutable, run_op
 
 
 def _cl():
@@ -171,21 +171,7 @@ class OpenCLExecutable:
 
     def _host_step(self, n, args, env):
         _, runtime = _cl()
-        g = self.graph
-        op = g.op(n)
-        attrs = g.attrs(n)
-        host = [a.get() for a in args]
-        try:
-            out = op.impl(*host, env=env, **attrs) if op.needs_env else op.impl(*host, **attrs)
-        except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-            raise FlowRuntimeError(f"{op.name} failed: {e}", g.loc(n)) from None
-        out = np.asarray(out)
-        t = g.type(n)
-        if out.dtype != t.dtype:
-            raise FlowInternalError(f"{op.name} (%{n}) produced {out.dtype}, its type says {t}", g.loc(n))
-        for d, actual in zip(t.shape, out.shape):  # bind derived dims (N-1) as they appear
-            if isinstance(d, Sym) and len(d.names) == 1 and d.coeff == 1 and d.names[0] not in env:
-                env[d.names[0]] = actual
+        out = run_op(self.graph, n, [a.get() for a in args], env)
         return runtime.to_device(np.ascontiguousarray(out) if out.ndim else np.array(out), self.device)
 
     def _check_shape(self, n, v, env) -> None:
