@@ -87,6 +87,7 @@ class LLVMExecutable:
             self._lazy = True  # `if` picks one branch: run it with the reference evaluator
         else:
             self._lazy = False
+        self._has_scan = any(graph.op(n).name == "scan" for n in self.nodes)
         self.inplace = dict(plan.inplace) if plan is not None else {}
         self._inplace_nodes = {v: name for name, v in self.inplace.items()}
         self.slot: dict[object, int] = {}
@@ -196,6 +197,8 @@ class LLVMExecutable:
 
     def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
                  record: dict[int, np.ndarray] | None = None):
+        if not self._has_scan:
+            return self._call(inputs, state, env, record)
         from ...ir.scan import scan_runs
         with scan_runs():  # the nodes of one loop share its run
             return self._call(inputs, state, env, record)
