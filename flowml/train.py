@@ -4,8 +4,9 @@ The data file's arrays are matched to the step's inputs by name; all of them are
 same rows: the first `split` rows train, the rest test (the digits protocol: 1200). Each epoch
 shuffles the training rows with the seed, calls the step fn on each mini-batch (the last,
 shorter batch included), then evaluates the `evaluate` fn on the test rows. With `patience`,
-training stops after that many epochs without a better test result; the params of the best
-epoch are kept (and saved atomically with `save_params`).
+the last phase stops after that many epochs without a better test result, and the params of its
+best epoch are kept (and saved atomically with `save_params`); earlier phases (pretraining) run
+all their epochs.
 """
 
 from __future__ import annotations
@@ -84,11 +85,15 @@ def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch:
     history = History()
     best, best_params, waited = None, None, 0
     epoch_no = 0
-    for ph in phases:
+    for i_phase, ph in enumerate(phases):
         fn = model.functions[ph.fn]
         arrays = _rows(train_data, fn.input_names, ph.fn, path)
         n = _batch_count(arrays, ph.fn, path)
-        best, best_params, waited = None, None, 0  # each phase keeps its own best
+        best, best_params, waited = None, None, 0
+        # Early stopping watches the last phase only: before it (a stacked model's layer-wise
+        # pretraining) the test result need not move at all, and stopping there -- or going back
+        # to the first epoch's params -- would undo the pretraining.
+        stops = patience is not None and i_phase == len(phases) - 1
         for _ in range(ph.epochs):
             epoch_no += 1
             t0 = time.perf_counter()
@@ -115,16 +120,16 @@ def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch:
             if progress:
                 log(f"epoch {epoch_no:4d}  {ph.fn}  loss {loss:.6g}"
                     + (f"  {evaluate} {test:.6g}" if evaluate else "") + f"  ({seconds:.2f} s)")
-            if evaluate is not None and np.isfinite(test):
+            if stops and evaluate is not None and np.isfinite(test):
                 if best is None or test < best:
                     best, waited = test, 0
                     best_params = model.params.to_dict()
                 else:
                     waited += 1
-                    if patience is not None and waited >= patience:
+                    if waited >= patience:
                         log(f"early stop: no better {evaluate} for {patience} epochs (best {best:.6g})")
                         break
-        if best_params is not None and patience is not None:
+        if best_params is not None and stops:
             model.params.update(best_params)  # keep the best epoch's params
     if save_params:
         model.save_params(save_params)
