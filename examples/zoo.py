@@ -101,29 +101,6 @@ def _logreg(backend: str, quick: bool) -> Result:
     return Result(cost, f"cost {cost:.8f}", f"training accuracy {np.mean(model.predict(x) == y):.3f}")
 
 
-# ---- softmax regression: full-batch steps on the training rows, the bar computed in numpy
-def _softmax(backend: str, quick: bool) -> Result:
-    import flowml
-    steps = 20 if quick else 200
-    d = _digits()
-    X, y = d["X"][:SPLIT], d["y"][:SPLIT]
-    model = flowml.load(os.path.join(HERE, "softmax.flow"), backend=backend)
-    for _ in range(steps):
-        model.train(X, y)
-    _, err = model.evaluate(d["X"][SPLIT:], d["y"][SPLIT:])
-    # the same steps in numpy (lr 0.5, zero init)
-    x, W, b = X / 16, np.zeros((64, 10)), np.zeros(10)
-    onehot = np.eye(10)[y]
-    for _ in range(steps):
-        a = x @ W + b
-        p = np.exp(a - a.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(x)
-        W, b = W - 0.5 * x.T @ g, b - 0.5 * g.sum(0)
-    want = float(np.mean(np.argmax((d["X"][SPLIT:] / 16) @ W + b, axis=1) != d["y"][SPLIT:]))
-    return Result(float(err), f"{float(err) * 100:.2f}%", f"{steps} steps", bar=want)
-
-
 # ---- the unsupervised models: examples/train_unsupervised.py
 def _unsupervised(model: str, fn: str):
     def run(backend: str, quick: bool) -> Result:
@@ -138,8 +115,8 @@ TRAIN = "flowml train examples/{} --data examples/data/digits.npz --split 1200 "
 ZOO = [
     Example("logreg", "flowml run examples/logreg.flow train --random N=400,y=2 --steps 10000 "
             "(README's seeding)", _logreg, 0.11705355, kind="exact", bar_text="0.11705355 (numpy)"),
-    Example("softmax", "flowml run examples/softmax.flow train (rows 0-1199, 200 full-batch steps)",
-            _softmax, None, kind="same", bar_text="numpy, same steps"),
+    Example("softmax", TRAIN.format("softmax.flow") + "--fn sgd --batch 20 --epochs 200",
+            _flowml_train("softmax.flow", [("sgd", 200)], 20), 0.0771, 0.0),
     Example("mlp", TRAIN.format("mlp.flow") + "--batch 20 --epochs 1000",
             _flowml_train("mlp.flow", [("train", 1000)], 20), 0.071, 0.0025),
     Example("dae", "python examples/train_unsupervised.py dae", _unsupervised("dae", "train"),
