@@ -3,7 +3,7 @@ when it exists) through `flowml.train.train`, the function behind `flowml train`
 epochs of every phase on a subset of the digits' training rows make each phase's loss fall on
 the LLVM backend, and for the two stacked models (whose pretraining draws random numbers:
 corruption masks, Gibbs samples) the reference and OpenCL backends give the same losses and test
-errors as LLVM, epoch for epoch, from the same seed.
+errors as LLVM, epoch for epoch, from the same seed — as do the others.
 
 The full trainings (examples/zoo.py) take minutes; their results are in the examples' headers.
 """
@@ -26,6 +26,7 @@ DATA = os.path.join(EXAMPLES, "data", "digits.npz")
 TRAIN_ROWS, TEST_ROWS, BATCH, EPOCHS = 100, 100, 10, 2
 STACKED = ("pretrain1", "pretrain2", "finetune")
 ZOO = {  # example: the step fns it trains, in order
+    "softmax": ("sgd",),
     "mlp": ("train",),
     "sda": STACKED,
     "dbn": STACKED,
@@ -79,7 +80,7 @@ def test_stacked_models_fine_tune_to_better_than_chance(name):
 
 
 @pytest.mark.parametrize("backend", ["reference", "opencl"])
-@pytest.mark.parametrize("name", ["sda", "dbn"])
+@pytest.mark.parametrize("name", list(ZOO))
 def test_backends_give_the_same_losses_as_llvm(name, backend):
     if backend == "opencl":
         pytest.importorskip("pyopencl")
