@@ -14,7 +14,7 @@ from .ir.lib import (Var, abs, argmax, argmin, broadcast_to, cast, clip, concate
                      sigmoid, sign, sin, softmax, softplus, sqrt, stack, sum, take, tanh, transpose, where,
                      zeros_like)
 from .gradcheck import GradientMismatch, verify_grad
-from .ir.lib import categorical_crossentropy, erfc, stop_gradient
+from .ir.lib import categorical_crossentropy, conv2d, erfc, max_pool2d, stop_gradient
 from .program import Function, Model
 
 __version__ = "0.1.0"

@@ -291,6 +291,63 @@ def clip_case(draw):
     return Case(L.clip, [x, lo, hi])
 
 
+@st.composite
+def conv_geometry(draw):
+    """(x shape, w shape, stride, padding): small NCHW convolutions, strided and padded."""
+    n, c, f = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple((draw(st.integers(0, 1)), draw(st.integers(0, 1))) for _ in range(2))
+    h = draw(st.integers(max(kh - sum(pads[0]), 1), 5))
+    w = draw(st.integers(max(kw - sum(pads[1]), 1), 5))
+    return (n, c, h, w), (f, c, kh, kw), stride, pads
+
+
+@st.composite
+def conv2d_case(draw):
+    xs, ws, stride, pads = draw(conv_geometry())
+    return Case(lambda x, w: L.conv2d(x, w, stride, pads), [draw(floats(xs)), draw(floats(ws))])
+
+
+@st.composite
+def conv2d_backprop_input_case(draw):
+    xs, ws, stride, pads = draw(conv_geometry())
+    gs = P.conv2d.infer([TensorType(np.dtype(np.float64), xs), TensorType(np.dtype(np.float64), ws)],
+                        {"stride": stride, "padding": pads}).shape
+    return Case(lambda g, w: L.conv2d_backprop_input(g, w, xs[2:], stride, pads), [draw(floats(gs)), draw(floats(ws))])
+
+
+@st.composite
+def conv2d_backprop_filter_case(draw):
+    xs, ws, stride, pads = draw(conv_geometry())
+    gs = P.conv2d.infer([TensorType(np.dtype(np.float64), xs), TensorType(np.dtype(np.float64), ws)],
+                        {"stride": stride, "padding": pads}).shape
+    return Case(lambda x, g: L.conv2d_backprop_filter(x, g, ws[2:], stride, pads), [draw(floats(xs)), draw(floats(gs))])
+
+
+@st.composite
+def pool_geometry(draw):
+    window = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    lead = tuple(draw(st.lists(st.integers(1, 2), min_size=0, max_size=2)))
+    shape = lead + (draw(st.integers(window[0], 5)), draw(st.integers(window[1], 5)))
+    return shape, window, stride
+
+
+@st.composite
+def max_pool2d_case(draw, via=None):
+    """max_pool2d on distinct values (one maximum per window); `via`: its VJP or JVP op applied
+    to a second, linear operand."""
+    shape, window, stride = draw(pool_geometry())
+    x = draw(distinct(shape))
+    if via is None:
+        return Case(lambda v: L.max_pool2d(v, window, stride), [x])
+    out_shape = P.max_pool2d.infer([TensorType(np.dtype(np.float64), shape)],
+                                   {"window": window, "stride": stride}).shape
+    other = draw(floats(out_shape if via is L.max_pool2d_backprop else shape))
+    return Case(lambda v, o: via(v, L.max_pool2d(v, window, stride), o, window, stride), [x, other])
+
+
 OP_CASES = {
     # elementwise, one operand
     "neg": unary_case(L.negative, -2, 2),
@@ -346,6 +403,13 @@ OP_CASES = {
     "integer_array_indexing": gather_case(),
     "index_add": index_add_case(),
     "concat_part": concat_part_case(),
+    # convolution and pooling
+    "conv2d": conv2d_case(),
+    "conv2d_backprop_input": conv2d_backprop_input_case(),
+    "conv2d_backprop_filter": conv2d_backprop_filter_case(),
+    "max_pool2d": max_pool2d_case(),
+    "max_pool2d_backprop": max_pool2d_case(L.max_pool2d_backprop),
+    "max_pool2d_tangent": max_pool2d_case(L.max_pool2d_tangent),
 }
 
 

@@ -648,3 +648,102 @@ def randint(key: Var, low, high, shape=()) -> Var:
     """Integers in [low, high) (i64), uniform."""
     u = random(key, "uniform", shape, "f64")
     return cast(floor_div(u * (high - low), 1), "i64") + low
+
+
+# ----------------------------------------------------------------- convolution and pooling
+
+
+def _int_pair(v, what: str) -> tuple[int, int]:
+    """An int or a pair of ints (static), as (rows, columns)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise FlowTypeError(f"{what} must be an integer or a pair of integers, not {len(v)} values", current_loc())
+        return static_int(v[0], what), static_int(v[1], what)
+    n = static_int(v, what)
+    return n, n
+
+
+def _same_padding(d, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's (and torch's, for stride 1) "same": out = ceil(d / s), the extra row at the end."""
+    if s == 1:
+        total = k - 1
+    elif isinstance(d, int):
+        total = builtins.max((-(-d // s) - 1) * s + k - d, 0)
+    else:
+        raise FlowTypeError(f'padding="same" with stride {s} needs a fixed image size, not {d}', current_loc())
+    return total // 2, total - total // 2
+
+
+def _conv_padding(padding, x: Var, w: Var, stride) -> tuple:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            return tuple(_same_padding(x.type.shape[2 + i], w.type.shape[2 + i], stride[i]) for i in range(2))
+        raise FlowTypeError(f'conv2d: padding must be "valid", "same", an integer or pairs of integers, '
+                            f'not "{padding}"', current_loc())
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
+        pads = tuple(_int_pair(p, "conv2d's padding") for p in padding)
+    else:
+        ph, pw = _int_pair(padding, "conv2d's padding")
+        pads = ((ph, ph), (pw, pw))
+    if builtins.min(builtins.min(p) for p in pads) < 0:
+        raise FlowTypeError(f"conv2d's padding must not be negative, got {pads}", current_loc())
+    return pads
+
+
+def conv2d(x, w, stride=1, padding="valid"):
+    """The 2-D cross-correlation of images x [N, C, H, W] with filters w [F, C, KH, KW] (Theano's
+    conv2d without filter flipping, torch's F.conv2d): [N, F, OH, OW]. `stride`: an int or
+    (sh, sw); `padding` (zeros): "valid" (none), "same" (OH = ceil(H / sh)), an int, (ph, pw)
+    or ((top, bottom), (left, right))."""
+    g = _graph_of(x, w)
+    x, w = as_var(x, g), as_var(w, g)
+    if x.ndim != 4 or w.ndim != 4:
+        raise FlowTypeError(f"cannot convolve {x.type} with {w.type}: conv2d takes images x [N, C, H, W] and "
+                            "filters w [F, C, KH, KW]", current_loc())
+    stride = _int_pair(stride, "conv2d's stride")
+    if builtins.min(stride) < 1:
+        raise FlowTypeError(f"conv2d's stride must be at least 1, got {stride}", current_loc())
+    pads = _conv_padding(padding, x, w, stride)
+    dt, _ = promote(x.type, w.type)
+    dt = dt if is_float(dt) else DTYPES["f64"]
+    return _apply(P.conv2d, [cast(x, dt), cast(w, dt)], stride=stride, padding=pads)
+
+
+def conv2d_backprop_input(g, w, size, stride, padding):
+    """The transposed convolution of g [N, F, OH, OW] with w [F, C, KH, KW] onto [N, C, *size]
+    (the VJP of conv2d with respect to its images; `stride`, `padding` as conv2d's attrs)."""
+    return _apply(P.conv2d_backprop_input, [g, w], size=as_shape(tuple(size)), stride=tuple(stride),
+                  padding=tuple(padding))
+
+
+def conv2d_backprop_filter(x, g, kernel, stride, padding):
+    """The correlation of the images x with g [N, F, OH, OW]: [F, C, *kernel] (the VJP of conv2d
+    with respect to its filters)."""
+    return _apply(P.conv2d_backprop_filter, [x, g], kernel=tuple(int(k) for k in kernel),
+                  stride=tuple(stride), padding=tuple(padding))
+
+
+def max_pool2d(x, window, stride=None):
+    """The max over each window (kh, kw) of the last two axes, placed every `stride` (default:
+    the window, so windows do not overlap); no padding: [..., (H - kh) // sh + 1, ...]. The
+    derivative goes to each window's maximum (split evenly between ties)."""
+    g = _graph_of(x)
+    x = as_var(x, g)
+    window = _int_pair(window, "max_pool2d's window")
+    stride = window if stride is None else _int_pair(stride, "max_pool2d's stride")
+    if builtins.min(window) < 1 or builtins.min(stride) < 1:
+        raise FlowTypeError(f"max_pool2d's window and stride must be at least 1, got {window} and {stride}",
+                            current_loc())
+    return _apply(P.max_pool2d, [x], window=window, stride=stride)
+
+
+def max_pool2d_backprop(x, out, g, window, stride):
+    """g (shaped like max_pool2d(x) = out) added onto the maxima of x's windows: the VJP."""
+    return _apply(P.max_pool2d_backprop, [x, out, g], window=tuple(window), stride=tuple(stride))
+
+
+def max_pool2d_tangent(x, out, t, window, stride):
+    """t (shaped like x) at the maxima of x's windows: the JVP of max_pool2d."""
+    return _apply(P.max_pool2d_tangent, [x, out, t], window=tuple(window), stride=tuple(stride))

@@ -80,6 +80,8 @@ BUILTINS = {
 }
 BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
                 ifelse=L.ifelse, uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
+# Convolution and pooling (NCHW images): the conv2d / max_pool2d primitives.
+BUILTINS.update(conv2d=L.conv2d, max_pool2d=L.max_pool2d)
 # Derivatives are handled by the builder (they transform the graph).
 for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector", "scan", "iterate"):
     BUILTINS[_name] = None
