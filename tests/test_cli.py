@@ -535,3 +535,35 @@ def test_unreadable_paths(tmp_path):
     assert err.strip() == f"error: {tmp_path / 'none.flow'}: cannot read the file (No such file or directory)"
     err = fails("run", tmp_path, "f")
     assert err.strip() == f"error: {tmp_path}: cannot read the file (Is a directory)"
+
+
+def test_train_runs_epochs_evaluates_saves_and_plots(tmp_path):
+    """`flowml train`: mini-batches over the training rows, the test error each epoch, the params
+    saved atomically and the learning curves as a PNG."""
+    params, plot = tmp_path / "p.npz", tmp_path / "curve.png"
+    out = ok("train", "examples/softmax.flow", "--fn", "sgd", "--data", "examples/data/digits.npz",
+             "--split", "1200", "--batch", "20", "--epochs", "3", "--seed", "0",
+             "--save-params", params, "--plot", plot)
+    m = re.search(r"3 epochs, [\d.]+ s: final loss ([\d.e-]+), final test error ([\d.e-]+)", out)
+    assert m, out
+    assert float(m.group(2)) < 0.2                       # softmax regression learns the digits
+    saved = np.load(params)
+    assert set(saved.files) == {"W", "b"} and np.abs(saved["W"]).sum() > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_phases_and_patience(tmp_path):
+    out = ok("train", "examples/sda.flow", "--data", "examples/data/digits.npz", "--split", "1200",
+             "--phases", "pretrain1:1,finetune:2", "--batch", "50", "--patience", "1")
+    assert re.search(r"\d epochs, [\d.]+ s: final loss", out), out
+
+
+def test_train_errors_name_the_missing_array_and_the_bad_option(tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez(data, X=np.zeros((10, 64)))
+    err = fails("train", "examples/softmax.flow", "--fn", "sgd", "--data", data, "--split", "5")
+    assert "no array for input(s) y of fn sgd" in err
+    err = fails("train", "examples/softmax.flow", "--fn", "nope", "--data", "examples/data/digits.npz")
+    assert "no fn 'nope'" in err
+    err = fails("train", "examples/softmax.flow", "--phases", "sgd:x", "--data", "examples/data/digits.npz")
+    assert "--phases expects FN:EPOCHS" in err
