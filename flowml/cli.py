@@ -7,6 +7,7 @@ with the source line, never a traceback; they exit 1 (2 for usage errors).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -428,6 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`flowml compile ... | head`): stop quietly, as Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

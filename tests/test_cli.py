@@ -567,3 +567,21 @@ def test_train_errors_name_the_missing_array_and_the_bad_option(tmp_path):
     assert "no fn 'nope'" in err
     err = fails("train", "examples/softmax.flow", "--phases", "sgd:x", "--data", "examples/data/digits.npz")
     assert "--phases expects FN:EPOCHS" in err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`flowml compile ... | head -1`: the reader goes away; no traceback, exit 0."""
+    p = subprocess.Popen([sys.executable, "-m", "flowml.cli", "compile", "examples/lenet.flow", "--emit", "asm"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()  # like `head -1`
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_gradcheck_labels_leave_out_trailing_comments(tmp_path):
+    src = tmp_path / "c.flow"
+    src.write_text("input x : f64[N]\ng = grad(sum(x * x), x)   # a comment\nfn f(x) -> g\n")
+    out = ok("gradcheck", src)
+    assert "g = grad(sum(x * x), x) (2:5)" in out and "a comment" not in out

@@ -444,7 +444,9 @@ class Builder:
 
     def record(self, kind: str, e: A.Call, ys, xs, directions, results) -> None:
         """Remember a derivative expression, for `flowml gradcheck`."""
-        text = e.loc.source_line().strip() if e.loc.source_line() else kind
+        line = e.loc.source_line()
+        # the derivative's source line, without a trailing comment (.flow has no strings)
+        text = line.split("#", 1)[0].strip() if line else kind
         self.program.derivatives.append(Derivative(kind, text, e.loc, list(ys), list(xs), list(directions),
                                                    list(results)))
 
