@@ -121,12 +121,14 @@ class Rule:
     env: dict | None = None  # extra functions the replacement may call
     _pattern: ast.expr | None = field(default=None, init=False, repr=False)
     _replacement: object = field(default=None, init=False, repr=False)
+    root: str | None = field(default=None, init=False)  # the op a pattern's root must be (None: any)
 
     def __post_init__(self):
         if self.fn is None:
             before, after = (s.strip() for s in self.text.split("->"))
             self._pattern = ast.parse(before, mode="eval").body
             self._replacement = compile(after, f"<rule {self.text}>", "eval")
+            self.root = _root_op(self._pattern)
 
     @property
     def name(self) -> str:
@@ -143,6 +145,17 @@ class Rule:
         if self.when is not None and not self.when(**captures):
             return None
         return eval(self._replacement, {**_NAMESPACE, **(self.env or {})}, captures)  # noqa: S307 - our own rule text
+
+
+def _root_op(pat: ast.expr) -> str | None:
+    """The op name a pattern's root matches, so a rebuild only tries the rules that can fire."""
+    if isinstance(pat, ast.BinOp):
+        return _BINOPS[type(pat.op)]
+    if isinstance(pat, ast.UnaryOp) and isinstance(pat.op, ast.USub) and not isinstance(pat.operand, ast.Constant):
+        return "neg"
+    if isinstance(pat, ast.Call):
+        return _CALL_NAMES.get(pat.func.id, pat.func.id)
+    return None
 
 
 def rule(text: str):
@@ -208,8 +221,11 @@ class Rebuild:
         return m
 
     def rewrite(self, m: int, type, loc, name) -> int:
-        for r in self.rules:
-            with at(loc):
+        opname = self.new.op(m).name
+        with at(loc):
+            for r in self.rules:
+                if r.root is not None and r.root != opname:
+                    continue
                 try:
                     out = r.apply(self.new, m)
                 except Exception as e:  # a rule that crashes is a bug in flowml: say which
@@ -217,8 +233,10 @@ class Rebuild:
                 if out is None or out.id == m:
                     continue
                 out = _fit_type(out, type)
-            if out is None:
-                continue
+                if out is not None:
+                    break
+            else:
+                return m  # no rule fired
             self.stats[r.name] += 1
             self.fired += 1
             if name:
