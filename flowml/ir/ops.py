@@ -458,8 +458,17 @@ def _logsumexp_jvp(tangents, y, x, axis, keepdims):
 
 
 def _np_logsumexp(x, axis, keepdims):
-    out = scipy.special.logsumexp(_as_float(x), axis=axis, keepdims=keepdims)
-    # scipy gives shape (1,), not (), for some reductions of a 0-d array (keepdims or axis=()).
+    x = _as_float(x)
+    if x.size == 0 or not axis:
+        out = scipy.special.logsumexp(x, axis=axis, keepdims=keepdims)
+    else:
+        # max-shifted, as scipy does, in plain numpy (scipy's array-API layer costs ~40 us a call);
+        # an infinite or NaN max shifts by 0, so rows of -inf give -inf, and inf and NaN propagate
+        m = np.max(x, axis=axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    # (a reduction of a 0-d array may come back as shape (1,): give it the type's shape)
     return np.reshape(out, _reduced_shape(x.shape, axis, keepdims))
 
 
