@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops as P
-from .types import TensorType, resolve_dim
+from .types import resolve_dim
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,3 @@ fused = Fused()
 
 def resolve_shape(shape, env) -> tuple[int, ...]:
     return tuple(resolve_dim(d, env) for d in shape)
-
-
-def fused_type(dtype, shape) -> TensorType:
-    return TensorType(np.dtype(dtype), tuple(shape))

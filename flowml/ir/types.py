@@ -108,6 +108,12 @@ def dim_symbols(d: Dim) -> tuple[str, ...]:
     return d.names if isinstance(d, Sym) else ()
 
 
+def bound_by_inputs(shape) -> bool:
+    """Every dim is an int or a product of declared symbols (N, 8*N) — known once the inputs are
+    bound; a derived dim (N-1, from a slice) is known only when the value is computed."""
+    return all(isinstance(d, int) or all(n.isidentifier() for n in d.names) for d in shape)
+
+
 def resolve_dim(d: Dim, env: dict[str, int]) -> int:
     return d.resolve(env) if isinstance(d, Sym) else d
 

@@ -255,7 +255,7 @@ class Rebuild:
 
     def run(self, roots: list[int], rederive: bool = False) -> None:
         old = self.old
-        records = [r for r in old.derivatives if rederive]
+        records = old.derivatives if rederive else []
         by_result = {res: r for r in records for res in r.results}
         needed = _needed(old, roots, by_result)
         done_records: set[int] = set()
@@ -269,9 +269,7 @@ class Rebuild:
                     continue
             self.map[n] = self.copy(n)
         # keep the derivative records whose nodes all survived (for a later rederive)
-        for r in old.derivatives:
-            if rederive:
-                continue
+        for r in [] if rederive else old.derivatives:
             ids = r.ys + r.xs + r.directions + r.results
             if all(i in self.map for i in ids):
                 copied = DerivativeRecord(
@@ -324,21 +322,15 @@ def _connected(graph: Graph, rec: DerivativeRecord) -> tuple[bool, ...]:
 
 
 def _needed(graph: Graph, roots: list[int], cut: dict[int, DerivativeRecord]) -> set[int]:
-    """The ancestors of `roots`, where a node in `cut` (a derivative result to be re-derived)
-    needs its record's ys, xs and directions instead of its own operands."""
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        rec = cut.get(n)
-        if rec is not None:
-            stack.extend(rec.ys + rec.xs + rec.directions)
-            # the naive derivative stays reachable for the fallback copy
-        stack.extend(u for u, _ in graph.nx.in_edges(n))
-    return seen
+    """The ancestors of `roots`, and for a needed node in `cut` (a derivative result to be
+    re-derived) the ancestors of its record's ys, xs and directions too. (The naive derivative
+    stays needed as well: it is copied instead when re-deriving is not possible.)"""
+    needed = graph.ancestors(roots)
+    while True:
+        extra = {i for n in needed if n in cut for i in cut[n].ys + cut[n].xs + cut[n].directions} - needed
+        if not extra:
+            return needed
+        needed |= graph.ancestors(extra)
 
 
 def _fit_type(v: Var, t) -> Var | None:

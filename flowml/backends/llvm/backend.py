@@ -24,7 +24,7 @@ import numpy as np
 from ...errors import FlowRuntimeError
 from ...ir import ops as P
 from ...ir.graph import Graph
-from ...ir.types import Sym, resolve_dim
+from ...ir.types import Sym, bound_by_inputs, resolve_dim
 from .. import scalar as S
 from ..reference import ReferenceState, run_op
 from . import cache, parallel, vecmath
@@ -35,17 +35,13 @@ _NATIVE_OPS = set(S.FORMULAS) | {"cast", "where", "const"}
 MIN_ITEMS_PER_THREAD = 1 << 15
 
 
-def _dims_ok(t) -> bool:
-    """Native code sizes come from dims bound by the inputs: derived dims (N-1) are not."""
-    return all(isinstance(d, int) or all(n.isidentifier() for n in d.names) for d in t.shape)
-
-
 def _native_fused(graph: Graph, n: int) -> bool:
+    """Native code takes its sizes from the dims the inputs bind (not derived ones like N-1)."""
     a = graph.attrs(n)
     types = [graph.type(o) for o in graph.operands(n)] + [graph.type(n)]
-    if not all(_dims_ok(t) and t.dtype.name in ITEMSIZE for t in types):
+    if not all(bound_by_inputs(t.shape) and t.dtype.name in ITEMSIZE for t in types):
         return False
-    if not all(isinstance(d, int) or all(x.isidentifier() for x in d.names) for d in a["shape"]):
+    if not bound_by_inputs(a["shape"]):
         return False
     return all(ins.op in _NATIVE_OPS and ins.dtype in ITEMSIZE for ins in a["body"])
 
@@ -65,12 +61,12 @@ class LLVMState(ReferenceState):
 
 
 class _Kernel:
-    def __init__(self, node, info, slots_in, slot_out, reduce_name, zero_first):
-        self.node = node
+    """One compiled fused node: its loop's facts (`info`), where its output's address goes in the
+    slot table, and its entry point."""
+
+    def __init__(self, info, slot_out):
         self.info = info
-        self.slots_in = slots_in
         self.slot_out = slot_out
-        self.zero_first = zero_first
         self.fn = None
         self.address = 0
 
@@ -127,9 +123,7 @@ class LLVMExecutable:
             text, info = writer.write()
             functions.append(text)
             intrinsics |= writer.b.intrinsics
-            zero_first = info.atomic_sum
-            self.kernels[n] = _Kernel(n, info, [slots[k] for k in range(len(operands))], slots["out"],
-                                      a["reduce"], zero_first)
+            self.kernels[n] = _Kernel(info, slots["out"])
         if not functions:
             return
         self.ir_text = "\n\n".join(functions + sorted(intrinsics) + [mathlib.declarations()]) + "\n"
@@ -302,7 +296,7 @@ class _Binding:
                 if k.info.splittable and extent > 1:
                     total = _size(a["shape"], env)
                     threads = max(1, min(nthreads, extent, total // MIN_ITEMS_PER_THREAD))
-                self.launch[n] = (extent, threads, k.zero_first)
+                self.launch[n] = (extent, threads, k.info.atomic_sum)  # chunks add into a zeroed output
             if n in ex._inplace_nodes:
                 continue
             shape = tuple(resolve_dim(d, env) for d in t.shape)

@@ -18,7 +18,7 @@ from ...errors import FlowError, FlowInternalError, FlowRuntimeError
 from ...ir import ops as P
 from ...ir.fused import Instr
 from ...ir.graph import Graph
-from ...ir.types import TensorType, resolve_dim
+from ...ir.types import TensorType, bound_by_inputs, resolve_dim
 from ..reference import ReferenceExecutable, run_op
 
 
@@ -45,10 +45,6 @@ class OpenCLState:
     def set(self, name: str, value) -> None:
         _, runtime = _cl()
         self.values[name] = runtime.to_device(np.array(value, order="C"), self.device)
-
-
-def _dims_ok(t) -> bool:
-    return all(isinstance(d, int) or all(n.isidentifier() for n in d.names) for d in t.shape)
 
 
 class OpenCLExecutable:
@@ -95,7 +91,7 @@ class OpenCLExecutable:
     def _native(self, n: int) -> bool:
         g = self.graph
         types = [g.type(o) for o in g.operands(n)] + [g.type(n)]
-        if not all(_dims_ok(t) for t in types):
+        if not all(bound_by_inputs(t.shape) for t in types):
             return False
         # OpenCL guarantees a kernel only 1024 bytes of arguments (8 each: a pointer or a long per
         # operand, its offset and a stride per dim; the output and the sizes): a node with more
