@@ -19,7 +19,8 @@ whether it lands in the vector body or the remainder, i.e. results do not depend
 is split across threads or on alignment. (Found by the 1-vs-2-thread test: with libm in the
 remainder, chunk boundaries changed results.)
 
-float32 uses the 8-wide AVX2 variants (`_ZGVdN8v_*f`), float64 the 4-wide ones (`_ZGVdN4v_*`).
+With AVX2, float32 uses the 8-wide variants (`_ZGVdN8v_*f`), float64 the 4-wide ones (`_ZGVdN4v_*`);
+with AVX-512, the 16- and 8-wide ones (`_ZGVeN16v_*f`, `_ZGVeN8v_*`).
 A few float64 variants miss the 2-ulp bar and are replaced (SCALAR_ONLY, INLINE below). Without
 libmvec or AVX2+FMA, calls go to plain scalar libm (`flowml_expf` = `expf`): correct, slower.
 
@@ -27,8 +28,10 @@ Usage from a code generator::
 
     lib = MathLib()                               # loads libmvec, binds flowml_* names
     body.append(f"%y = {lib.call('exp', 'f32', '%x')}")
-    body.append(lib.sigmoid('f64', '%z', '%s'))   # multi-line snippet defining %s
     module_text = ... + lib.declarations()        # declarations, attributes, llvm.compiler.used
+
+Composite functions (sigmoid, softplus...) are not here: their formulas are in
+flowml/backends/scalar.py, shared by every native backend, and call `exp`/`log1p` through this.
 
 Accuracy (max ulp against numpy in float64 / long double, 10M samples): see tests and report.
 """
@@ -332,38 +335,6 @@ class MathLib:
                   "scalar": flowml_name(fn, d)}[mode]
         text = f"call {t} @{callee}({', '.join(f'{t} {a}' for a in args)})"
         return text if group is None else f"{text} #{group}"
-
-    # -- composite functions -------------------------------------------------------------
-    # Both use exp(-|x|) <= 1, so nothing overflows, and results that are denormal (sigmoid
-    # of -720 in f64) come out right instead of being flushed by 1/(1+inf).
-
-    def sigmoid(self, dtype, x: str, out: str) -> str:
-        """IR lines defining `out` = 1/(1+exp(-x)), computed as e/(1+e) or 1/(1+e), e=exp(-|x|)."""
-        d = _dtype(dtype)
-        t = _IR_TYPE[d]
-        return "\n".join([
-            f"  {out}.pos = fcmp oge {t} {x}, 0.0",
-            f"  {out}.neg = fneg {t} {x}",
-            f"  {out}.nab = select i1 {out}.pos, {t} {out}.neg, {t} {x}",   # -|x| (NaN stays NaN)
-            f"  {out}.e = {self.call('exp', d, f'{out}.nab')}",
-            f"  {out}.den = fadd {t} {out}.e, 1.0",
-            f"  {out}.num = select i1 {out}.pos, {t} 1.0, {t} {out}.e",
-            f"  {out} = fdiv {t} {out}.num, {out}.den",
-        ])
-
-    def softplus(self, dtype, x: str, out: str) -> str:
-        """IR lines defining `out` = log(1+exp(x)) = max(x,0) + log1p(exp(-|x|)) (exact at +-800)."""
-        d = _dtype(dtype)
-        t = _IR_TYPE[d]
-        return "\n".join([
-            f"  {out}.pos = fcmp ogt {t} {x}, 0.0",
-            f"  {out}.neg = fneg {t} {x}",
-            f"  {out}.nab = select i1 {out}.pos, {t} {out}.neg, {t} {x}",   # -|x| (NaN stays NaN)
-            f"  {out}.e = {self.call('exp', d, f'{out}.nab')}",
-            f"  {out}.l = {self.call('log1p', d, f'{out}.e')}",
-            f"  {out}.max = select i1 {out}.pos, {t} {x}, {t} 0.0",
-            f"  {out} = fadd {t} {out}.max, {out}.l",
-        ])
 
     # -- module-level text ---------------------------------------------------------------
 
