@@ -152,3 +152,23 @@ def matmul_shapes(draw, max_batch_dims=2, max_side=4):
     a = (k,) if a_vec else batch.input_shapes[0] + (n, k)
     b = (k,) if b_vec else batch.input_shapes[1] + (k, m)
     return a, b
+
+
+def opencl_available() -> bool:
+    """Whether an OpenCL device is there (PoCL's CPU device in CI)."""
+    try:
+        from flowml.backends.opencl import device as D
+        D.select_device()
+        return True
+    except Exception:  # noqa: BLE001 - no pyopencl, no driver, no device: skip those tests
+        return False
+
+
+def opencl_param():
+    """"opencl" as a pytest parameter, skipped (and saying why) where there is no device."""
+    import pytest
+    return pytest.param("opencl", marks=pytest.mark.skipif(not opencl_available(), reason="no OpenCL device"))
+
+
+# Every backend, for tests that compare them.
+BACKENDS = ["reference", "llvm", opencl_param()]

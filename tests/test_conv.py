@@ -26,7 +26,7 @@ from flowml.ir.graph import Graph
 from flowml.ir.types import TensorType
 from flowml.passes.rop import lop, rop
 from autodiff_helpers import Case, check_dot_product, check_hvp, check_jvp, values
-from helpers import assert_same, check_grad, run
+from helpers import assert_same, check_grad, opencl_param, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(ROOT, "examples", "lenet.flow")
@@ -34,16 +34,7 @@ DATA = os.path.join(ROOT, "examples", "data", "digits.npz")
 sys.path.insert(0, os.path.join(ROOT, "examples", "reference"))
 
 
-def _opencl_available() -> bool:
-    try:
-        from flowml.backends.opencl import device as D
-        D.select_device()
-        return True
-    except Exception:  # noqa: BLE001 - no pyopencl, no driver, no device: skip those tests
-        return False
-
-
-NATIVE = ["llvm", pytest.param("opencl", marks=pytest.mark.skipif(not _opencl_available(), reason="no OpenCL device"))]
+NATIVE = ["llvm", opencl_param()]
 
 
 # ----------------------------------------------------------------- naive implementations

@@ -24,21 +24,11 @@ import pytest
 import flowml
 from flowml.gradcheck import check_model
 from flowml.ir import ops as P
+from helpers import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _opencl_available() -> bool:
-    try:
-        from flowml.backends.opencl import device as D
-        D.select_device()
-        return True
-    except Exception:  # noqa: BLE001 - no pyopencl, no driver, no device: skip those tests
-        return False
-
-
-BACKENDS = ["reference", "llvm",
-            pytest.param("opencl", marks=pytest.mark.skipif(not _opencl_available(), reason="no OpenCL device"))]
 
 
 def sigmoid(x):

@@ -25,21 +25,11 @@ from scipy import stats
 
 import flowml
 from flowml.ir import philox
+from helpers import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _opencl_available() -> bool:
-    try:
-        from flowml.backends.opencl import device as D
-        D.select_device()
-        return True
-    except Exception:  # noqa: BLE001 - no pyopencl, no driver, no device: skip those tests
-        return False
-
-
-BACKENDS = ["reference", "llvm",
-            pytest.param("opencl", marks=pytest.mark.skipif(not _opencl_available(), reason="no OpenCL device"))]
 
 
 # ----------------------------------------------------------------- the generator
