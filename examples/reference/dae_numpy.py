@@ -31,21 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "data", "digits.npz")   # = shared/data/digits_u8.npz (byte for byte)
-
-
-def load_digits(path=DATA):
-    X = np.load(path)["X"].astype(np.float64) / 16.0
-    return X[:1200], X[1200:]
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # digits.py beside it, however it is loaded
+from digits import load_digits, sigmoid  # noqa: E402
 
 
 def recon_xent(x, W, b, b_prime):
@@ -57,7 +49,7 @@ def recon_xent(x, W, b, b_prime):
 def train(n_hidden=100, corruption=0.3, lr=0.1, batch=20, epochs=200, seed=0, init_seed=123,
           shuffle=True, train_x=None, test_x=None, verbose=True):
     if train_x is None:
-        train_x, test_x = load_digits()
+        train_x, _, test_x, _ = load_digits()
     n_visible = train_x.shape[1]
     rng = np.random.RandomState(init_seed)
     noise_rng = np.random.RandomState(rng.randint(2 ** 30))   # the tutorial's theano_rng seed

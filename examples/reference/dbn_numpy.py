@@ -38,23 +38,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "data", "digits.npz")
-
-
-def load_digits(path=DATA, split=1200):
-    d = np.load(path)
-    X = d["X"].astype(np.float64) / 16.0
-    y = d["y"].astype(np.int64)
-    return X[:split], y[:split], X[split:], y[split:]
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # digits.py beside it, however it is loaded
+from digits import load_digits, sigmoid  # noqa: E402
 
 
 def error(x, y, W1, b1, W2, b2, W3, b3):

@@ -31,21 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "data", "digits.npz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # digits.py beside it, however it is loaded
+from digits import load_digits  # noqa: E402
 
 POOL = 2
-
-
-def load_digits(path=DATA):
-    d = np.load(path)
-    X = d["X"].astype(np.float64) / 16.0
-    y = d["y"].astype(np.int64)
-    return (X[:1200], y[:1200]), (X[1200:], y[1200:])
 
 
 def init_params(init_seed=123):
@@ -166,7 +160,10 @@ def error(p, X, y):
 
 
 def train(lr=0.1, batch=20, epochs=200, seed=0, init_seed=123, data=None, params=None, verbose=True):
-    (Xtr, ytr), (Xte, yte) = data if data is not None else load_digits()
+    if data is None:
+        Xtr, ytr, Xte, yte = load_digits()
+    else:
+        (Xtr, ytr), (Xte, yte) = data
     p = params if params is not None else init_params(init_seed)
     order_rng = np.random.RandomState(seed)
     history = []
