@@ -26,7 +26,7 @@ from ...ir import ops as P
 from ...ir.graph import Graph
 from ...ir.types import Sym, bound_by_inputs, resolve_dim
 from .. import scalar as S
-from ..reference import ReferenceState, run_op
+from ..reference import ReferenceExecutable, ReferenceState, run_op
 from . import cache, parallel, vecmath
 from .kernels import ITEMSIZE, KernelWriter
 
@@ -79,10 +79,9 @@ class LLVMExecutable:
         self.plan = plan
         targets = list(outputs) + [n for _, n in updates]
         self.nodes = sorted(graph.ancestors(targets))
-        if any(graph.op(n).lazy for n in self.nodes):
-            self._lazy = True  # `if` picks one branch: run it with the reference evaluator
-        else:
-            self._lazy = False
+        # `if` picks one branch: a function with one runs on the reference evaluator
+        self._lazy = any(graph.op(n).lazy for n in self.nodes)
+        self._reference = ReferenceExecutable(graph, outputs, updates) if self._lazy else None
         self._has_scan = any(graph.op(n).name == "scan" for n in self.nodes)
         self.inplace = dict(plan.inplace) if plan is not None else {}
         self._inplace_nodes = {v: name for name, v in self.inplace.items()}
@@ -202,8 +201,7 @@ class LLVMExecutable:
         """Run the function. `record` (check mode): a dict that receives a copy of every node's
         value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
         if self._lazy:
-            from ..reference import ReferenceExecutable
-            return ReferenceExecutable(self.graph, self.outputs, self.updates)(inputs, state, env)
+            return self._reference(inputs, state, env)
         if not hasattr(self, "steps"):
             self._prepare_steps()
         env = dict(env)

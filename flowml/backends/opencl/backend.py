@@ -55,7 +55,8 @@ class OpenCLExecutable:
         self.device = device
         device_mod, runtime = _cl()
         self.nodes = sorted(graph.ancestors(list(outputs) + [n for _, n in updates]))
-        self._lazy = any(graph.op(n).lazy for n in self.nodes)
+        self._lazy = any(graph.op(n).lazy for n in self.nodes)  # (run on the reference evaluator)
+        self._reference = ReferenceExecutable(graph, outputs, updates) if self._lazy else None
         if not device_mod.supports_fp64(device):
             # f64 results, and fused kernels that compute in f64 inside (cast(cast(x, f64) * 3, f32))
             f64 = [n for n in self.nodes if graph.type(n).dtype == np.float64
@@ -118,7 +119,7 @@ class OpenCLExecutable:
         g = self.graph
         if self._lazy:  # `if` picks one branch: the reference evaluator on host copies
             host = _HostState({k: v.get() for k, v in state.values.items()})
-            outs = ReferenceExecutable(g, self.outputs, self.updates)(inputs, host, env)
+            outs = self._reference(inputs, host, env)
             for name, _ in self.updates:
                 state.set(name, host.values[name])
             return outs
