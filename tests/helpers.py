@@ -172,3 +172,19 @@ def opencl_param():
 
 # Every backend, for tests that compare them.
 BACKENDS = ["reference", "llvm", opencl_param()]
+
+
+def ulp_distance(got, want):
+    """|got - want| in units in the last place (0 where both are NaN, inf where one is)."""
+    got, want = np.asarray(got), np.asarray(want)
+    it, lo = (np.int32, -(2 ** 31)) if got.dtype == np.float32 else (np.int64, -(2 ** 63))
+
+    def ordered(x):  # float bits -> integers in float order; -0.0 and 0.0 -> 0
+        i = x.view(it).astype(np.int64)
+        return np.where(i < 0, np.int64(lo) - i, i).astype(object)  # exact (float64 would round)
+
+    d = np.abs(ordered(got) - ordered(want)).astype(np.float64)
+    both_nan = np.isnan(got) & np.isnan(want)
+    one_nan = np.isnan(got) ^ np.isnan(want)
+    inf_mismatch = (np.isinf(got) | np.isinf(want)) & (got != want) & ~both_nan
+    return np.where(both_nan, 0, np.where(one_nan | inf_mismatch, np.inf, d))
