@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import struct
 import threading
 
@@ -52,14 +53,38 @@ def _init_native() -> None:
 
 @functools.lru_cache(maxsize=None)
 def host_cpu() -> tuple[str, str]:
-    """(CPU name, feature string) of this machine, as LLVM sees them."""
-    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    """(CPU name, feature string) of this machine, as LLVM sees them, plus one tuning flag.
+
+    LLVM tunes Intel's AVX-512 server and client cores (skylake-avx512 … sapphirerapids,
+    rocketlake) with `prefer-256-bit`: the loop vectorizer then never picks 512-bit vectors, so a
+    loop whose calls have only libmvec's 16-wide AVX-512 variant declared stays scalar (W1 was
+    not vectorized at all on such a host). Where flowml uses the AVX-512 variants
+    (`use_avx512()`), the flag is turned off, as it already is on AMD's Zen 4/5.
+    """
+    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    if _use_avx512(features):
+        features += ",-prefer-256-bit"
+    return cpu, features
+
+
+def _enabled(features: str) -> set[str]:
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def _use_avx512(features: str) -> bool:
+    return (os.environ.get("FLOWML_VECMATH", "").lower() != "avx2"
+            and {"avx512f", "avx512dq"} <= _enabled(features))
+
+
+def use_avx512() -> bool:
+    """Whether kernels use 512-bit vectors and libmvec's AVX-512 variants: the host has
+    AVX-512F/DQ and FLOWML_VECMATH is not "avx2" (which keeps the 256-bit ones)."""
+    return _use_avx512(host_cpu()[1])
 
 
 def host_has_features(*features: str) -> bool:
     """True when every feature (e.g. 'avx2', 'fma') is enabled on the host CPU."""
-    enabled = {f[1:] for f in host_cpu()[1].split(",") if f.startswith("+")}
-    return all(f in enabled for f in features)
+    return set(features) <= _enabled(host_cpu()[1])
 
 
 def _new_target_machine():

@@ -48,7 +48,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ...errors import FlowInternalError
-from .jit import _init_native, host_has_features
+from .jit import _init_native, host_has_features, use_avx512
 
 # name -> number of arguments. All exist in glibc 2.36's libm (scalar) and libmvec (vector).
 UNARY = ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p",
@@ -133,10 +133,9 @@ INLINE = {("exp", "f64"): ("flowml_exp_f64_inline", _exp_f64_ir)}
 
 _IR_TYPE = {"f32": "float", "f64": "double"}
 def _isa() -> tuple[str, dict[str, int]]:
-    """The vector ABI's ISA letter and lanes: AVX-512 ('e', 512-bit) where the host has it and
-    FLOWML_VECMATH != "avx2", else AVX2 ('d', 256-bit)."""
-    import os
-    if os.environ.get("FLOWML_VECMATH", "").lower() != "avx2" and host_has_features("avx512f", "avx512dq"):
+    """The vector ABI's ISA letter and lanes: AVX-512 ('e', 512-bit) where `jit.use_avx512()`,
+    else AVX2 ('d', 256-bit)."""
+    if use_avx512():
         return "e", {"f32": 16, "f64": 8}
     return "d", {"f32": 8, "f64": 4}
 
