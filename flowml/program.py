@@ -212,10 +212,47 @@ def _given(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def _first_inexact_in_float(arr: np.ndarray, dtype: np.dtype) -> tuple | None:
+    """The position of the first integer of `arr` that the float `dtype` cannot hold exactly,
+    or None. Every |v| <= 2**p converts (p = 53 for f64, 24 for f32); a larger v only when its
+    odd part v / 2**k fits in p bits."""
+    limit = 1 << (np.finfo(dtype).nmant + 1)
+    info = np.iinfo(arr.dtype)
+    if arr.size == 0 or (info.min >= -limit and info.max <= limit) or (arr.min() >= -limit and arr.max() <= limit):
+        return None
+    # |v| as uint64 (np.abs(INT64_MIN) is INT64_MIN, whose uint64 bits are 2**63), then its odd part
+    mag = (np.abs(arr.astype(np.int64)) if arr.dtype.kind == "i" else arr).astype(np.uint64)
+    lowest_bit = mag & (~mag + np.uint64(1))
+    inexact = mag // np.maximum(lowest_bit, np.uint64(1)) >= np.uint64(limit)
+    if not inexact.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(inexact)), arr.shape))
+
+
+def _first_out_of_int_range(arr: np.ndarray, dtype: np.dtype) -> tuple | None:
+    info = np.iinfo(dtype)
+    if arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max):
+        return None
+    bad = (arr < info.min) | (arr > info.max)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+
+
+def _lossy_conversion(arr: np.ndarray, t: TensorType, what: str, where: str, pos: tuple) -> FlowCallError:
+    at = f" at index [{', '.join(map(str, pos))}]" if pos else ""
+    v = arr[pos].item()
+    becomes = arr[pos].astype(t.dtype).item()
+    shown = int(becomes) if t.dtype.kind == "f" else becomes
+    return FlowCallError(f"{what} expects {t}{where}, got {_given(arr)}: the value {v}{at} would become {shown} "
+                         f"as {t.dtype.name}; convert it explicitly (e.g. .astype(np.{t.dtype.name})) if that "
+                         "is meant — flowml converts only without loss")
+
+
 def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str, int]) -> np.ndarray:
     """`value` as an array of type `t`, binding t's symbols in `env`; a FlowCallError naming
-    `what` and its declaration otherwise. Safe casts only for arrays (no silent downcast);
-    python scalars and lists convert like literals."""
+    `what` and its declaration otherwise. Arrays convert only without loss: safe casts, and
+    integers to a float type when that float holds every value exactly (labels from
+    `randint` feed an f64 input; 2**53 + 1 does not); python scalars and lists convert like
+    literals, integers only within the declared integer type's range."""
     where = f" (declared at {loc})" if loc else ""
     try:
         arr = np.asarray(value)
@@ -224,10 +261,20 @@ def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str
     if arr.dtype.kind not in "biuf":
         raise FlowCallError(f"{what} expects {t}{where}, got {_given(value)} (not numeric)")
     if arr.dtype != t.dtype:
-        rule = "safe" if isinstance(value, np.ndarray) or isinstance(value, np.generic) else "same_kind"
-        if not np.can_cast(arr.dtype, t.dtype, rule):
+        is_array = isinstance(value, np.ndarray) or isinstance(value, np.generic)
+        # numpy's can_cast is not value-aware (int64 -> float64 counts as "safe"): integers
+        # to floats, and python ints to a narrower integer type, are checked value by value
+        if arr.dtype.kind in "iu" and t.dtype.kind == "f":
+            pos = _first_inexact_in_float(arr, t.dtype)
+        elif arr.dtype.kind in "iu" and t.dtype.kind in "iu" and not is_array:
+            pos = _first_out_of_int_range(arr, t.dtype)
+        elif np.can_cast(arr.dtype, t.dtype, "safe" if is_array else "same_kind"):
+            pos = None
+        else:
             raise FlowCallError(f"{what} expects {t}{where}, got {_given(arr)}; convert it explicitly "
                                 f"(e.g. .astype(np.{t.dtype.name})) — flowml does not downcast silently")
+        if pos is not None:
+            raise _lossy_conversion(arr, t, what, where, pos)
         arr = arr.astype(t.dtype)
     if arr.ndim != t.ndim:
         raise FlowCallError(f"{what} expects {t} (rank {t.ndim}){where}, got {_given(arr)} (rank {arr.ndim})")

@@ -420,7 +420,7 @@ def test_the_untaken_branch_is_not_computed():
     assert m.pick(np.array([10.0, 20.0, 30.0]), 2) == 30.0
     assert m.pick(np.array([10.0, 20.0, 30.0]), 7) == -1.0
     eager = flowml.loads("input v : f64[3]\ninput i : i64\nfn pick(v, i) -> where(i < 3, v[i], -1.0)\n")
-    with pytest.raises(FlowRuntimeError, match="index 7 is out of bounds"):
+    with pytest.raises(FlowRuntimeError, match="index i = 7 is out of range"):
         eager.pick(np.array([10.0, 20.0, 30.0]), 7)
 
 

@@ -275,10 +275,10 @@ def concat_part_case(draw):
 
 @st.composite
 def crossentropy_case(draw):
-    """categorical_crossentropy(x, y): logits [N, K] and integer labels (not differentiated)."""
+    """categorical_crossentropy(x, y): logits [N, K] and integer labels in [-K, K) (not differentiated)."""
     n, k = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     x = draw(floats((n, k), -3, 3))
-    y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, k - 1)))
+    y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(-k, k - 1)))
     return Case(L.categorical_crossentropy, [x, y])
 
 

@@ -399,7 +399,7 @@ def test_runtime_error_is_located(tmp_path):
     np.savez(data, v=np.zeros(3), i=np.array(5))
     err = fails("run", src, "g", "--data", data)
     lines = err.splitlines()
-    assert lines[0].startswith(f"{src}:3:15: ") and "index 5 is out of bounds" in lines[0]
+    assert lines[0].startswith(f"{src}:3:15: ") and "index i = 5 is out of range for axis 0 of size 3" in lines[0]
     assert lines[1:] == ["    fn g(v, i) -> v[i]", "                  ^"]
 
 

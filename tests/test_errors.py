@@ -307,7 +307,7 @@ def test_an_index_out_of_bounds_at_run_time_is_located():
         m.g(np.arange(3.0), 7)
     err = info.value
     assert (err.loc.line, err.loc.col) == (3, 15)
-    assert "index 7 is out of bounds for axis 0 with size 3" in err.message
+    assert "index: index i = 7 is out of range for axis 0 of size 3 (valid: -3 to 2" in err.message
     assert str(err).splitlines()[1:] == ["    fn g(v, i) -> v[i]", "                  ^"]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import FlowInternalError, FlowRuntimeError
 from ..ir import ops as P
 from ..ir.graph import Graph
+from ..ir.indices import IndexOutOfRange
 from ..ir.types import Sym
 
 
@@ -131,8 +132,17 @@ def _compute(graph: Graph, n: int, args: list, inputs, params, env) -> np.ndarra
         else:
             out = op.impl(*args, **attrs)
     except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-        raise FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n)) from None
+        raise op_failed(graph, n, e) from None
     return _check(graph, n, np.asarray(out), env)
+
+
+def op_failed(graph: Graph, n: int, e: Exception) -> FlowRuntimeError:
+    """The located error for node n's numpy implementation raising `e`; a bad index names the
+    operand that holds it (the input's or value's name) and its first bad position."""
+    op = graph.op(n)
+    if isinstance(e, IndexOutOfRange):
+        return FlowRuntimeError(f"{op.name}: {e.describe(graph.name(graph.operands(n)[e.operand]))}", graph.loc(n))
+    return FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n))
 
 
 def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
@@ -143,7 +153,7 @@ def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
     try:
         out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
     except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-        raise FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n)) from None
+        raise op_failed(graph, n, e) from None
     out = np.asarray(out)
     t = graph.type(n)
     if out.dtype != t.dtype:

@@ -21,6 +21,7 @@ import scipy.special
 
 from . import lib as L
 from .graph import ShapeError
+from .indices import wrap as wrap_indices
 from .types import (DTYPES, Sym, TensorType, broadcast_shapes, dim_div, dim_mul, dims_product,
                     is_float, promote, resolve_dim)
 
@@ -548,16 +549,14 @@ class CategoricalCrossentropy(Op):
         return TensorType(x.dtype, (x.shape[0],))
 
     def impl(self, x, y):
+        y = wrap_indices(y, x.shape[1], 1, what="label")
         lse = _np_logsumexp(x, (1,), False)
         return (lse - x[np.arange(x.shape[0]), y]).astype(x.dtype)
 
     @staticmethod
     def _residual(x, y):
-        k = x.type.shape[1]
-        if isinstance(k, int):
-            hot = L.onehot(y, k, dtype=x.type.dtype)
-        else:  # a symbolic class count: onehot needs a constant one
-            hot = L.cast(L.equal(L.expand_axes(y, (1,)), L.arange(x.graph, k)), x.type.dtype)
+        # onehot (a static or symbolic class count) wraps and checks labels as impl does
+        hot = L.apply(onehot, [y], n=x.type.shape[1], dtype=x.type.dtype)
         return L.softmax(x, axis=1) - hot
 
     @classmethod
@@ -782,8 +781,11 @@ concat_part = ConcatPart()
 #   ("new",)                      a new unit axis (numpy's None)
 
 
-def _spec_to_numpy(spec, arrays, env):
+def _spec_to_numpy(spec, arrays, env, shape, first_array: int):
+    """The numpy index for `spec` into an array of `shape`; index arrays wrapped by numpy's rule
+    and checked against their axis (`first_array`: the node operand that holds arrays[0])."""
     out = []
+    axis = 0
     for item in spec:
         kind = item[0]
         if kind == "slice":
@@ -791,9 +793,11 @@ def _spec_to_numpy(spec, arrays, env):
         elif kind == "int":
             out.append(item[1])
         elif kind == "arr":
-            out.append(arrays[item[1] - 1])
+            k = item[1] - 1
+            out.append(wrap_indices(arrays[k], shape[axis], first_array + k, axis=axis))
         else:
             out.append(None)
+        axis += kind != "new"
     return tuple(out)
 
 
@@ -876,7 +880,7 @@ class Index(Op):
         return TensorType(x.dtype, index_type(x, attrs["spec"], arrs), x.weak)
 
     def impl(self, x, *arrays, spec, env):
-        return x[_spec_to_numpy(spec, arrays, env)]
+        return x[_spec_to_numpy(spec, arrays, env, x.shape, 1)]
 
     @staticmethod
     def _rule(g, y, x, *arrays, spec):
@@ -901,7 +905,7 @@ class IndexAdd(Op):
 
     def impl(self, g, like, *arrays, spec, env):
         out = np.zeros(like.shape, dtype=g.dtype)
-        np.add.at(out, _spec_to_numpy(spec, arrays, env), g)
+        np.add.at(out, _spec_to_numpy(spec, arrays, env, out.shape, 2), g)
         return out
 
     @staticmethod
@@ -971,6 +975,10 @@ arange = Arange()
 
 
 class Onehot(Op):
+    """Rows of `n` classes (an int, or a dim bound at call time) with a 1 at each label."""
+
+    needs_env = True
+
     def __init__(self):
         super().__init__("onehot")
 
@@ -980,7 +988,9 @@ class Onehot(Op):
             raise ShapeError(f"onehot needs integer class labels, not {t}")
         return TensorType(np.dtype(attrs["dtype"]), t.shape + (attrs["n"],))
 
-    def impl(self, y, n, dtype):
+    def impl(self, y, n, dtype, env):
+        n = resolve_dim(n, env)
+        y = wrap_indices(y, n, 0, what="label")
         return (y[..., None] == np.arange(n)).astype(dtype)
 
 

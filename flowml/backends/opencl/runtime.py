@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from ...errors import FlowError, FlowInternalError, FlowRuntimeError
+from ...ir.indices import IndexOutOfRange, first_bad
 from ...ir.types import TensorType, broadcast_shapes, dtype_of
 from . import codegen
 from .build import build_program, get_kernel
@@ -494,9 +495,16 @@ def _err_buffer(device):
     return _zeros(device, (1,), np.int32)
 
 
-def _raise_if_flagged(err, what: str, axis_len: int, axis: int):
+def _raise_if_flagged(err, what: str, idx, axis_len: int, axis: int):
+    """The kernel flagged an index outside [-axis_len, axis_len) (and read or wrote nothing for
+    it): find the first one on the host, for the same message the numpy implementations give."""
     if int(err.get()[0]):
-        raise FlowRuntimeError(f"{what}: an index is out of bounds for axis {axis} with size {axis_len}")
+        host = idx.get()
+        pos = first_bad(host, axis_len)
+        if pos is None:
+            raise FlowInternalError(f"{what}: the kernel flagged a bad index but every index is in range")
+        bad = IndexOutOfRange(0, pos, int(host[pos]), axis_len, "index", axis)
+        raise FlowRuntimeError(f"{what}: {bad.describe('array')}")
 
 
 def _gather(x, idx, axis, along, device):
@@ -521,7 +529,7 @@ def _gather(x, idx, axis, along, device):
     args = [_buffer(x, device), _I64(xoff), _buffer(idx, device), _I64(ioff), out.base_data, err.base_data]
     args += _scalars(n, x.shape[axis], xst[axis], *dims, *xs, *iss)
     _launch(k.kernel, device, (_round_up(n, 64),), (64,), args)
-    _raise_if_flagged(err, "gather", x.shape[axis], axis)
+    _raise_if_flagged(err, "gather", idx, x.shape[axis], axis)
     return out
 
 
@@ -571,7 +579,7 @@ def _scatter(g, idx, axis, shape, along, device):
         _launch(k.kernel, device, (_round_up(n, 64),), (64,), args)
     else:
         _launch(k.kernel, device, (1,), (1,), args)
-    _raise_if_flagged(err, "scatter-add", shape[axis], axis)
+    _raise_if_flagged(err, "scatter-add", idx, shape[axis], axis)
     return out
 
 
