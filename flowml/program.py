@@ -212,13 +212,20 @@ def _given(value) -> str:
     return f"a {type(value).__name__}"
 
 
+_EXACT_LIMIT: dict = {}  # (integer dtype, float dtype) -> 2**p, or 0 when every value converts exactly
+
+
 def _first_inexact_in_float(arr: np.ndarray, dtype: np.dtype) -> tuple | None:
     """The position of the first integer of `arr` that the float `dtype` cannot hold exactly,
     or None. Every |v| <= 2**p converts (p = 53 for f64, 24 for f32); a larger v only when its
     odd part v / 2**k fits in p bits."""
-    limit = 1 << (np.finfo(dtype).nmant + 1)
-    info = np.iinfo(arr.dtype)
-    if arr.size == 0 or (info.min >= -limit and info.max <= limit) or (arr.min() >= -limit and arr.max() <= limit):
+    key = (arr.dtype, dtype)
+    limit = _EXACT_LIMIT.get(key)
+    if limit is None:
+        limit = 1 << (np.finfo(dtype).nmant + 1)
+        info = np.iinfo(arr.dtype)
+        limit = _EXACT_LIMIT[key] = 0 if info.min >= -limit and info.max <= limit else limit  # 0: always exact
+    if not limit or arr.size == 0 or (arr.min() >= -limit and arr.max() <= limit):
         return None
     # |v| as uint64 (np.abs(INT64_MIN) is INT64_MIN, whose uint64 bits are 2**63), then its odd part
     mag = (np.abs(arr.astype(np.int64)) if arr.dtype.kind == "i" else arr).astype(np.uint64)
