@@ -326,7 +326,7 @@ def cmd_gradcheck(args) -> int:
             _select_functions(program, args.fn)
         report = check_model(program, args.fn, parse_random_spec(args.random), seed=args.seed)
         if not report.rows:
-            print(f"{path}: no grad, rop or lop to check" + (f" in fn {args.fn}" if args.fn else ""))
+            print(f"{path}: no derivative to check" + (f" in fn {args.fn}" if args.fn else ""))
             continue
         scale = "" if report.scale == 1 else f"; float inputs scaled by {report.scale:g} to keep values finite"
         table = Table(title=f"gradcheck {path} (central differences{scale})")
@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_STATS_DIM})")
     c.set_defaults(func=cmd_compile)
 
-    c = sub.add_parser("gradcheck", help="check every grad, rop and lop of models against finite differences")
+    c = sub.add_parser("gradcheck", help="check every derivative of models (grad, rop, lop, jacobian, hessian, "
+                       "hessian_vector) against finite differences")
     c.add_argument("file", nargs="+")
     c.add_argument("--fn", help="only the derivatives this fn uses")
     c.add_argument("--random", metavar="N=3,...", help="sizes of symbolic dims (default 3) and NAME=K "
