@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl"], default="ir",
                    help="what to print: the graph as IR text or DOT, or the LLVM backend's kernels as "
                    "LLVM IR or assembly (default: ir)")
-    c.add_argument("--backend", default=None, help="the backend whose code --emit llvm|asm shows (llvm, "
-                   "the only one with native code to show)")
+    c.add_argument("--backend", default=None, help="the backend whose code --emit shows: llvm for "
+                   "llvm|asm, opencl or opencl:N for opencl (the defaults)")
     c.add_argument("--fn", help="only this function (default: all)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
     c.add_argument("--after", metavar="PHASE", help="show the graph after this optimizer phase "
