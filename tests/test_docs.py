@@ -205,18 +205,35 @@ def test_every_block_has_a_rule():
 # ---------------------------------------------------------------- .flow examples
 
 
-@pytest.mark.parametrize("block", _params(_flat({"flow"})))
-def test_flow_block_builds(block: Block):
+def check_flow_block(block: Block) -> None:
     if block.marker == FRAGMENT_MARKER:
         parse(block.text, file=block.id)
-        with pytest.raises(flowml.FlowError):
+        try:
             flowml.loads(block.text, file=block.id)
-        return
+        except flowml.FlowError:
+            return
+        raise AssertionError(f"{block.id}: this example builds: it needs no {FRAGMENT_MARKER} mark")
     try:
         model = flowml.loads(block.text, file=block.id)
     except flowml.FlowError as e:
-        pytest.fail(f"{block.id}: the example does not build:\n{e}")
+        raise AssertionError(f"{block.id}: the example does not build:\n{e}") from None
     assert model.functions, f"{block.id}: an example must declare at least one fn"
+
+
+@pytest.mark.parametrize("block", _params(_flat({"flow"})))
+def test_flow_block_builds(block: Block):
+    check_flow_block(block)
+
+
+def test_fragment_rule():
+    """A fragment is parsed, must not build, and a complete program must not be marked one."""
+    check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @ W)\n", FRAGMENT_MARKER))
+    with pytest.raises(AssertionError, match="needs no"):
+        check_flow_block(Block("x.md", 1, "flow", "input x : f64\nfn f(x) -> x\n", FRAGMENT_MARKER))
+    with pytest.raises(flowml.FlowSyntaxError):
+        check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @\n", FRAGMENT_MARKER))
+    with pytest.raises(AssertionError, match="does not build"):
+        check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @ W)\n", None))
 
 
 @pytest.mark.parametrize("flow, block", _run_pairs())
