@@ -326,7 +326,7 @@ def cmd_gradcheck(args) -> int:
             _select_functions(program, args.fn)
         report = check_model(program, args.fn, parse_random_spec(args.random), seed=args.seed)
         if not report.rows:
-            print(f"{path}: no grad, rop or lop to check" + (f" in fn {args.fn}" if args.fn else ""))
+            print(f"{path}: no derivative to check" + (f" in fn {args.fn}" if args.fn else ""))
             continue
         scale = "" if report.scale == 1 else f"; float inputs scaled by {report.scale:g} to keep values finite"
         table = Table(title=f"gradcheck {path} (central differences{scale})")
@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl"], default="ir",
                    help="what to print: the graph as IR text or DOT, or the LLVM backend's kernels as "
                    "LLVM IR or assembly (default: ir)")
-    c.add_argument("--backend", default=None, help="the backend whose code --emit llvm|asm shows (llvm, "
-                   "the only one with native code to show)")
+    c.add_argument("--backend", default=None, help="the backend whose code --emit shows: llvm for "
+                   "llvm|asm, opencl or opencl:N for opencl (the defaults)")
     c.add_argument("--fn", help="only this function (default: all)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
     c.add_argument("--after", metavar="PHASE", help="show the graph after this optimizer phase "
@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_STATS_DIM})")
     c.set_defaults(func=cmd_compile)
 
-    c = sub.add_parser("gradcheck", help="check every grad, rop and lop of models against finite differences")
+    c = sub.add_parser("gradcheck", help="check every derivative of models (grad, rop, lop, jacobian, hessian, "
+                       "hessian_vector) against finite differences")
     c.add_argument("file", nargs="+")
     c.add_argument("--fn", help="only the derivatives this fn uses")
     c.add_argument("--random", metavar="N=3,...", help="sizes of symbolic dims (default 3) and NAME=K "

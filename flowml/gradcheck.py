@@ -222,8 +222,9 @@ def _setup_source(source, point, fn_name=None):
 
 def check_model(program, fn_name: str | None = None, dims: dict[str, int] | None = None,
                 seed: int = 0) -> GradCheckReport:
-    """Check every grad, rop and lop of a model (or those a given fn uses) at a random point:
-    inputs drawn at random (symbolic dims from `dims`, default 3), params at their initial values."""
+    """Check every derivative of a model (grad, rop, lop, jacobian, hessian, hessian_vector), or
+    those a given fn uses, at a random point: inputs drawn at random (symbolic dims from `dims`,
+    default 3), params at their initial values."""
     from .program import Model
     from .ir.types import Sym
     model = Model(program, backend="reference", seed=seed)
@@ -269,30 +270,104 @@ def check_model(program, fn_name: str | None = None, dims: dict[str, int] | None
         base = ev([x.id for x in d.xs])
         local = Evaluator(graph, {**point, **{x.id: v for x, v in zip(d.xs, base)}}, env)
         dtype = np.result_type(*(b.dtype for b in base))
-        eps, abs_tol, rel_tol = _tolerances(dtype, None, None, None)
+        tols = _tolerances(dtype, None, None, None)
         label = f"{d.text} ({d.loc.line}:{d.loc.col})" if d.loc else d.text
-        if d.kind == "grad":
-            names = [graph.name(x.id) or f"arg{i}" for i, x in enumerate(d.xs)]
-            report.rows.extend(check_gradient(local, d.ys[0].id, [x.id for x in d.xs], [r.id for r in d.results],
-                                              [f"{label} d/d {n}" for n in names], rng, eps, abs_tol, rel_tol))
-        elif d.kind == "rop":
-            vs = local([v.id for v in d.directions])
-            for y, r in zip(d.ys, d.results):
-                (analytic,) = local([r.id])
-                plus = local([y.id], {x.id: (b + eps * v).astype(b.dtype) for x, b, v in zip(d.xs, base, vs)})[0]
-                minus = local([y.id], {x.id: (b - eps * v).astype(b.dtype) for x, b, v in zip(d.xs, base, vs)})[0]
-                numeric = (plus.astype(np.float64) - minus.astype(np.float64)) / (2 * eps)
-                report.rows.append(compare(f"{label} rop", analytic, numeric, abs_tol, rel_tol))
-        elif d.kind == "lop":
-            # lop is the gradient of Σ <u, y> with u held fixed (u may itself depend on x)
-            us = local([u.id for u in d.directions])
-            u_nodes = [L.input(graph, f"__u{k}", y.type) for k, y in enumerate(d.ys)]
-            s = _weighted_sum(d.ys, u_nodes)
-            local = Evaluator(graph, {**local.point, **{u.id: v for u, v in zip(u_nodes, us)}}, env)
-            names = [graph.name(x.id) or f"arg{i}" for i, x in enumerate(d.xs)]
-            report.rows.extend(check_gradient(local, s.id, [x.id for x in d.xs], [r.id for r in d.results],
-                                              [f"{label} lop d/d {n}" for n in names], rng, eps, abs_tol, rel_tol))
+        report.rows.extend(_CHECKS[d.kind](d, label, local, base, env, rng, tols))
     return report
+
+
+def _check_grad(d, label, local, base, env, rng, tols):
+    names = [local.graph.name(x.id) or f"arg{i}" for i, x in enumerate(d.xs)]
+    return check_gradient(local, d.ys[0].id, [x.id for x in d.xs], [r.id for r in d.results],
+                          [f"{label} d/d {n}" for n in names], rng, *tols)
+
+
+def _check_rop(d, label, local, base, env, rng, tols):
+    eps, abs_tol, rel_tol = tols
+    vs = local([v.id for v in d.directions])
+    rows = []
+    for y, r in zip(d.ys, d.results):
+        (analytic,) = local([r.id])
+        plus = local([y.id], {x.id: (b + eps * v).astype(b.dtype) for x, b, v in zip(d.xs, base, vs)})[0]
+        minus = local([y.id], {x.id: (b - eps * v).astype(b.dtype) for x, b, v in zip(d.xs, base, vs)})[0]
+        numeric = (plus.astype(np.float64) - minus.astype(np.float64)) / (2 * eps)
+        rows.append(compare(f"{label} rop", analytic, numeric, abs_tol, rel_tol))
+    return rows
+
+
+def _check_lop(d, label, local, base, env, rng, tols):
+    # lop is the gradient of Σ <u, y> with u held fixed (u may itself depend on x)
+    graph = local.graph
+    us = local([u.id for u in d.directions])
+    u_nodes = [L.input(graph, f"__u{k}", y.type) for k, y in enumerate(d.ys)]
+    s = _weighted_sum(d.ys, u_nodes)
+    local = Evaluator(graph, {**local.point, **{u.id: v for u, v in zip(u_nodes, us)}}, env)
+    names = [graph.name(x.id) or f"arg{i}" for i, x in enumerate(d.xs)]
+    return check_gradient(local, s.id, [x.id for x in d.xs], [r.id for r in d.results],
+                          [f"{label} lop d/d {n}" for n in names], rng, *tols)
+
+
+def _directional_rows(label, local, f, x, analytic_along, directions, eps, abs_tol, rel_tol):
+    """One row comparing a derivative of node `f` by node `x` along each direction with central
+    differences of `f`: `analytic_along(d)` is the symbolic value along `d`."""
+    names, sym, num = [], [], []
+    for name, d in directions:
+        names.append(name)
+        sym.append(np.asarray(analytic_along(d), dtype=np.float64).ravel())
+        num.append(numeric_directional(local, f, x, d, eps).ravel())
+    # name every entry of every direction, so the worst one is reported precisely
+    entry_names = [n if a.size == 1 else f"{n}, output entry {k}" for n, a in zip(names, sym) for k in range(a.size)]
+    return compare(label, np.concatenate(sym), np.concatenate(num), abs_tol, rel_tol, entry_names)
+
+
+def _check_jacobian(d, label, local, base, env, rng, tols):
+    """J·d for each direction d of x (every entry, or random directions), against central
+    differences of y along d."""
+    (jac,) = local([d.results[0].id])
+    (x,), (y,) = d.xs, d.ys
+    axes = base[0].ndim
+    along = lambda u: np.tensordot(jac, u, axes=axes) if axes else jac * u  # noqa: E731
+    return [_directional_rows(f"{label} jacobian", local, y.id, x.id, along, _directions(base[0], rng), *tols)]
+
+
+def _gradient_of(d):
+    """The gradient of a hessian's cost, built anew for the check (and checked itself)."""
+    from .passes.grad import grad
+    (g,) = grad(d.ys[0], d.xs[0], disconnected="zero")
+    return g
+
+
+def _check_hessian(d, label, local, base, env, rng, tols):
+    """H·d for each direction d of x against central differences of the cost's gradient along d,
+    and that gradient against central differences of the cost: a second derivative is checked
+    through the first, each against finite differences."""
+    g = _gradient_of(d)
+    name = local.graph.name(d.xs[0].id) or "x"
+    rows = check_gradient(local, d.ys[0].id, [d.xs[0].id], [g.id], [f"{label} gradient d/d {name}"], rng, *tols)
+    (hess,) = local([d.results[0].id])
+    axes = base[0].ndim
+    along = lambda u: np.tensordot(hess, u, axes=axes) if axes else hess * u  # noqa: E731
+    rows.append(_directional_rows(f"{label} hessian", local, g.id, d.xs[0].id, along,
+                                  _directions(base[0], rng), *tols))
+    return rows
+
+
+def _check_hessian_vector(d, label, local, base, env, rng, tols):
+    """H·v against central differences of the cost's gradient along v (v held at its value at
+    the point, as rop's direction is), and that gradient against differences of the cost."""
+    g = _gradient_of(d)
+    name = local.graph.name(d.xs[0].id) or "x"
+    rows = check_gradient(local, d.ys[0].id, [d.xs[0].id], [g.id], [f"{label} gradient d/d {name}"], rng, *tols)
+    (v,) = d.directions
+    v = local([v.id])[0] if isinstance(v, Var) else np.full(base[0].shape, v, dtype=base[0].dtype)
+    (hv,) = local([d.results[0].id])
+    rows.append(_directional_rows(f"{label} hessian_vector", local, g.id, d.xs[0].id, lambda u: hv,
+                                  [("v", np.broadcast_to(v, base[0].shape).astype(np.float64))], *tols))
+    return rows
+
+
+_CHECKS = {"grad": _check_grad, "rop": _check_rop, "lop": _check_lop, "jacobian": _check_jacobian,
+           "hessian": _check_hessian, "hessian_vector": _check_hessian_vector}
 
 
 def _weighted_sum(ys, us):

@@ -53,14 +53,15 @@ class FnDecl:
 
 @dataclass
 class Derivative:
-    """A derivative expression of a model (grad, rop or lop), kept for `flowml gradcheck`."""
+    """A derivative expression of a model (grad, rop, lop, jacobian, hessian or
+    hessian_vector), kept for `flowml gradcheck`."""
 
     kind: str
     text: str
     loc: Loc | None
     ys: list[Var]
     xs: list[Var]
-    directions: list[Var]  # rop's v / lop's u
+    directions: list  # rop's v / lop's u / hessian_vector's v (a Var, or a number broadcast to x)
     results: list[Var]
 
 

@@ -1248,3 +1248,54 @@ def test_gradcheck_cli_checks_grad_rop_and_lop(tmp_path):
         assert any(text in line and "pass" in line for line in rows), (text, proc.stdout)
     assert len(rows) == 4, proc.stdout  # grad by W, grad by b, rop, lop
     assert "FAIL" not in proc.stdout
+
+
+SECOND_ORDER_MODEL = """\
+input x : f64[3]
+input v : f64[3]
+cost = sum(sin(x) ** 2 * x)
+fn f(x, v) -> jacobian(sin(x), x), hessian(cost, x), hessian_vector(cost, x, v), hessian_vector(cost, x, 0.5)
+"""
+
+
+def _second_order_report():
+    from flowml.gradcheck import check_model
+    return check_model(flowml.parse_program(SECOND_ORDER_MODEL), dims={})
+
+
+def test_gradcheck_checks_jacobian_hessian_and_hessian_vector():
+    """Each is compared with central differences: the jacobian with those of y, the hessian and
+    H·v with those of the cost's gradient, which is itself compared with those of the cost."""
+    report = _second_order_report()
+    kinds = [r.expression.rsplit(") ", 1)[1] for r in report.rows]
+    assert kinds == ["jacobian", "gradient d/d x", "hessian", "gradient d/d x", "hessian_vector",
+                     "gradient d/d x", "hessian_vector"], kinds
+    assert report.passed and report.max_rel < 1e-6, str(report)
+
+
+@pytest.mark.parametrize("broken", ["jvp", "vjp"])
+def test_gradcheck_catches_a_wrong_second_derivative(monkeypatch, broken):
+    """sin's forward-mode rule made 1% wrong breaks the jacobian, the hessian (a jacobian of the
+    gradient) and H·v (an R-op of the gradient), not the gradient; its reverse-mode rule made
+    wrong breaks the gradient, which the check of every second derivative includes."""
+    orig = getattr(P.sin, broken)
+    if broken == "jvp":
+        monkeypatch.setattr(P.sin, "jvp", lambda *a, **k: orig(*a, **k) * 1.01)
+    else:
+        monkeypatch.setattr(P.sin, "vjp", lambda *a, **k: [lambda th=th: th() * 1.01 for th in orig(*a, **k)])
+    failed = [r.expression.rsplit(") ", 1)[1] for r in _second_order_report().rows if not r.passed]
+    if broken == "jvp":
+        assert failed == ["jacobian", "hessian", "hessian_vector", "hessian_vector"], failed
+    else:
+        assert failed == ["gradient d/d x"] * 3, failed
+
+
+def test_gradcheck_cli_checks_a_model_with_only_a_hessian(tmp_path):
+    """It used to say `no grad, rop or lop to check`."""
+    path = tmp_path / "model.flow"
+    path.write_text("input x : f64[2]\nfn f(x) -> hessian(sum(exp(x) * x[0]), x)\n")
+    proc = subprocess.run([sys.executable, "-m", "flowml.cli", "gradcheck", str(path)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if " pass " in line]
+    assert len(rows) == 2 and "gradient d/d x" in rows[0] and ") hessian" in rows[1], proc.stdout

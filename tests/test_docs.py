@@ -1,21 +1,52 @@
-"""The documentation is tested: every example in docs/*.md runs.
+"""The documentation is tested: every fenced example in README.md and docs/*.md runs.
 
-- every ```flow block builds with `flowml.loads` and declares at least one fn;
-- a ```python block whose first line is `# run`, right after a ```flow block, runs with
-  `model = flowml.loads(<that flow block>)`, `np` (numpy) and `flowml` in scope;
-- every other ```python block of docs/api.md runs standalone, from the repository root;
-- a ```text block after a `<!-- check-error -->` marker is loaded as `model.flow` and must fail
-  with a FlowError whose message is exactly the next ```text block;
-- every ```bash/```console block of docs/cli.md whose first line starts with `flowml ` runs,
-  one command per line, as `python -m flowml.cli ...`, and each command must exit 0. They run in
-  a scratch folder holding a copy of examples/, after the ```python blocks of docs/cli.md
-  (which prepare data files there), so the repository is left clean;
-- the reference tables stay complete: every built-in function, every CLI option and every rewrite
-  rule of the optimizer (docs/optimizer.md) is documented.
+Each fenced block is handled by its info string (any other info string fails the test, so a
+new kind of block needs a rule here):
+
+- ```flow: built with `flowml.loads` (parsed, type-checked, built) and must declare an fn. A
+  block right after an `<!-- fragment -->` line is deliberately incomplete: it is only parsed,
+  it must not build (else it needs no mark), and there may be at most MAX_FRAGMENTS of them.
+- ```python whose first line is `# run`, right after a ```flow block: runs with
+  `model = flowml.loads(<that flow block>)`, `np` (numpy) and `flowml` in scope.
+- every other ```python block runs as it is. The blocks of one page run in order in one
+  namespace, as a reader would run them (a block may continue an earlier one).
+- ```bash / ```sh / ```shell / ```console: one command per line (`&&` chains commands, `#`
+  starts a comment, `VAR=value` before a command sets its environment, `*` globs):
+  - `flowml ARGS` runs as `python -m flowml.cli ARGS`, and `python examples/SCRIPT.py ARGS` as
+    written; each must exit 0;
+  - `pip install ...` is not run; each `.[extra]` it names must be an extra of pyproject.toml,
+    and each other package a dependency there;
+  - `python -m pytest ...` is not run (it is this suite);
+  - any other command fails the test.
+  A page's python and shell blocks run together, in the order of the page, in a scratch folder
+  holding a copy of examples/ (so python blocks can prepare files for the commands after them,
+  and the repository stays clean). Each command is a process forked from one that has already
+  imported flowml (CommandRunner), so the imports are paid once, not once per command.
+- ```text after `<!-- check-error -->`: loaded as `model.flow`, it must fail with a FlowError
+  whose message is exactly the next ```text block.
+- a line `$ flowml ...` in a ```text block is a transcript: the command runs with the page's
+  commands, and what it prints (stdout and stderr) must be the lines after it, up to the next
+  `$ ` line. Other ```text blocks show output; they are not run.
+
+**Shortened runs.** In the fast tests, commands run with fewer epochs and steps (SHORTEN):
+`--epochs N` becomes `--epochs 2`, `--steps N` becomes `--steps 20`, and each `FN:N` of
+`--phases` becomes `FN:1` (only where that is fewer). A page with a shortened command runs again,
+exactly as written and on the default backend, in a test marked `slow` (`-m slow`).
+
+**Backends.** The fast tests run commands on the reference backend (`FLOWML_BACKEND=reference`)
+unless the command names its backend: `--backend`, `--check` (which compares the default LLVM
+backend with the reference), `--emit llvm|asm|opencl`, a `FLOWML_*` variable, or a command on
+docs/backends.md (which is about the native backends). Python blocks name their backend in the
+code, or run on the suite's default (reference, tests/conftest.py).
+
+The reference tables stay complete too: every built-in function, every CLI option and every
+rewrite rule of the optimizer is documented, and every `flowml CMD --option` written in the
+docs (in running text and tables too) names a real command and its real options.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shlex
@@ -30,10 +61,23 @@ import numpy as np
 import pytest
 
 import flowml
+from flowml.lang.parser import parse
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ERROR_MARKER = "<!-- check-error -->"
+FRAGMENT_MARKER = "<!-- fragment -->"
+MAX_FRAGMENTS = 3
+SHELL = {"bash", "sh", "shell", "console"}
+KNOWN = {"flow", "python", "text"} | SHELL
+SHORTEN = {"--epochs": 2, "--steps": 20}  # option: the most a fast test runs
+PHASE_EPOCHS = 1  # the most epochs per phase of `--phases` in a fast test
+NATIVE_PAGES = {"docs/backends.md"}
 
 
 @dataclass
@@ -42,7 +86,7 @@ class Block:
     line: int  # line of the opening fence (1-based)
     lang: str  # the info string's first word
     text: str
-    after_marker: bool  # preceded by ERROR_MARKER (only blank lines between)
+    marker: str | None  # an HTML comment line right before the fence (only blank lines between)
 
     @property
     def id(self) -> str:
@@ -71,14 +115,15 @@ def read_blocks(path: Path) -> list[Block]:
             i += 1
         if i == len(lines):
             raise AssertionError(f"{rel}:{start + 1}: unclosed code fence")
-        blocks.append(Block(rel, start + 1, lang, "\n".join(body) + "\n", last_nonblank == ERROR_MARKER))
+        marker = last_nonblank if re.fullmatch(r"<!--.*-->", last_nonblank) else None
+        blocks.append(Block(rel, start + 1, lang, "\n".join(body) + "\n", marker))
         last_nonblank = ""
         i += 1
     return blocks
 
 
-DOC_FILES = sorted(DOCS.glob("*.md"))
-ALL_BLOCKS = {p.name: read_blocks(p) for p in DOC_FILES}
+PAGES = [ROOT / "README.md"] + sorted(DOCS.glob("*.md"))
+ALL_BLOCKS = {p.relative_to(ROOT).as_posix(): read_blocks(p) for p in PAGES}
 
 
 def _flat(lang=None, file=None):
@@ -90,12 +135,16 @@ def _params(blocks):
     return [pytest.param(b, id=b.id) for b in blocks]
 
 
+def _is_run_block(b: Block) -> bool:
+    return b.lang == "python" and b.text.startswith("# run")
+
+
 def _run_pairs():
     """(flow block, `# run` python block) pairs; a `# run` block must follow a flow block."""
     pairs = []
     for blocks in ALL_BLOCKS.values():
         for prev, b in zip([None] + blocks, blocks):
-            if b.lang == "python" and b.text.startswith("# run"):
+            if _is_run_block(b):
                 pairs.append(pytest.param(prev, b, id=b.id))
     return pairs
 
@@ -104,17 +153,29 @@ def _error_pairs():
     pairs = []
     for blocks in ALL_BLOCKS.values():
         for b, nxt in zip(blocks, blocks[1:] + [None]):
-            if b.after_marker:
+            if b.marker == ERROR_MARKER:
                 pairs.append(pytest.param(b, nxt, id=b.id))
     return pairs
 
 
-def _standalone_python():
-    return [b for b in _flat({"python"}, "api.md") if not b.text.startswith("# run")]
+def transcripts(block: Block) -> list[tuple[str, str]]:
+    """(command, output) pairs of a ```text block: a line `$ flowml ...` and the lines after it,
+    up to the next `$ ` line. (A line with two prompts is a side-by-side view, not a transcript.)"""
+    pairs: list[tuple[str, list[str]]] = []
+    for line in block.text.splitlines():
+        if line.startswith("$ ") and line.count("$ ") == 1:
+            pairs.append((line[2:], []))
+        elif line.startswith("$ "):
+            return []
+        elif pairs:
+            pairs[-1][1].append(line)
+    return [(c, "\n".join(out).rstrip()) for c, out in pairs]
 
 
-def _cli_blocks():
-    return [b for b in _flat({"bash", "console", "sh", "shell"}, "cli.md") if b.text.startswith("flowml ")]
+def _page_steps(page: str) -> list[Block]:
+    """The blocks a page runs in order: python blocks (not `# run`), shell blocks and transcripts."""
+    return [b for b in ALL_BLOCKS[page] if (b.lang == "python" and not _is_run_block(b)) or b.lang in SHELL
+            or (b.lang == "text" and transcripts(b))]
 
 
 def _exec(source: str, block: Block, namespace: dict) -> None:
@@ -122,37 +183,64 @@ def _exec(source: str, block: Block, namespace: dict) -> None:
     exec(code, namespace)  # noqa: S102 - running our own documentation
 
 
-@pytest.fixture
-def in_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    flowml.reset_default_graph()
-    yield
-    flowml.reset_default_graph()
-
-
 def test_docs_exist():
-    for name in ("language.md", "cli.md", "api.md", "optimizer.md"):
+    for name in ("language.md", "cli.md", "api.md", "optimizer.md", "backends.md"):
         assert (DOCS / name).is_file(), f"docs/{name} is missing"
-    assert _flat({"flow"}), "no ```flow block found"
-    assert _run_pairs() and _standalone_python() and _cli_blocks() and _error_pairs()
+    assert _flat({"flow"}) and _run_pairs() and _error_pairs() and _flat(SHELL)
+
+
+def test_every_block_has_a_rule():
+    """Every fenced block is one of the kinds this module runs; markers are the known ones."""
+    for b in _flat():
+        assert b.lang in KNOWN, f"{b.id}: no rule runs a ```{b.lang or '(no info string)'} block"
+        assert b.marker in (None, ERROR_MARKER, FRAGMENT_MARKER), f"{b.id}: unknown marker {b.marker}"
+        if b.marker == ERROR_MARKER:
+            assert b.lang == "text", f"{b.id}: {ERROR_MARKER} marks a ```text block"
+        if b.marker == FRAGMENT_MARKER:
+            assert b.lang == "flow", f"{b.id}: {FRAGMENT_MARKER} marks a ```flow block"
+    fragments = [b.id for b in _flat() if b.marker == FRAGMENT_MARKER]
+    assert len(fragments) <= MAX_FRAGMENTS, f"{len(fragments)} fragments (at most {MAX_FRAGMENTS}): {fragments}"
 
 
 # ---------------------------------------------------------------- .flow examples
 
 
-@pytest.mark.parametrize("block", _params(_flat({"flow"})))
-def test_flow_block_builds(block: Block):
+def check_flow_block(block: Block) -> None:
+    if block.marker == FRAGMENT_MARKER:
+        parse(block.text, file=block.id)
+        try:
+            flowml.loads(block.text, file=block.id)
+        except flowml.FlowError:
+            return
+        raise AssertionError(f"{block.id}: this example builds: it needs no {FRAGMENT_MARKER} mark")
     try:
         model = flowml.loads(block.text, file=block.id)
     except flowml.FlowError as e:
-        pytest.fail(f"{block.id}: the example does not build:\n{e}")
+        raise AssertionError(f"{block.id}: the example does not build:\n{e}") from None
     assert model.functions, f"{block.id}: an example must declare at least one fn"
 
 
+@pytest.mark.parametrize("block", _params(_flat({"flow"})))
+def test_flow_block_builds(block: Block):
+    check_flow_block(block)
+
+
+def test_fragment_rule():
+    """A fragment is parsed, must not build, and a complete program must not be marked one."""
+    check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @ W)\n", FRAGMENT_MARKER))
+    with pytest.raises(AssertionError, match="needs no"):
+        check_flow_block(Block("x.md", 1, "flow", "input x : f64\nfn f(x) -> x\n", FRAGMENT_MARKER))
+    with pytest.raises(flowml.FlowSyntaxError):
+        check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @\n", FRAGMENT_MARKER))
+    with pytest.raises(AssertionError, match="does not build"):
+        check_flow_block(Block("x.md", 1, "flow", "h = tanh(x @ W)\n", None))
+
+
 @pytest.mark.parametrize("flow, block", _run_pairs())
-def test_run_block(flow: Block | None, block: Block, in_root):
+def test_run_block(flow: Block | None, block: Block, monkeypatch):
     assert flow is not None and flow.lang == "flow", \
         f"{block.id}: a '# run' block must come right after a ```flow block"
+    monkeypatch.chdir(ROOT)
     model = flowml.loads(flow.text)
     _exec(block.text, block, {"model": model, "np": np, "flowml": flowml, "__name__": "__docs__"})
 
@@ -166,62 +254,278 @@ def test_error_example(block: Block, expected: Block | None):
     assert str(info.value).rstrip() == expected.text.rstrip()
 
 
-def test_python_blocks_are_checked():
-    """Outside api.md and cli.md (whose python blocks run as they are), every python block is a
-    `# run` block, so none goes untested."""
-    for b in _flat({"python"}):
-        if b.file not in ("docs/api.md", "docs/cli.md"):
-            assert b.text.startswith("# run"), f"{b.id}: a python block here must start with '# run'"
+# ---------------------------------------------------------------- shell commands
 
 
-# ---------------------------------------------------------------- api.md
+@dataclass
+class Command:
+    block: Block
+    env: dict[str, str]  # VAR=value assignments before the command
+    argv: list[str]
+
+    @property
+    def text(self) -> str:
+        return shlex.join([f"{k}={v}" for k, v in self.env.items()] + self.argv)
 
 
-@pytest.mark.parametrize("block", _params(_standalone_python()))
-def test_api_python_block(block: Block, in_root):
-    _exec(block.text, block, {"__name__": "__docs__"})
+def shell_commands(block: Block) -> list[Command]:
+    """The commands of a shell block: one per line, `&&` chaining several."""
+    commands = []
+    for line in block.text.splitlines():
+        words = shlex.split(line, comments=True)
+        while words:
+            cut = words.index("&&") if "&&" in words else len(words)
+            part, words = words[:cut], words[cut + 1:]
+            env = {}
+            while part and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", part[0]):
+                key, value = part.pop(0).split("=", 1)
+                env[key] = value
+            assert part, f"{block.id}: an empty command in `{line}`"
+            commands.append(Command(block, env, part))
+    return commands
 
 
-# ---------------------------------------------------------------- cli.md
+def shorten(argv: list[str]) -> list[str]:
+    """The command with at most SHORTEN's epochs and steps (see the module docstring)."""
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        if word in SHORTEN and out[i + 1].isdigit():
+            out[i + 1] = str(min(int(out[i + 1]), SHORTEN[word]))
+        elif word == "--phases":
+            out[i + 1] = ",".join(f"{fn}:{min(int(n), PHASE_EPOCHS)}"
+                                  for fn, n in (p.split(":") for p in out[i + 1].split(",")))
+    return out
+
+
+def names_backend(cmd: Command) -> bool:
+    argv = cmd.argv
+    emits_native = any(a == "--emit" and b in ("llvm", "asm", "opencl") for a, b in zip(argv, argv[1:]))
+    return ("--backend" in argv or "--check" in argv or emits_native
+            or any(k.startswith("FLOWML_") for k in cmd.env) or cmd.block.file in NATIVE_PAGES)
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def check_pip_install(cmd: Command) -> None:
+    """`pip install` is not run: what it names must exist in pyproject.toml."""
+    project = _pyproject()["project"]
+    extras = project.get("optional-dependencies", {})
+    known = {_requirement_name(r) for r in project["dependencies"]}
+    known |= {_requirement_name(r) for reqs in extras.values() for r in reqs}
+    for spec in (w for w in cmd.argv[2:] if not w.startswith("-")):
+        m = re.fullmatch(r"\.(?:\[([\w,\s-]*)\])?", spec)
+        if m:
+            for extra in filter(None, (e.strip() for e in (m.group(1) or "").split(","))):
+                assert extra in extras, f"{cmd.block.id}: `{cmd.text}`: pyproject.toml has no extra '{extra}' " \
+                                        f"(extras: {', '.join(extras)})"
+        else:
+            assert _requirement_name(spec) in known, \
+                f"{cmd.block.id}: `{cmd.text}`: '{spec}' is not a dependency in pyproject.toml"
+
+
+def _argv_to_run(cmd: Command, cwd: Path, full: bool) -> list[str] | None:
+    """The arguments of `python` that run a command (None: checked, not run)."""
+    argv = cmd.argv if full else shorten(cmd.argv)
+    if argv[:2] == ["pip", "install"]:
+        check_pip_install(cmd)
+        return None
+    if argv[:3] == ["python", "-m", "pytest"]:
+        return None  # this suite
+    if argv[0] == "flowml":
+        argv = ["-m", "flowml.cli", *argv[1:]]
+    elif argv[0] == "python" and len(argv) > 1 and re.fullmatch(r"examples/\w+\.py", argv[1]):
+        argv = argv[1:]
+    else:
+        pytest.fail(f"{cmd.block.id}: no rule runs `{cmd.text}` (see tests/test_docs.py)")
+    expanded = []
+    for word in argv:
+        if "*" in word:
+            matches = sorted(glob.glob(word, root_dir=cwd))
+            assert matches, f"{cmd.block.id}: `{word}` matches no file"
+            expanded += matches
+        else:
+            expanded.append(word)
+    return expanded
+
+
+_FORK_SERVER = r"""
+import json, os, runpy, sys, traceback
+import flowml, rich.console, rich.progress, rich.table  # what every command imports, imported once
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the command, in a fresh process as `python -m flowml.cli ...` would run it
+        code = 1
+        try:
+            os.chdir(req["cwd"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            out = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            sys.argv = req["argv"]
+            if req["argv"][0] == "-m":
+                sys.argv = [req["argv"][1]] + req["argv"][2:]
+                runpy.run_module(req["argv"][1], run_name="__main__", alter_sys=True)
+            else:
+                sys.path[0] = os.path.dirname(os.path.abspath(req["argv"][0]))
+                runpy.run_path(req["argv"][0], run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class CommandRunner:
+    """Runs `python ARGS` commands as forks of one server process that has imported flowml.
+
+    Each command is still a process of its own (its own state, exit status and output), as
+    `python -m flowml.cli ...` is; but the ~0.6 s of CPU that importing numpy, scipy, networkx,
+    lark and rich costs is paid once, not once per command (the docs run ~40 commands)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+        import json
+        import selectors
+        out = cwd / ".docs-command-output"
+        self.proc.stdin.write(json.dumps({"argv": args, "cwd": str(cwd), "env": env, "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                self.close()
+                raise AssertionError(f"`{shlex.join(args)}` ran past {timeout} s")
+        line = self.proc.stdout.readline()
+        assert line, "the command server died"
+        text = out.read_text(encoding="utf-8", errors="replace")
+        out.unlink()
+        return int(line), text
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def cli_dir(tmp_path_factory):
-    """A scratch folder standing in for the repository root: examples/ plus what the python
-    blocks of cli.md create (data files)."""
-    work = tmp_path_factory.mktemp("cli")
-    shutil.copytree(ROOT / "examples", work / "examples")
+def runner():
+    r = CommandRunner()
+    yield r
+    r.close()
+
+
+def run_command(cmd: Command, cwd: Path, full: bool, runner: CommandRunner, expected: str | None = None) -> None:
+    """Run a command (it must exit 0), or a transcript's (its output must be `expected`)."""
+    args = _argv_to_run(cmd, cwd, full)
+    if args is None:
+        return
+    env = dict(os.environ, COLUMNS="100", **cmd.env)
+    if full or names_backend(cmd):
+        if "FLOWML_BACKEND" not in cmd.env:
+            env.pop("FLOWML_BACKEND", None)
+    else:
+        env["FLOWML_BACKEND"] = "reference"
+    code, output = runner.run(args, cwd, env, timeout=1800 if full else 300)
+    if expected is not None:
+        assert output.rstrip() == expected, f"{cmd.block.id}: `{cmd.text}` printed\n{output}\nnot\n{expected}"
+    else:
+        assert code == 0, f"{cmd.block.id}: `{cmd.text}` ran as `python {shlex.join(args)}` and exited {code}\n{output}"
+
+
+# ---------------------------------------------------------------- pages
+
+
+def run_page(page: str, work: Path, full: bool, runner: CommandRunner) -> None:
+    """Run a page's python and shell blocks in order, in `work` (a copy of examples/)."""
+    shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    namespace = {"__name__": "__docs__"}
     old = os.getcwd()
     os.chdir(work)
+    flowml.reset_default_graph()
     try:
-        for b in _flat({"python"}, "cli.md"):
-            _exec(b.text, b, {"__name__": "__docs__"})
+        for b in _page_steps(page):
+            if b.lang == "python":
+                _exec(b.text, b, namespace)
+            elif b.lang == "text":
+                for line, expected in transcripts(b):
+                    (cmd,) = shell_commands(Block(b.file, b.line, "bash", line, None))
+                    run_command(cmd, work, full, runner, expected)
+            else:
+                for cmd in shell_commands(b):
+                    run_command(cmd, work, full, runner)
     finally:
         os.chdir(old)
-    return work
+        flowml.reset_default_graph()
 
 
-@pytest.mark.parametrize("block", _params(_cli_blocks()))
-def test_cli_block(block: Block, cli_dir: Path):
-    env = dict(os.environ, COLUMNS="100")
-    env.pop("FLOWML_BACKEND", None)
-    for line in block.text.splitlines():
-        line = line.split(" #")[0].strip()
-        if not line:
-            continue
-        assert line.startswith("flowml "), f"{block.id}: every line must be a flowml command: {line}"
-        cmd = [sys.executable, "-m", "flowml.cli", *shlex.split(line)[1:]]
-        proc = subprocess.run(cmd, cwd=cli_dir, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{block.id}: `{line}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+def _shortened_pages():
+    return [p for p in ALL_BLOCKS if any(shorten(c.argv) != c.argv for b in _page_steps(p) if b.lang in SHELL
+                                         for c in shell_commands(b))]
+
+
+@pytest.mark.parametrize("page", [p for p in ALL_BLOCKS if _page_steps(p)])
+def test_page(page: str, tmp_path, runner):
+    run_page(page, tmp_path, full=False, runner=runner)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", _shortened_pages())
+def test_page_full_length(page: str, tmp_path, monkeypatch, runner):
+    """The page as written: every command with its full epochs and steps, on the default backend."""
+    monkeypatch.delenv("FLOWML_BACKEND", raising=False)
+    run_page(page, tmp_path, full=True, runner=runner)
+
+
+def test_shell_rules():
+    """The rules the page tests apply to shell commands, on examples of each."""
+    block = Block("x.md", 1, "bash", "# a comment\nFLOWML_NUM_THREADS=1 flowml run m.flow train --steps 200\n"
+                  "pip install -e '.[test]' && python -m pytest -q -n 2   # two\n", None)
+    (run, pip, pytest_cmd) = shell_commands(block)
+    assert run.env == {"FLOWML_NUM_THREADS": "1"} and run.argv[:2] == ["flowml", "run"]
+    assert pip.argv == ["pip", "install", "-e", ".[test]"] and pytest_cmd.argv[:3] == ["python", "-m", "pytest"]
+    assert shorten(run.argv)[-2:] == ["--steps", "20"] and shorten(["--steps", "5"]) == ["--steps", "5"]
+    assert shorten(["--epochs", "1000", "--phases", "a:50,b:1"]) == ["--epochs", "2", "--phases", "a:1,b:1"]
+    assert names_backend(run) and not names_backend(Command(block, {}, ["flowml", "run", "m.flow", "f"]))
+    check_pip_install(pip)
+    with pytest.raises(AssertionError, match="no extra 'tset'"):
+        check_pip_install(Command(block, {}, ["pip", "install", ".[tset]"]))
+    with pytest.raises(AssertionError, match="not a dependency"):
+        check_pip_install(Command(block, {}, ["pip", "install", "tensorflow"]))
+
+
+# ---------------------------------------------------------------- reference tables
+
+
+def _cli_parsers():
+    from flowml.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices
 
 
 def test_cli_reference_is_complete():
     """Every command and every option of the CLI appears in docs/cli.md."""
-    from flowml.cli import build_parser
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, p in sub.choices.items():
+    for name, p in _cli_parsers().items():
         assert f"flowml {name}" in text, f"docs/cli.md does not document `flowml {name}`"
         for action in p._actions:
             for opt in action.option_strings:
@@ -229,7 +533,23 @@ def test_cli_reference_is_complete():
                     assert opt in text, f"docs/cli.md does not document `flowml {name} {opt}`"
 
 
-# ---------------------------------------------------------------- reference tables
+def test_every_cli_mention_is_real():
+    """`flowml CMD ... --opt` in running text, tables and code: CMD is a command, --opt its option."""
+    commands = _cli_parsers()
+    options = {name: {o for a in p._actions for o in a.option_strings} for name, p in commands.items()}
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"(?<![\w/-])flowml ([a-z]+)((?: [^`\n]*)?)", text):
+            name, rest = m.group(1), m.group(2)
+            if name not in commands:
+                continue  # prose: "flowml sets it", "flowml then gives"
+            rest = rest.split("$ ")[0].split(" #")[0]  # a transcript's next prompt, a comment
+            for opt in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest):
+                opt = {"-O0": "-O", "-O1": "-O"}.get(opt, opt)
+                if opt.startswith("-") and not opt.startswith("--") and len(opt) > 2 and opt[:2] != "-O":
+                    continue  # a negative number or a word, not an option
+                assert opt in options[name], \
+                    f"{page.name}: `flowml {name}` has no option {opt} (in `{m.group(0).strip()}`)"
 
 
 def test_every_builtin_is_documented():

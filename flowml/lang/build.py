@@ -474,11 +474,17 @@ class Builder:
                 results = lop(ys, xs, us, disconnected=policy)
                 self.record("lop", e, ys, xs, us, results)
             elif e.func == "jacobian":
-                results = [jacobian(self.to_var(args[0]), self.to_var(args[1]))]
+                y, x = self.to_var(args[0]), self.to_var(args[1])
+                results = [jacobian(y, x)]
+                self.record("jacobian", e, [y], [x], [], results)
             elif e.func == "hessian":
-                results = [hessian(self.to_var(args[0]), self.to_var(args[1]))]
+                cost, x = self.to_var(args[0]), self.to_var(args[1])
+                results = [hessian(cost, x)]
+                self.record("hessian", e, [cost], [x], [], results)
             else:
-                results = [hessian_vector(self.to_var(args[0]), self.to_var(args[1]), args[2])]
+                cost, x = self.to_var(args[0]), self.to_var(args[1])
+                results = [hessian_vector(cost, x, args[2])]
+                self.record("hessian_vector", e, [cost], [x], [args[2]], results)  # v: a Var or a number
         return results[0] if len(results) == 1 else tuple(results)
 
     def loop_call(self, e: A.Call, scope: Scope):

@@ -1,6 +1,6 @@
 """Turning LLVM IR text into callable native code (llvmlite / MCJIT).
 
-Facts this relies on (see shared/notes/backend-facts.md, verified on llvmlite 0.50 / LLVM 22):
+Facts this relies on (see docs/llvm_facts.md, verified on llvmlite 0.50 / LLVM 22):
 * `llvm.initialize()` raises now; only the native target/asmprinter/asmparser need initializing.
 * Without the host CPU name and features the target machine is generic x86-64 and the loop
   vectorizer stops at SSE width, so we always pass them.

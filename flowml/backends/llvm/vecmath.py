@@ -2,7 +2,7 @@
 
 LLVM 22 (through llvmlite) has no usable vector math library: `llvm.exp.v8f32` is scalarized
 back into 8 `expf` calls, and `-vector-library=` is not reachable. What works ("recipe A" in
-shared/notes/backend-facts.md) is telling the loop vectorizer about a vector variant directly:
+docs/llvm_facts.md) is telling the loop vectorizer about a vector variant directly:
 
 * the scalar call goes to a name LLVM does not know as a libcall (`flowml_mvec_expf`), bound
   at run time with `llvm.add_symbol` -- so LLVM never rewrites it into `llvm.exp`;
