@@ -228,17 +228,53 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .api import load
     from .io import load_npz
-    from .train import parse_phases, plot, train
+    from .train import parse_phases
+    phases = parse_phases(args.phases, args.fn, args.epochs)
+    if args.distributed:
+        return _train_distributed(args, phases)
     model = load(args.file, backend=args.backend, seed=args.seed)
     if args.load_params:
         model.load_params(args.load_params)
     data = load_npz(args.data)
-    phases = parse_phases(args.phases, args.fn, args.epochs)
     evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
+    return _train_and_report(args, model, data, phases, evaluate)
+
+
+def _train_distributed(args, phases) -> int:
+    """`--distributed` under `mpiexec -n K`: every rank runs this; see flowml/dataparallel.py."""
+    from . import dataparallel as dp
+    from .distributed import world
+    from .io import load_npz
+    w = world()
+
+    def body():
+        model, _ = dp.prepare(_read_program(args.file), [ph.fn for ph in phases], w, backend=args.backend,
+                              seed=args.seed)
+        if args.load_params:
+            model.load_params(args.load_params)
+        data = load_npz(args.data)
+        evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
+        dp.check_agreement(w, model, data, {k: getattr(args, k) for k in (
+            "fn", "phases", "epochs", "batch", "split", "patience", "seed", "evaluate")})
+        dp.check_evaluate(model, evaluate)
+        dp.sync_params(model, w)
+        if w.rank == 0:
+            print(f"distributed: {w.size} rank(s), {args.batch} rows per rank, global mini-batch "
+                  f"{args.batch * w.size}", flush=True)
+        return _train_and_report(args, model, data, phases, evaluate, w)
+    return dp.run_guarded(w, body)
+
+
+def _train_and_report(args, model, data, phases, evaluate, world=None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .train import plot, train
+    if world is not None and world.rank != 0:  # the other ranks train quietly
+        train(model, data, phases, args.batch, args.split, evaluate, seed=args.seed or 0, patience=args.patience,
+              path=args.data, progress=False, world=world)
+        return 0
     total = sum(ph.epochs for ph in phases)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
@@ -251,7 +287,8 @@ def cmd_train(args) -> int:
             else:
                 progress.console.print(line)
         history = train(model, data, phases, args.batch, args.split, evaluate, seed=args.seed or 0,
-                        patience=args.patience, save_params=args.save_params, path=args.data, log=log)
+                        patience=args.patience, save_params=args.save_params, path=args.data, log=log,
+                        world=world)
     last = len(history.epochs) - 1
     if last >= 0:
         best = min((t for t in history.test if t == t), default=None)
@@ -411,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--load-params", metavar="P.npz")
     c.add_argument("--save-params", metavar="P.npz", help="save the (best) params atomically")
     c.add_argument("--plot", metavar="CURVE.png", help="write the learning curves (matplotlib)")
+    c.add_argument("--distributed", action="store_true", help="data-parallel training: run under "
+                   "`mpiexec -n K`; each rank takes --batch rows of every global mini-batch and the "
+                   "gradients are averaged or summed across ranks (docs/distributed.md)")
     c.set_defaults(func=cmd_train)
     return p
 
