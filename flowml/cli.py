@@ -256,13 +256,12 @@ def _train_distributed(args, phases) -> int:
             model.load_params(args.load_params)
         data = load_npz(args.data)
         evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
-        dp.check_agreement(w, model, data, {k: getattr(args, k) for k in (
+        pids = dp.check_agreement(w, model, data, {k: getattr(args, k) for k in (
             "fn", "phases", "epochs", "batch", "split", "patience", "seed", "evaluate")})
         dp.check_evaluate(model, evaluate)
         dp.sync_params(model, w)
         if w.rank == 0:
-            print(f"distributed: {w.size} rank(s), {args.batch} rows per rank, global mini-batch "
-                  f"{args.batch * w.size}", flush=True)
+            print(dp.describe(w, pids, args.batch), flush=True)
         return _train_and_report(args, model, data, phases, evaluate, w)
     return dp.run_guarded(w, body)
 

@@ -37,29 +37,39 @@ def prepare(program: Program, step_fns: list[str], world: World, backend=None, s
     return model, plans
 
 
-def check_agreement(world: World, model: Model, data: dict[str, np.ndarray], options: dict) -> None:
+def check_agreement(world: World, model: Model, data: dict[str, np.ndarray], options: dict) -> list[int]:
     """Every rank must run the same model on data of the same shapes with the same options:
-    compared at start-up (one small message), reported on every rank."""
+    compared at start-up (one small message), reported on every rank. Returns the ranks' pids."""
     h = hashlib.sha256()
     for name, fn in model.functions.items():
         h.update(fn.ir().encode())
     facts = {"model": h.hexdigest()[:16],
-             "params": {k: (v.var.type.dtype.str, v.var.type.shape) for k, v in model.program.params.items()},
-             "data": {k: (v.dtype.str, v.shape) for k, v in data.items()},
+             "params": {k: str(v.var.type) for k, v in model.program.params.items()},
+             "data": {k: f"{v.dtype}[{', '.join(map(str, v.shape))}]" for k, v in data.items()},
              "options": options}
-    everyone = world.gather_objects(facts)
+    import os
+    everyone = world.gather_objects((facts, os.getpid()))
+    pids = [e[1] for e in everyone]
+    everyone = [e[0] for e in everyone]
     for r, other in enumerate(everyone):
         for key in facts:
             if other[key] != everyone[0][key]:
                 raise MismatchError(f"rank {r} does not agree with rank 0 about the {key}: "
-                                    f"{_diff(everyone[0][key], other[key])}")
+                                    f"{_diff(everyone[0][key], other[key], r)}")
+    return pids
 
 
-def _diff(a, b) -> str:
+def describe(world: World, pids: list[int], batch: int) -> str:
+    """The start-up line rank 0 prints (the pids let a launcher's report be read by rank)."""
+    return (f"distributed: {world.size} rank(s) (pids " + ", ".join(f"{r}: {p}" for r, p in enumerate(pids))
+            + f"), {batch} rows per rank, global mini-batch {batch * world.size}")
+
+
+def _diff(a, b, rank: int) -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = [k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
-        return "; ".join(f"{k}: {a.get(k, 'missing')} on rank 0, {b.get(k, 'missing')} there" for k in keys)
-    return f"{a} on rank 0, {b} there"
+        return "; ".join(f"{k}: {a.get(k, 'missing')} on rank 0, {b.get(k, 'missing')} on rank {rank}" for k in keys)
+    return f"{a} on rank 0, {b} on rank {rank}"
 
 
 def check_evaluate(model: Model, evaluate: str | None) -> None:
@@ -115,6 +125,8 @@ def run_guarded(world: World, body, log=None):
         from .distributed import RankFailed
         if isinstance(e, RankFailed):
             print(f"error (rank {world.rank}): {e}", file=sys.stderr)
+        elif isinstance(e, MismatchError):  # every rank found it
+            print(f"error: {e}", file=sys.stderr)
         elif isinstance(e, FlowError):
             print(f"error: rank {world.rank} failed: {e}", file=sys.stderr)
         else:

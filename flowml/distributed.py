@@ -8,8 +8,10 @@ loads mpi4py.
 
 No collective blocks blindly: each is started non-blocking and waited for while watching for
 an error notice from another rank. A rank that raises sends one (`report_failure`), so the
-others stop with an error naming it and its exception instead of waiting forever; a rank that
-dies without raising (killed by a signal) is cleaned up by mpiexec, which stops the others.
+others stop with an error naming it and its exception instead of waiting forever. A rank that
+dies without raising (killed by a signal) cannot send one: mpiexec then stops the others at once
+(MPICH's reports the dead process's pid and signal; `flowml train --distributed` prints each
+rank's pid at start-up).
 """
 
 from __future__ import annotations

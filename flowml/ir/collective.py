@@ -2,7 +2,7 @@
 inside `pmap` is the model), and the library functions that build them.
 
     allreduce(x, op="sum"|"mean"|"max")   every rank gets the sum / mean / max of every rank's x
-    allgather(x)                           every rank gets [x of rank 0, x of rank 1, ...]
+    allgather(x)                           every rank gets [x of rank 0, x of rank 1, ...] (K rows)
     broadcast(x, root=0)                   every rank gets rank root's x
     rank(), world_size()                   this process's rank and the number of ranks (i64)
 
@@ -21,10 +21,9 @@ from ..errors import FlowTypeError
 from . import lib as L
 from .graph import ShapeError, current_loc
 from .ops import Op
-from .types import DTYPES, Sym, TensorType, is_float
+from .types import DTYPES, TensorType, is_float
 
 REDUCTIONS = ("sum", "mean", "max")
-WORLD_DIM = Sym(("world_size()",))  # the leading dim of an allgather: known when it runs
 
 
 def _world():
@@ -81,18 +80,21 @@ class Allgather(Collective):
 
     def infer(self, types, attrs):
         (t,) = types
-        return TensorType(t.dtype, (WORLD_DIM,) + tuple(t.shape))
+        return TensorType(t.dtype, (attrs["size"],) + tuple(t.shape))
 
-    def impl(self, x):
-        return _world().allgather(np.asarray(x))
+    def impl(self, x, size):
+        w = _world()
+        if w.size != size:
+            raise ValueError(f"the graph was built for {size} rank(s) but runs on {w.size}")
+        return w.allgather(np.asarray(x))
 
     @staticmethod
-    def _rule(g, out, x):
+    def _rule(g, out, x, size):
         # rank r's x is row r of every rank's result: its cotangent is row r of Σ_s g_s
         return [lambda: L.getitem(allreduce(g, "sum"), rank(x.graph))]
 
     @staticmethod
-    def _jvp_rule(tangents, out, x):
+    def _jvp_rule(tangents, out, x, size):
         return None if tangents[0] is None else allgather(tangents[0])
 
 
@@ -157,8 +159,10 @@ def allreduce(x, op="sum"):
 
 
 def allgather(x):
-    """[x of rank 0, x of rank 1, ...] (a new leading axis of size world_size()), on every rank."""
-    return L.apply(allgather_op, [_var(x, "allgather")])
+    """[x of rank 0, x of rank 1, ...] on every rank: a new leading axis, as long as there are
+    ranks — known when the graph is built, as a pmap's axis size is in JAX (building it in a
+    run launched by mpiexec loads MPI)."""
+    return L.apply(allgather_op, [_var(x, "allgather")], size=_world().size)
 
 
 def broadcast(x, root=0):
