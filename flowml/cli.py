@@ -48,6 +48,9 @@ def cmd_compile(args) -> int:
     check_phase(args.after)
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
+    if args.distributed:  # show the step as `train --distributed` runs it: gradients allreduced
+        from .passes.distribute import distribute
+        fns = [distribute(program, fn.name).fn for fn in fns]
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
     native = args.emit in ("llvm", "asm", "opencl")
     if native:
@@ -399,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the memory plan's bytes")
     c.add_argument("-O", type=int, default=1, choices=[0, 1], help="-O0: no optimization (the graph "
                    "as built); -O1: all phases (default)")
+    c.add_argument("--distributed", action="store_true", help="rewrite the fn(s) as `flowml train "
+                   "--distributed` does: each grad(...) result allreduced across the ranks")
     c.add_argument("--dims", metavar="N=400,...", help=f"sizes of symbolic dims for --stats' byte counts "
                    f"(default {DEFAULT_STATS_DIM})")
     c.set_defaults(func=cmd_compile)

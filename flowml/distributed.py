@@ -27,6 +27,7 @@ from .errors import FlowError
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 _ERROR_TAG, _ACK_TAG = 7701, 7702
 _OPS = ("sum", "mean", "max")
+SPIN_S = 0.001  # a collective's wait spins this long, then polls every 0.2 ms
 ACK_WAIT_S = 10.0  # how long a failed rank waits for the others to have read its notice
 
 
@@ -109,12 +110,13 @@ class MPIWorld(World):
     # ------------------------------------------------------------ waiting, with failure notices
 
     def _wait(self, request) -> None:
-        """Wait for `request` while watching for another rank's error notice; spin briefly (a
-        small allreduce takes microseconds), then poll every ~millisecond."""
+        """Wait for `request` while watching for another rank's error notice: spin for SPIN_S
+        (a small allreduce takes microseconds), then poll every ~0.2 ms, giving the CPU to the
+        ranks being waited for where there are more ranks than cores."""
         if self._failed_peer is not None:
             raise self._failed_peer
         status = self.MPI.Status()
-        spins = 0
+        spin_until = time.perf_counter() + SPIN_S
         while not request.Test():
             if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status):
                 source = status.Get_source()
@@ -122,9 +124,8 @@ class MPIWorld(World):
                 self._failed_peer = RankFailed(source, what)
                 self._acknowledge(source)
                 raise self._failed_peer
-            spins += 1
-            if spins > 2000:
-                time.sleep(0.0005)
+            if time.perf_counter() > spin_until:
+                time.sleep(0.0002)
 
     def _acknowledge(self, source: int) -> None:
         try:
