@@ -6,7 +6,8 @@ shuffles the training rows with the seed, calls the step fn on each mini-batch (
 shorter batch included), then evaluates the `evaluate` fn on the test rows. With `patience`,
 the last phase stops after that many epochs without a better test result, and the params of its
 best epoch are kept (and saved atomically with `save_params`); earlier phases (pretraining) run
-all their epochs.
+all their epochs. With `--distributed` (flowml/dataparallel.py) each of K ranks takes its part
+of every global mini-batch of K·batch rows.
 """
 
 from __future__ import annotations

@@ -149,6 +149,14 @@ def test_a_cost_it_cannot_classify_is_a_located_error(cost, where):
     assert "allreduce" in str(e.value)
 
 
+def test_gradients_the_model_reduces_itself_are_left_alone():
+    source = SUM_COST.replace("sum((X @ w - t) ** 2) + 0.5 * sum(w ** 2)", "log(mean((X @ w - t) ** 2))") \
+        .replace("gw = grad(cost, w)", 'gw = allreduce(grad(cost, w), op="mean")')
+    program, plan = _plan(source)
+    assert plan.kinds == {} and plan.buckets == []
+    assert flowml.Model(program).train.ir().count("= allreduce") == 1
+
+
 def test_an_update_that_depends_on_the_rows_is_an_error():
     source = SUM_COST.replace("param w : f64[2] = zeros", "param w : f64[2] = zeros\nparam m : f64 = 0") \
         .replace("{ w <- w - 0.01 * gw }", "{\n    w <- w - 0.01 * gw\n    m <- mean(t)\n}")

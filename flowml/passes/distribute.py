@@ -14,8 +14,8 @@ follows the cost's reduction over the rows (the sharded axis):
 where f is row-wise (row i of f depends only on row i of the inputs: elementwise math, matmul by
 params, conv/pool, log-softmax along a row, indexing row i...). A cost the pass cannot put in
 this form (a max over the rows, a log of a mean, a batch statistic) is a located error asking for
-an explicit `allreduce`. Updates that depend on the rows other than through the gradients would
-differ between ranks: also an error.
+an explicit `allreduce` of the gradients (which the pass then leaves alone). Updates that depend
+on the rows other than through the gradients would differ between ranks: also an error.
 
 The gradients are packed into flat buckets (one per dtype and kind, split at `bucket_bytes`, as
 PyTorch DDP and Horovod do), so a step makes a few allreduces, not one per param; a "mean"
@@ -39,8 +39,9 @@ from ..program import FnDecl, Program, UpdateDecl
 from .grad import grad
 
 BUCKET_BYTES = 25 << 20  # PyTorch DDP's default bucket size
-_EXPLICIT = ("write the reduction across ranks yourself with allreduce(...) and train without "
-             "--distributed's rewrite, or use a cost of the form mean(...) / sum(...) over the rows")
+_EXPLICIT = ("reduce the gradients across ranks yourself, e.g. gw = allreduce(grad(cost, w), op=\"mean\") "
+             "(the pass leaves a gradient that only feeds a collective alone), or write the cost as "
+             "mean(...) or sum(...) over the rows")
 
 
 class DistributeError(FlowError):
@@ -141,6 +142,8 @@ class _Rows:
             axis = a.get("axis")
             axes = range(g.type(ops[0]).ndim) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
             return 0 not in axes and self.rowwise(ops[0])
+        if op.name == "onehot":
+            return self.rowwise(ops[0])
         if op.name in ("categorical_crossentropy", "conv2d", "max_pool2d"):
             return self.rowwise(ops[0]) and all(self._ok(o, g.type(o).ndim + 1) or self.rowwise(o) for o in ops[1:])
         if op is P.index:
@@ -245,6 +248,11 @@ def distribute(program: Program, fn_name: str, bucket_bytes: int = BUCKET_BYTES)
     for rec, seed_ok in records:
         cost = rec.ys[0]
         loc = g.loc(cost)
+        if not any(facts.depends(y) for y in rec.ys):
+            continue  # a derivative free of the rows is the same on every rank
+        if all(isinstance(g.op(u), C.Collective) for r in rec.results if r in used for u in g.users(r)
+               if u in used):
+            continue  # the model reduces these gradients itself
         if not seed_ok:
             raise DistributeError("--distributed handles the gradients of grad(...); this step uses another "
                                   "derivative (rop, lop, jacobian...) of the rows", loc, notes=[_EXPLICIT])
