@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under `mpiexec -n 2`: K = 2 ranks with B rows each against one
 process with 2B rows, for 20 steps (the last global batch is shorter and split 4 + 3), on the
-MLP, LeNet, a model with a `sum` cost and one trained by Adam. Rank 0 prints one RESULT line
-(JSON): per model, max |difference| / max |param|."""
+MLP, LeNet, a model with a `sum` cost and one trained by Adam (and softmax regression on OpenCL,
+when asked by name). Rank 0 prints one RESULT line (JSON): per model, max |difference| / max
+|param|."""
 
 import json
 import sys
@@ -134,8 +135,9 @@ def main():
         "lenet": (open(EXAMPLES / "lenet.flow").read(), digits(), 5, "reference"),
         "sum": (SUM_COST, regression(), 10, "reference"),
         "adam": (ADAM, digits(), 10, "llvm"),
+        "softmax-opencl": (open(EXAMPLES / "softmax.flow").read(), digits(), 10, "opencl"),  # (only if asked)
     }
-    wanted = sys.argv[1:] or ["collectives"] + list(models)
+    wanted = sys.argv[1:] or ["collectives", "mlp", "lenet", "sum", "adam"]
     results = {name: collectives("llvm") if name == "collectives" else compare(name, *models[name]) for name in wanted}
     if world().rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
