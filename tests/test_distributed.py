@@ -172,6 +172,22 @@ def test_inputs_without_a_shared_symbolic_row_dim_are_an_error():
         _plan(source)
 
 
+def test_compile_shows_the_rewritten_step(capsys):
+    from flowml.cli import main
+    assert main(["compile", "examples/mlp.flow", "--fn", "train", "--distributed"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"= allreduce %\d+ \{reduction=sum\} : f64\[7511\]", out), out
+
+
+def test_the_evaluate_fn_must_not_use_collectives():
+    from flowml.dataparallel import check_evaluate
+    model = flowml.loads(MLP.replace("fn error(X, y) -> error", "fn error(X, y) -> allreduce(error, op=\"mean\")"),
+                         file="mlp.flow")
+    with pytest.raises(FlowError, match=r"mlp\.flow:29:19: fn error uses allreduce, but with --distributed rank 0"):
+        check_evaluate(model, "error")
+    check_evaluate(flowml.loads(MLP), "error")
+
+
 def test_shards_of_a_global_batch():
     from flowml.dataparallel import shard
 
