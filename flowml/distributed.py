@@ -105,6 +105,8 @@ class MPIWorld(World):
         self.size = self.comm.Get_size()
         self._failed_peer: RankFailed | None = None
         self._reported = False
+        self._pending: list = []  # failure notices and acknowledgements on their way
+        self._acks: list = []
         self.collective_seconds = 0.0  # time spent in collectives (for the benchmark)
 
     # ------------------------------------------------------------ waiting, with failure notices
@@ -129,7 +131,7 @@ class MPIWorld(World):
 
     def _acknowledge(self, source: int) -> None:
         try:
-            self.comm.isend(True, dest=source, tag=_ACK_TAG)
+            self._pending.append(self.comm.isend(True, dest=source, tag=_ACK_TAG))
         except Exception:  # noqa: BLE001 - the failed rank may be gone already
             pass
 
@@ -196,10 +198,9 @@ class MPIWorld(World):
             return
         self._reported = True
         what = f"{type(exc).__name__}: {exc}".strip()
-        self._acks = []
         for r in range(self.size):
             if r != self.rank:
-                self.comm.isend(what, dest=r, tag=_ERROR_TAG)
+                self._pending.append(self.comm.isend(what, dest=r, tag=_ERROR_TAG))
                 self._acks.append(self.comm.irecv(source=r, tag=_ACK_TAG))
 
     def exit(self, code: int) -> None:
@@ -208,12 +209,11 @@ class MPIWorld(World):
         others have read its notice, so they can say which rank failed and why."""
         sys.stdout.flush()
         sys.stderr.flush()
-        if self._reported:
-            deadline = time.monotonic() + ACK_WAIT_S
-            pending = list(self._acks)
-            while pending and time.monotonic() < deadline:
-                pending = [r for r in pending if not r.Test()]
-                time.sleep(0.01)
+        deadline = time.monotonic() + (ACK_WAIT_S if self._reported else 1.0)
+        pending = self._acks + self._pending
+        while pending and time.monotonic() < deadline:
+            pending = [r for r in pending if not r.Test()]
+            time.sleep(0.01)
         os._exit(code)
 
     def __repr__(self) -> str:
