@@ -113,8 +113,8 @@ def epoch_loss(losses: list[tuple[int, float]], world: World) -> float:
 
 def run_guarded(world: World, body, log=None):
     """Run `body()`; if it raises on this rank, tell the other ranks (so they stop, naming this
-    rank and its exception), print the error and end the process non-zero. One process simply
-    re-raises."""
+    rank and its exception), print the error and end the process non-zero. A disagreement found
+    at start-up (by every rank) returns 1, to end normally. One process simply re-raises."""
     try:
         return body()
     except BaseException as e:  # noqa: BLE001 - every failure must reach the other ranks
@@ -125,8 +125,9 @@ def run_guarded(world: World, body, log=None):
         from .distributed import RankFailed
         if isinstance(e, RankFailed):
             print(f"error (rank {world.rank}): {e}", file=sys.stderr)
-        elif isinstance(e, MismatchError):  # every rank found it
-            print(f"error: {e}", file=sys.stderr)
+        elif isinstance(e, MismatchError):  # every rank found it: no one is left waiting
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
         elif isinstance(e, FlowError):
             print(f"error: rank {world.rank} failed: {e}", file=sys.stderr)
         else:

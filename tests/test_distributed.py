@@ -172,6 +172,18 @@ def test_inputs_without_a_shared_symbolic_row_dim_are_an_error():
         _plan(source)
 
 
+def test_random_draws_read_a_key_offset_by_the_rank():
+    source = ("input X : f64[N, 4]\nparam w : f64[4] = ones\nmask = bernoulli(0.5, shape=(N, 4))\n"
+              "gw = grad(mean(sum(X * mask * w, axis=1) ** 2), w)\nfn train(X) -> mask { w <- w - 0.1 * gw }\n")
+    program, plan = _plan(source)
+    a, b = flowml.Model(program), flowml.loads(source)
+    assert "= rank" in a.train.ir() and "= rank" not in b.train.ir()
+    X = np.random.RandomState(0).rand(6, 4)
+    for _ in range(3):  # rank 0's key is the model's own: in one process nothing changes
+        np.testing.assert_array_equal(a.train(X), b.train(X))
+    np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-15)
+
+
 def test_compile_shows_the_rewritten_step(capsys):
     from flowml.cli import main
     assert main(["compile", "examples/mlp.flow", "--fn", "train", "--distributed"]) == 0
@@ -207,7 +219,7 @@ def test_shards_of_a_global_batch():
 
 @pytest.fixture(scope="module")
 def equivalence():
-    models = ["collectives", "mlp", "lenet", "sum", "adam"] + (["softmax-opencl"] if opencl_available() else [])
+    models = ["collectives", "streams", "mlp", "lenet", "sum", "adam"] + (["softmax-opencl"] if opencl_available() else [])
     done, _ = launch("tests/mpi/equivalence.py", *models)
     assert done.returncode == 0, done.stdout + done.stderr
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
@@ -216,6 +228,10 @@ def equivalence():
 
 def test_collectives_and_their_derivatives_on_two_ranks(equivalence):
     assert equivalence["collectives"] == {"wrong outputs by rank": [[], []]}
+
+
+def test_each_rank_draws_its_own_random_numbers(equivalence):
+    assert equivalence["streams"] == {"masks differ": True, "params equal": True, "keys equal": True}
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet", "sum", "adam"])

@@ -17,6 +17,9 @@ this form (a max over the rows, a log of a mean, a batch statistic) is a located
 an explicit `allreduce` of the gradients (which the pass then leaves alone). Updates that depend
 on the rows other than through the gradients would differ between ranks: also an error.
 
+Random draws in the step (dropout masks, noise) read a key offset by the rank, so each rank
+draws its own numbers for its rows while the shared stream key stays the same everywhere.
+
 The gradients are packed into flat buckets (one per dtype and kind, split at `bucket_bytes`, as
 PyTorch DDP and Horovod do), so a step makes a few allreduces, not one per param; a "mean"
 bucket carries its rank's row count as its last element, so the weights cost no extra message.
@@ -32,7 +35,7 @@ from ..errors import FlowError
 from ..ir import collective as C
 from ..ir import lib as L
 from ..ir import ops as P
-from ..ir.graph import Graph, at
+from ..ir.graph import DerivativeRecord, Graph, at
 from ..ir.lib import Var
 from ..ir.types import Sym
 from ..program import FnDecl, Program, UpdateDecl
@@ -294,10 +297,45 @@ def distribute(program: Program, fn_name: str, bucket_bytes: int = BUCKET_BYTES)
         with at(g.loc(r)):
             total = _total([reduced[s] for s in slots] + ([rep] if rep is not None else []))
         mapping[r] = total.id
-    new = _substitute(program, fn, mapping)
+    new, _ = _substitute(program, fn, mapping)
+    new = _own_random_streams(program, new, facts)
     _check_updates(program, new, facts, set(mapping.values()))
     program.functions[fn_name] = new
     return Plan(new, kinds, buckets)
+
+
+RANK_STRIDE = 1 << 40  # a rank's random streams: the model's seed + rank · 2^40
+
+
+def _own_random_streams(program: Program, fn: FnDecl, facts: _Rows) -> FnDecl:
+    """Each rank draws its own random numbers (dropout masks, noise) for its rows: every random
+    op of the step reads the key (seed + rank · 2^40, calls), not the shared key, which stays the
+    same on every rank. Derivatives through the draws are recorded again for the copies, so the
+    optimizer can still take them again after its stability rewrites."""
+    g = program.graph
+    targets = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
+    used = g.ancestors(targets)
+    randoms = [n for n in sorted(used) if g.op(n) is P.random]
+    if not randoms:
+        return fn
+    keyed: dict[int, int] = {}
+    mapping = {}
+    for n in randoms:
+        d = g.data(n)
+        (key,) = g.operands(n)
+        if key not in keyed:
+            with at(d["loc"]):
+                stride = L.constant(np.array([RANK_STRIDE, 0], dtype=np.int64), g)
+                keyed[key] = (Var(g, key) + C.rank(g) * stride).id
+        mapping[n] = g.add(d["op"], [keyed[key]], d["attrs"], loc=d["loc"], name=d["name"], type=d["type"])
+        facts._dep[mapping[n]] = True  # the draws differ between ranks
+    new, new_id = _substitute(program, fn, mapping)
+    for rec in list(g.derivatives):
+        if any(r in used and r in new_id for r in rec.results):
+            g.derivatives.append(DerivativeRecord(rec.kind, tuple(new_id.get(i, i) for i in rec.ys), rec.xs,
+                                                  tuple(new_id.get(i, i) for i in rec.directions),
+                                                  tuple(new_id.get(i, i) for i in rec.results)))
+    return new
 
 
 def _allreduce_buckets(g: Graph, pending, rows: Sym, bucket_bytes: int, loc):
@@ -344,8 +382,9 @@ def _one_bucket(g: Graph, grads: list[Var], kind: str, count, slots: list[int], 
         start += s
 
 
-def _substitute(program: Program, fn: FnDecl, mapping: dict[int, int]) -> FnDecl:
-    """fn with every use of node k replaced by node mapping[k] (new nodes for what changes)."""
+def _substitute(program: Program, fn: FnDecl, mapping: dict[int, int]) -> tuple[FnDecl, dict[int, int]]:
+    """fn with every use of node k replaced by node mapping[k] (new nodes for what changes),
+    and the map from old to new nodes."""
     g = program.graph
     targets = [v.id for _, v in fn.outputs] + [u.value.id for u in fn.updates]
     new_id: dict[int, int] = dict(mapping)
@@ -357,10 +396,11 @@ def _substitute(program: Program, fn: FnDecl, mapping: dict[int, int]) -> FnDecl
             d = g.data(n)
             new_id[n] = g.add(d["op"], [new_id.get(o, o) for o in ops], d["attrs"], loc=d["loc"], name=d["name"],
                               type=d["type"])
+
     def mapped(v: Var) -> Var:
         return Var(g, new_id.get(v.id, v.id))
     return FnDecl(fn.name, list(fn.inputs), [(nm, mapped(v)) for nm, v in fn.outputs],
-                  [UpdateDecl(u.param, mapped(u.value), u.loc) for u in fn.updates], fn.loc)
+                  [UpdateDecl(u.param, mapped(u.value), u.loc) for u in fn.updates], fn.loc), new_id
 
 
 def _check_updates(program: Program, fn: FnDecl, facts: _Rows, reduced: set[int]) -> None:

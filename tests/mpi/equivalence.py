@@ -98,6 +98,31 @@ def collectives(backend):
     return None if r else {"wrong outputs by rank": oks}
 
 
+DROPOUT = """
+input X : f64[N, 4]
+param w : f64[4] = ones
+mask = bernoulli(0.5, shape=(N, 4))
+cost = mean(sum(X * mask * w, axis=1) ** 2)
+gw = grad(cost, w)
+fn train(X) -> mask { w <- w - 0.1 * gw }
+"""
+
+
+def streams(backend):
+    """Each rank draws its own dropout masks; the params and the shared stream key stay equal."""
+    w = world()
+    model, _ = dp.prepare(parse_program(DROPOUT, "dropout"), ["train"], w, backend=backend)
+    dp.sync_params(model, w)
+    X = np.linspace(0, 1, 32).reshape(8, 4)
+    masks = [model.train(X) for _ in range(3)]
+    everyone = w.gather_objects((masks, model.params["w"], model.params["__rng__"]))
+    if w.rank:
+        return None
+    (m0, w0, k0), (m1, w1, k1) = everyone
+    return {"masks differ": all(not np.array_equal(a, b) for a, b in zip(m0, m1)),
+            "params equal": bool(np.array_equal(w0, w1)), "keys equal": bool(np.array_equal(k0, k1))}
+
+
 def digits():
     with np.load(EXAMPLES / "data" / "digits.npz") as d:
         return {"X": d["X"].astype(np.float64), "y": d["y"].astype(np.int64)}
@@ -137,8 +162,9 @@ def main():
         "adam": (ADAM, digits(), 10, "llvm"),
         "softmax-opencl": (open(EXAMPLES / "softmax.flow").read(), digits(), 10, "opencl"),  # (only if asked)
     }
-    wanted = sys.argv[1:] or ["collectives", "mlp", "lenet", "sum", "adam"]
-    results = {name: collectives("llvm") if name == "collectives" else compare(name, *models[name]) for name in wanted}
+    wanted = sys.argv[1:] or ["collectives", "streams", "mlp", "lenet", "sum", "adam"]
+    checks = {"collectives": collectives, "streams": streams}
+    results = {name: checks[name]("llvm") if name in checks else compare(name, *models[name]) for name in wanted}
     if world().rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
 
