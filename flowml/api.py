@@ -256,3 +256,20 @@ def bernoulli(p, shape=None, dtype=None) -> Var:
 def randint(low, high, shape=()) -> Var:
     from .program import rng_key
     return L.randint(rng_key(_session.program), low, high, shape)
+
+
+# Collectives across the ranks of a data-parallel run (identities in one process): see
+# flowml/ir/collective.py and docs/distributed.md.
+from .ir.collective import allgather, allreduce, broadcast  # noqa: E402,F401
+
+
+def rank() -> Var:
+    """This process's rank in the default graph (0 without MPI)."""
+    from .ir.collective import rank as _rank
+    return _rank(default_graph())
+
+
+def world_size() -> Var:
+    """The number of ranks in the default graph (1 without MPI)."""
+    from .ir.collective import world_size as _world_size
+    return _world_size(default_graph())

@@ -48,6 +48,9 @@ def cmd_compile(args) -> int:
     check_phase(args.after)
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
+    if args.distributed:  # show the step as `train --distributed` runs it: gradients allreduced
+        from .passes.distribute import distribute
+        fns = [distribute(program, fn.name).fn for fn in fns]
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
     native = args.emit in ("llvm", "asm", "opencl")
     if native:
@@ -228,17 +231,52 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .api import load
     from .io import load_npz
-    from .train import parse_phases, plot, train
+    from .train import parse_phases
+    phases = parse_phases(args.phases, args.fn, args.epochs)
+    if args.distributed:
+        return _train_distributed(args, phases)
     model = load(args.file, backend=args.backend, seed=args.seed)
     if args.load_params:
         model.load_params(args.load_params)
     data = load_npz(args.data)
-    phases = parse_phases(args.phases, args.fn, args.epochs)
     evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
+    return _train_and_report(args, model, data, phases, evaluate)
+
+
+def _train_distributed(args, phases) -> int:
+    """`--distributed` under `mpiexec -n K`: every rank runs this; see flowml/dataparallel.py."""
+    from . import dataparallel as dp
+    from .distributed import world
+    from .io import load_npz
+    w = world()
+
+    def body():
+        model, _ = dp.prepare(_read_program(args.file), [ph.fn for ph in phases], w, backend=args.backend,
+                              seed=args.seed)
+        if args.load_params:
+            model.load_params(args.load_params)
+        data = load_npz(args.data)
+        evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
+        pids = dp.check_agreement(w, model, data, {k: getattr(args, k) for k in (
+            "fn", "phases", "epochs", "batch", "split", "patience", "seed", "evaluate")})
+        dp.check_evaluate(model, evaluate)
+        dp.sync_params(model, w)
+        if w.rank == 0:
+            print(dp.describe(w, pids, args.batch), flush=True)
+        return _train_and_report(args, model, data, phases, evaluate, w)
+    return dp.run_guarded(w, body)
+
+
+def _train_and_report(args, model, data, phases, evaluate, world=None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .train import plot, train
+    if world is not None and world.rank != 0:  # the other ranks train quietly
+        train(model, data, phases, args.batch, args.split, evaluate, seed=args.seed or 0, patience=args.patience,
+              path=args.data, progress=False, world=world)
+        return 0
     total = sum(ph.epochs for ph in phases)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
@@ -251,7 +289,8 @@ def cmd_train(args) -> int:
             else:
                 progress.console.print(line)
         history = train(model, data, phases, args.batch, args.split, evaluate, seed=args.seed or 0,
-                        patience=args.patience, save_params=args.save_params, path=args.data, log=log)
+                        patience=args.patience, save_params=args.save_params, path=args.data, log=log,
+                        world=world)
     last = len(history.epochs) - 1
     if last >= 0:
         best = min((t for t in history.test if t == t), default=None)
@@ -363,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the memory plan's bytes")
     c.add_argument("-O", type=int, default=1, choices=[0, 1], help="-O0: no optimization (the graph "
                    "as built); -O1: all phases (default)")
+    c.add_argument("--distributed", action="store_true", help="rewrite the fn(s) as `flowml train "
+                   "--distributed` does: each grad(...) result allreduced across the ranks")
     c.add_argument("--dims", metavar="N=400,...", help=f"sizes of symbolic dims for --stats' byte counts "
                    f"(default {DEFAULT_STATS_DIM})")
     c.set_defaults(func=cmd_compile)
@@ -412,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--load-params", metavar="P.npz")
     c.add_argument("--save-params", metavar="P.npz", help="save the (best) params atomically")
     c.add_argument("--plot", metavar="CURVE.png", help="write the learning curves (matplotlib)")
+    c.add_argument("--distributed", action="store_true", help="data-parallel training: run under "
+                   "`mpiexec -n K`; each rank takes --batch rows of every global mini-batch and the "
+                   "gradients are averaged or summed across ranks (docs/distributed.md)")
     c.set_defaults(func=cmd_train)
     return p
 

@@ -6,7 +6,8 @@ shuffles the training rows with the seed, calls the step fn on each mini-batch (
 shorter batch included), then evaluates the `evaluate` fn on the test rows. With `patience`,
 the last phase stops after that many epochs without a better test result, and the params of its
 best epoch are kept (and saved atomically with `save_params`); earlier phases (pretraining) run
-all their epochs.
+all their epochs. With `--distributed` (flowml/dataparallel.py) each of K ranks takes its part
+of every global mini-batch of K·batch rows.
 """
 
 from __future__ import annotations
@@ -66,8 +67,14 @@ def _batch_count(arrays: dict[str, np.ndarray], fn: str, path: str) -> int:
 
 def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch: int, split: int | None,
           evaluate: str | None, seed: int = 0, patience: int | None = None, save_params: str | None = None,
-          path: str = "data", progress: bool = True, log=print) -> History:
-    """Train `model` through `phases`; returns the learning curves."""
+          path: str = "data", progress: bool = True, log=print, world=None) -> History:
+    """Train `model` through `phases`; returns the learning curves. With a `world` of several
+    ranks (`--distributed`; see flowml/dataparallel.py) each rank trains on its share of every
+    global mini-batch of `batch` rows per rank; rank 0 alone logs, evaluates and saves."""
+    from .dataparallel import epoch_loss, shard
+    from .distributed import World
+    world = world or World()
+    lead = world.rank == 0
     for ph in phases:
         if ph.fn not in model.functions:
             raise FlowError(f"the model has no fn '{ph.fn}' to train (functions: {', '.join(model.functions)})")
@@ -99,15 +106,18 @@ def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch:
             t0 = time.perf_counter()
             order = rng.permutation(n)
             losses = []
-            for start in range(0, n, batch):
-                idx = order[start:start + batch]
+            step = batch * world.size  # the global mini-batch
+            for start in range(0, n, step):
+                idx = shard(order[start:start + step], world)
+                if idx is None:
+                    continue
                 out = fn(**{k: (a[idx] if np.ndim(a) > 0 else a) for k, a in arrays.items()})
                 first = out[0] if isinstance(out, tuple) else out
                 if first is not None:
-                    losses.append(float(np.mean(first)))
-            loss = float(np.mean(losses)) if losses else float("nan")
+                    losses.append((len(idx), float(np.mean(first))))
+            loss = epoch_loss(losses, world)
             test = float("nan")
-            if evaluate is not None and split < n_rows:
+            if evaluate is not None and split < n_rows and lead:
                 ev = model.functions[evaluate]
                 out = ev(**_rows(test_data, ev.input_names, evaluate, path))
                 test = float(np.mean(out[0] if isinstance(out, tuple) else out))
@@ -117,7 +127,7 @@ def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch:
             history.test.append(test)
             history.seconds.append(seconds)
             history.phase.append(ph.fn)
-            if progress:
+            if progress and lead:
                 log(f"epoch {epoch_no:4d}  {ph.fn}  loss {loss:.6g}"
                     + (f"  {evaluate} {test:.6g}" if evaluate else "") + f"  ({seconds:.2f} s)")
             if stops and evaluate is not None and np.isfinite(test):
@@ -126,12 +136,13 @@ def train(model: Model, data: dict[str, np.ndarray], phases: list[Phase], batch:
                     best_params = model.params.to_dict()
                 else:
                     waited += 1
-                    if waited >= patience:
-                        log(f"early stop: no better {evaluate} for {patience} epochs (best {best:.6g})")
-                        break
+            if stops and world.broadcast_object(waited >= patience, 0):  # rank 0 decides for all
+                if lead:
+                    log(f"early stop: no better {evaluate} for {patience} epochs (best {best:.6g})")
+                break
         if best_params is not None and stops:
             model.params.update(best_params)  # keep the best epoch's params
-    if save_params:
+    if save_params and lead:
         model.save_params(save_params)
     return history
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import collective as C
 from ..ir import lib as L
 
 
@@ -82,6 +83,9 @@ BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=co
                 ifelse=L.ifelse, uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
 # Convolution and pooling (NCHW images): the conv2d / max_pool2d primitives.
 BUILTINS.update(conv2d=L.conv2d, max_pool2d=L.max_pool2d)
+# Collectives across the ranks of a data-parallel run (identities in one process).
+BUILTINS.update(allreduce=C.allreduce, allgather=C.allgather, broadcast=C.broadcast,
+                rank=_with_graph(C.rank), world_size=_with_graph(C.world_size))
 # Derivatives are handled by the builder (they transform the graph).
 for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector", "scan", "iterate"):
     BUILTINS[_name] = None

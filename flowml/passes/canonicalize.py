@@ -23,7 +23,7 @@ def fold_constants(graph: Graph, n: int):
     if op.leaf or op.lazy or not operands or any(graph.op(o) is not P.const for o in operands):
         return None
     t = graph.type(n)
-    if t.symbols() or getattr(op, "stops_gradient", False):
+    if t.symbols() or getattr(op, "stops_gradient", False) or getattr(op, "communicates", False):
         return None
     size = int(np.prod([d for d in t.shape], dtype=np.int64))
     largest = max(int(np.prod(graph.type(o).shape, dtype=np.int64)) for o in operands)
