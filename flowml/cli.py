@@ -302,6 +302,8 @@ def _run_steps(fn, inputs: dict, steps: int) -> tuple:
 def _print_outputs(fn, outputs: tuple) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from .ir.types import DTYPE_NAMES
     if not outputs:
         print(f"{fn.name}: done (no outputs)")
         return
@@ -309,8 +311,7 @@ def _print_outputs(fn, outputs: tuple) -> None:
     for col in ("output", "type", "value"):
         table.add_column(col)
     for name, value in zip(fn.output_names, outputs):
-        dtype = {"f": "f", "i": "i", "b": "bool"}[value.dtype.kind]
-        dtype = f"{dtype}{value.dtype.itemsize * 8}" if dtype != "bool" else dtype
+        dtype = DTYPE_NAMES.get(value.dtype, value.dtype.name)
         table.add_row(name, f"{dtype}{list(value.shape) if value.ndim else ''}", _summary(value))
     Console().print(table)
 

@@ -17,6 +17,7 @@ from .backends import get_backend
 from .errors import FlowCallError, FlowError, FlowNameError, FlowTypeError, Loc, did_you_mean
 from .ir.graph import Graph
 from .ir.lib import Var
+from .ir.philox import RNG_PARAM
 from .ir.types import Sym, TensorType
 
 
@@ -75,7 +76,6 @@ class Program:
     derivatives: list[Derivative] = field(default_factory=list)
 
 
-RNG_PARAM = "__rng__"
 
 
 def rng_key(program: Program) -> Var:

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import ops as P
+from ..ir.types import is_float
+
 FLOAT = ("float32", "float64")
-
-
-def is_float(dtype: str) -> bool:
-    return dtype in FLOAT
 
 
 def _zero(b, dt):
@@ -252,20 +251,14 @@ def emit(b, op: str, operand_dtype: str, result_dtype: str, args: list, attrs: d
     return formula(b, operand_dtype, *args)
 
 
-def np_dtype_name(dt) -> str:
-    return np.dtype(dt).name
-
-
-_BOOL_RESULT = {"eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not"}
-
-
 def operand_dtype(op: str, arg_dtypes: list[str], result_dtype: str) -> str:
-    """The dtype the args are converted to before the formula runs: the promoted dtype of the
-    args for comparisons and logic, the result's otherwise (so `exp` of an int and `/` of ints
-    compute in float64, as numpy does)."""
-    if op in _BOOL_RESULT:
-        if op in ("and", "or", "not"):
-            return "bool"
+    """The dtype the args are converted to before the formula runs: bool for logic, the promoted
+    dtype of the args for comparisons, the result's otherwise (so `exp` of an int and `/` of
+    ints compute in float64, as numpy does)."""
+    prim = P.OPS.get(op)
+    if prim is not None and prim.logical:
+        return "bool"
+    if prim is not None and prim.comparison:
         return np.result_type(*[np.dtype(d) for d in arg_dtypes]).name
     if op == "where":
         return result_dtype

@@ -140,11 +140,6 @@ def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
     return "\n".join([header] + body + ["}"])
 
 
-def dump_program(program, fn_name: str | None = None) -> str:
-    fns = [program.functions[fn_name]] if fn_name else list(program.functions.values())
-    return "\n\n".join(dump_function(program, fn) for fn in fns)
-
-
 def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 

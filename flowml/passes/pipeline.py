@@ -36,7 +36,7 @@ class Optimized:
     def kernels(self) -> int:
         """Nodes that compute (each a kernel of a native backend): all but leaves and views."""
         nodes = self.graph.ancestors(self.outputs + [n for _, n in self.updates])
-        return sum(1 for n in nodes if not self.graph.op(n).leaf and self.graph.op(n).name != "reshape")
+        return sum(1 for n in nodes if not (self.graph.op(n).leaf or self.graph.op(n).view))
 
     def fused_kernels(self) -> int:
         nodes = self.graph.ancestors(self.outputs + [n for _, n in self.updates])

@@ -33,7 +33,6 @@ from ..ir.graph import DerivativeRecord, Graph, at
 from ..ir.lib import Var
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
-_COMMUTATIVE = {"add", "mul", "maximum", "minimum", "eq", "ne", "and", "or"}
 _CALL_NAMES = {"abs": "abs", "max": "max", "min": "min", "sum": "sum", "not_": "not"}
 
 
@@ -72,13 +71,14 @@ def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
 
 
 def _match_op(opname, args, keywords, graph, n, m) -> bool:
-    if graph.op(n).name != opname:
+    op = graph.op(n)
+    if op.name != opname:
         return False
     operands = graph.operands(n)
     if len(operands) != len(args):
         return False
     orders = [operands]
-    if opname in _COMMUTATIVE and len(operands) == 2:
+    if op.commutative and len(operands) == 2:
         orders.append(operands[::-1])
     for order in orders:
         trial = _Match(graph)
@@ -102,12 +102,9 @@ def _match_attrs(keywords, graph, n, m) -> bool:
     return True
 
 
-# Names a replacement may use, besides the captures.
-_NAMESPACE = {name: getattr(L, name) for name in (
-    "exp", "log", "log1p", "expm1", "sqrt", "abs", "sigmoid", "softplus", "tanh", "erf", "erfc",
-    "softmax", "log_softmax", "logsumexp", "sum", "maximum", "minimum", "where", "transpose",
-    "reshape", "broadcast_to", "zeros_like", "ones_like", "cast", "square")
-    if hasattr(L, name)}
+# Names a replacement may use, besides the captures: every function of the library (so a new
+# op's wrapper is usable in rules without being listed here).
+_NAMESPACE = {name: fn for name, fn in vars(L).items() if not name.startswith("_") and callable(fn)}
 
 
 @dataclass

@@ -114,13 +114,13 @@ class LLVMScalarBuilder:
             name = f"llvm.{_INTRINSIC[fn]}.{'f32' if dtype == 'float32' else 'f64'}"
             self.intrinsics.add(f"declare {t} @{name}({t})")
             return self._emit(f"call {t} @{name}({t} {a})")
-        return self._emit(self.lib.call(fn, "f32" if dtype == "float32" else "f64", a))
+        return self._emit(self.lib.call(fn, dtype, a))
 
     def call2(self, fn, a, b, dtype):
         t = IR_TYPE[dtype]
         if fn == "fmod":
             return self._emit(f"frem {t} {a}, {b}")
-        return self._emit(self.lib.call(fn, "f32" if dtype == "float32" else "f64", a, b))
+        return self._emit(self.lib.call(fn, dtype, a, b))
 
     def cast(self, a, src, dst):
         if src == dst:

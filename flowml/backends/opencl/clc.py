@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ...ir.types import dtype_of
+from ...ir.types import dtype_of, is_float
 
 CTYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long", "bool": "int"}
 # The type of an array element in a kernel buffer (bool differs: one byte).
@@ -33,10 +33,6 @@ UNSIGNED = {"int32": "uint", "int64": "ulong"}
 def dtype_name(dt) -> str:
     """numpy name ('float32', ...) of a flowml dtype given as 'f32', np.float32, a dtype..."""
     return dtype_of(dt).name
-
-
-def is_float(dt: str) -> bool:
-    return dt in ("float32", "float64")
 
 
 def literal(value, dt: str) -> str:

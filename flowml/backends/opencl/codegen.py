@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...ir.types import is_float
 from .. import scalar
-from .clc import BUF_CTYPE, CTYPE, CBuilder, dtype_name, is_float, literal
+from .clc import BUF_CTYPE, CTYPE, CBuilder, dtype_name, literal
 
 # The largest work-group a generated reduction uses (its local scratch has this many slots).
 MAX_GROUP = 256
@@ -163,11 +164,6 @@ def fused_kernel(name: str, node_operand_types, out_type, body, reduce, shape=No
     red_name, axis, keepdims = reduce
     axes = sorted({a % rank for a in axis}) if rank else []
     return _reduction(name, operand_dtypes, out_dt, body, rank, axes, red_name, keepdims, fp64)
-
-
-def kernel_source(name: str, node_operand_types, out_type, body, reduce, shape=None) -> str:
-    """OpenCL C for one fused node (kernel `name`)."""
-    return fused_kernel(name, node_operand_types, out_type, body, reduce, shape).source
 
 
 def _elementwise(name, operand_dtypes, out_dt, body, rank, fp64) -> Generated:
