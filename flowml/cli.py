@@ -43,9 +43,10 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from .ir.dump import dump_function, to_dot
-    from .passes.pipeline import check_phase, optimize
+    from .passes.pipeline import check_exclude, check_phase, optimize
     from .program import check_function
     check_phase(args.after)
+    exclude = check_exclude(args.exclude)
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
@@ -65,7 +66,7 @@ def cmd_compile(args) -> int:
     for fn in fns:
         check_function(program, fn)
         opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
-                       level=args.O, after=args.after)
+                       level=args.O, after=args.after, exclude=exclude)
         if args.emit == "opencl":
             text = _opencl_code(fn, opt, backend)
         elif native:
@@ -203,7 +204,7 @@ def cmd_run(args) -> int:
     from .io import load_npz
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {args.steps}")
-    model = load(args.file, backend=args.backend, seed=args.seed, check=args.check)
+    model = load(args.file, backend=args.backend, seed=args.seed, check=args.check, exclude=args.exclude)
     if args.fn not in model.functions:
         _select_functions(model.program, args.fn)  # raises the helpful error
     fn = model.functions[args.fn]
@@ -233,7 +234,7 @@ def cmd_train(args) -> int:
     from .api import load
     from .io import load_npz
     from .train import parse_phases, plot, train
-    model = load(args.file, backend=args.backend, seed=args.seed)
+    model = load(args.file, backend=args.backend, seed=args.seed, exclude=args.exclude)
     if args.load_params:
         model.load_params(args.load_params)
     data = load_npz(args.data)
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "as built); -O1: all phases (default)")
     c.add_argument("--dims", metavar="N=400,...", help=f"sizes of symbolic dims for --stats' byte counts "
                    f"(default {DEFAULT_STATS_DIM})")
+    _add_exclude(c)
     c.set_defaults(func=cmd_compile)
 
     c = sub.add_parser("gradcheck", help="check every grad, rop and lop of models against finite differences")
@@ -389,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default=None, help="llvm (default; or FLOWML_BACKEND), reference, opencl")
     c.add_argument("--check", action="store_true", help="check mode: also run every call on the reference "
                    "backend and stop at the first node whose values differ")
+    _add_exclude(c)
     c.set_defaults(func=cmd_run)
 
     c = sub.add_parser("train", help="train a model with mini-batches over the rows of a data file, "
@@ -412,8 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--load-params", metavar="P.npz")
     c.add_argument("--save-params", metavar="P.npz", help="save the (best) params atomically")
     c.add_argument("--plot", metavar="CURVE.png", help="write the learning curves (matplotlib)")
+    _add_exclude(c)
     c.set_defaults(func=cmd_train)
     return p
+
+
+def _add_exclude(c) -> None:
+    c.add_argument("--exclude", metavar="NAME", action="append", default=None,
+                   help="switch off an optimizer phase (canonicalize, stabilize, specialize, fuse, memory) "
+                   "or a rewrite rule, by its name or its text as --stats shows it; repeatable")
 
 
 def main(argv: list[str] | None = None) -> int:

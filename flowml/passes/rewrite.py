@@ -116,6 +116,7 @@ class Rule:
     when: Callable[..., bool] | None = None
     fn: Callable[[Graph, int], Var | None] | None = None
     env: dict | None = None  # extra functions the replacement may call
+    ident: str | None = None  # a short name to switch the rule off by (a function rule's name)
     _pattern: ast.expr | None = field(default=None, init=False, repr=False)
     _replacement: object = field(default=None, init=False, repr=False)
     root: str | None = field(default=None, init=False)  # the op a pattern's root must be (None: any)
@@ -124,12 +125,33 @@ class Rule:
         if self.fn is None:
             before, after = (s.strip() for s in self.text.split("->"))
             self._pattern = ast.parse(before, mode="eval").body
-            self._replacement = compile(after, f"<rule {self.text}>", "eval")
+            replacement = ast.parse(after, mode="eval")
+            self._check_names(replacement)
+            self._replacement = compile(replacement, f"<rule {self.text}>", "eval")
             self.root = _root_op(self._pattern)
+
+    def _check_names(self, replacement: ast.Expression) -> None:
+        """Every function the replacement calls must exist: a rule naming one that doesn't is a
+        bug in flowml, reported when the rule is made, not when it first fires."""
+        captured = {n.id for n in ast.walk(self._pattern) if isinstance(n, ast.Name)}
+        known = captured | set(_NAMESPACE) | set(self.env or {})
+        unknown = sorted({n.id for n in ast.walk(replacement) if isinstance(n, ast.Name)} - known)
+        if unknown:
+            raise FlowInternalError(f"rewrite rule `{self.text}` uses unknown name(s) {', '.join(unknown)}")
 
     @property
     def name(self) -> str:
+        """How `--stats` names the rule: its text."""
         return self.text
+
+    @property
+    def key(self) -> str:
+        """The rule's shortest name: its function's name, else its text."""
+        return self.ident or self.text
+
+    def names(self) -> set[str]:
+        """The names that switch the rule off (see `pipeline.optimize`'s `exclude`)."""
+        return {self.text} | ({self.ident} if self.ident else set())
 
     def apply(self, graph: Graph, n: int) -> Var | None:
         if self.fn is not None:
@@ -158,7 +180,7 @@ def _root_op(pat: ast.expr) -> str | None:
 def rule(text: str):
     """Decorator form: a function rule named by its `before -> after` text."""
     def wrap(fn):
-        return Rule(text, fn=fn)
+        return Rule(text, fn=fn, ident=fn.__name__)
     return wrap
 
 
@@ -341,13 +363,6 @@ def _fit_type(v: Var, t) -> Var | None:
     if v.dtype != t.dtype:
         v = L.cast(v, t.dtype)
     return v
-
-
-@dataclass
-class Phase:
-    name: str
-    rules: list[Rule]
-    doc: str = ""
 
 
 MAX_ROUNDS = 30
