@@ -296,3 +296,16 @@ def test_rebuild_keeps_graphs_verifiable():
     rb = Rebuild(g, [], Counter())
     rb.run([y.id])
     verify_graph(rb.new, [rb.map[y.id]], "rebuild")
+
+
+def test_one_empty_reduction_error_for_every_native_backend():
+    """max / min over an empty axis: the error of `fused.empty_reduction_error` (sum and prod
+    have an identity), raised by the LLVM backend at the node's source line."""
+    from flowml.ir.fused import empty_reduction_error
+    assert empty_reduction_error(("sum", (0,), False), (0, 3)) is None
+    assert empty_reduction_error(("max", (1,), False), (0, 3)) is None
+    err = empty_reduction_error(("max", (0,), False), (0, 3))
+    model = flowml.loads("input x : f64[N, M]\nfn f(x) -> max(x, axis=0)\n", backend="llvm")
+    with pytest.raises(flowml.FlowRuntimeError) as info:
+        model.f(np.zeros((0, 3)))
+    assert str(err) in str(info.value) and info.value.loc.line == 2

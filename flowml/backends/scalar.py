@@ -267,5 +267,5 @@ def operand_dtype(op: str, arg_dtypes: list[str], result_dtype: str) -> str:
     return result_dtype
 
 
-FORMULAS["broadcast_to"] = _identity  # the kernel's iteration space does the broadcasting
-FORMULAS["reshape"] = _identity       # (only of a one-element value, inside a kernel)
+# broadcast_to, reshape of one element: the kernel's iteration space does the broadcasting
+FORMULAS.update({name: _identity for name, op in P.OPS.items() if op.kernel_identity})

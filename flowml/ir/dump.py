@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from . import ops as P
 from .types import DTYPE_NAMES
 
 _LEAF_ATTR = {"input": "name", "param": "name"}
@@ -88,7 +89,7 @@ def fused_formula(body, reduce, inputs: list[str]) -> str:
             expr = f"-{args[0]}"
         elif ins.op == "not":
             expr = f"not {args[0]}"
-        elif ins.op in ("broadcast_to", "reshape"):
+        elif P.OPS[ins.op].kernel_identity:
             expr = args[0]  # the identity on each element
         elif ins.op == "cast":
             expr = f"cast({_strip(args[0])}, {_fmt_value(ins.attr('dtype'))})"

@@ -91,7 +91,8 @@ def empty_reduction_error(reduce, shape, loc=None) -> FlowRuntimeError | None:
     name, axis, _ = reduce
     if P.OPS[name].has_identity or all(shape[a] != 0 for a in axis):
         return None
-    return FlowRuntimeError(f"zero-size array to reduction operation {name} which has no identity", loc)
+    return FlowRuntimeError(f"{name} over an empty axis: zero-size array to reduction operation {name} "
+                            "which has no identity", loc)
 
 
 def resolve_shape(shape, env) -> tuple[int, ...]:

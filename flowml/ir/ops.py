@@ -44,6 +44,9 @@ class Op:
     kernel_reduce = False  # a reduction a fused kernel can end in (sum, prod, max, min)
     has_identity = True  # a reduction over no elements is defined (not max / min)
     view = False  # the result shares its operand's buffer (the memory plan aliases it)
+    # a shape op that is the identity on each element inside a fused kernel (broadcast_to: the
+    # kernel's iteration broadcasts; reshape, of a one-element value only)
+    kernel_identity = False
 
     def __init__(self, name, infer=None, impl=None, vjp=None, verb=None, jvp=None, **props):
         self.name = name
@@ -679,6 +682,7 @@ class Reshape(Op):
     needs_env = True
     view = True
     cheap = True
+    kernel_identity = True
 
     def __init__(self):
         super().__init__("reshape", vjp=lambda g, y, x, shape: [lambda: L.reshape(g, x.type.shape)],
@@ -698,6 +702,7 @@ reshape = Reshape()
 class BroadcastTo(Op):
     needs_env = True
     cheap = True
+    kernel_identity = True
 
     def __init__(self):
         super().__init__("broadcast_to", vjp=lambda g, y, x, shape: [lambda: L.sum_to(g, x.type.shape)],

@@ -75,7 +75,7 @@ def _verify_fused(graph: Graph, n: int, nin: int, where: str) -> None:
     for i, ins in enumerate(body):
         if ins.op != "const":
             op = P.OPS.get(ins.op)
-            if op is None or not (op.elementwise or op.name in ("broadcast_to", "reshape")):
+            if op is None or not (op.elementwise or op.kernel_identity):
                 raise _fail(graph, where, n, f"body[{i}] is {ins.op!r}, not an elementwise op")
         for a in ins.args:
             if not 0 <= a < nin + i:

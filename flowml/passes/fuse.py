@@ -26,10 +26,8 @@ def _fusible_elementwise(graph: Graph, n: int) -> bool:
     kernel: broadcast_to (the kernel's iteration already broadcasts) and reshape of a value
     with one element."""
     op = graph.op(n)
-    if op.name == "broadcast_to":
-        return True
-    if op.name == "reshape":
-        return all(d == 1 for d in graph.type(graph.operands(n)[0]).shape)
+    if op.kernel_identity:
+        return op is not P.reshape or all(d == 1 for d in graph.type(graph.operands(n)[0]).shape)
     return op.elementwise and not op.lazy and op.name != "fused"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...ir import ops as P
 from ...ir.types import is_float
 from .. import scalar
 from .clc import BUF_CTYPE, CTYPE, CBuilder, dtype_name, literal
@@ -74,9 +75,6 @@ def _normalize_body(body) -> list:
     return list(body or ())
 
 
-_IDENTITY_SHAPE_OPS = ("broadcast_to", "reshape")
-
-
 def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str], body) -> tuple[str, str]:
     """Append the body's statements to `b`; the result value and its dtype. Each instruction's
     args are first converted to the dtype its formula works in (`scalar.operand_dtype`)."""
@@ -88,7 +86,7 @@ def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str],
             vals.append(literal(ins.attr("value"), dt))
             dts.append(dt)
             continue
-        if ins.op in _IDENTITY_SHAPE_OPS:
+        if P.OPS[ins.op].kernel_identity:
             # broadcast_to / reshape of a one-element value: the element itself (the kernel's
             # iteration already broadcasts)
             vals.append(b.cast(vals[ins.args[0]], dts[ins.args[0]], dt))
