@@ -29,8 +29,6 @@ import numpy as np
 from ..ir import ops as P
 from ..ir.types import is_float
 
-FLOAT = ("float32", "float64")
-
 
 def _zero(b, dt):
     return b.const(0, dt)
