@@ -1,5 +1,7 @@
 """The primitive ops. Each is defined once, here: its type rule, its numpy reference
-implementation and its VJP (reverse-mode rule).
+implementation, its VJP (reverse-mode rule) and JVP, and its properties — attributes of `Op`
+(`commutative`, `cheap`, `comparison`, `kernel_reduce`, ...) that the passes and backends read,
+so adding an op touches its definition and its lowerings only.
 
 VJP rules are written with IR-building functions (`flowml.ir.lib`, imported as `L`), never with
 numpy, so a gradient is a graph that can be optimized, compiled and differentiated again. A rule
