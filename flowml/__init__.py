@@ -8,13 +8,8 @@ from .api import (allgather, allreduce, broadcast, rank, world_size, arange, ber
                   reset_default_graph, set_value, shared, tensor)
 from .errors import (FlowCallError, FlowError, FlowGradError, FlowInternalError, FlowNameError,
                      FlowRuntimeError, FlowSyntaxError, FlowTypeError)
-from .ir.lib import (Var, abs, argmax, argmin, broadcast_to, cast, clip, concatenate, cos, dot, erf,
-                     exp, expand_dims, expm1, ifelse, log, log1p, log_softmax, logsumexp, matmul, max,
-                     maximum, mean, min, minimum, onehot, ones_like, outer, prod, relu, reshape,
-                     sigmoid, sign, sin, softmax, softplus, sqrt, stack, sum, take, tanh, transpose, where,
-                     zeros_like)
+from .ir.lib import *  # noqa: F401,F403 - the library's functions (`flowml.ir.lib.__all__`)
 from .gradcheck import GradientMismatch, verify_grad
-from .ir.lib import categorical_crossentropy, conv2d, erfc, max_pool2d, stop_gradient
 from .program import Function, Model
 
 __version__ = "0.1.0"

@@ -28,17 +28,19 @@ from .program import FnDecl, InputDecl, Model, ParamDecl, Program, UpdateDecl, c
 
 
 def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
-          file: str = "<string>", check: bool = False, opt_level: int = 1) -> Model:
+          file: str = "<string>", check: bool = False, opt_level: int = 1, exclude=None) -> Model:
     """Parse, build and compile a .flow program given as text. `check=True`: check mode, every
     call is also run on the reference backend and compared node by node. `opt_level=0`: no
-    optimizer (the graph as built)."""
+    optimizer (the graph as built). `exclude`: names of optimizer phases and rules to switch
+    off (`["stabilize", "fold_constants"]`; docs/optimizer.md)."""
     from .lang.build import build
     from .lang.parser import parse
-    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check, opt_level=opt_level)
+    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check, opt_level=opt_level,
+                 exclude=exclude)
 
 
 def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None,
-         check: bool = False, opt_level: int = 1) -> Model:
+         check: bool = False, opt_level: int = 1, exclude=None) -> Model:
     """Load a .flow file (see `loads`)."""
     path = os.fspath(path)
     try:
@@ -46,7 +48,7 @@ def load(path: str | os.PathLike, backend: str | None = None, seed: int | None =
             data = f.read()
     except OSError as e:
         raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
-    return loads(data, backend=backend, seed=seed, file=path, check=check, opt_level=opt_level)
+    return loads(data, backend=backend, seed=seed, file=path, check=check, opt_level=opt_level, exclude=exclude)
 
 
 def parse_program(source: str | bytes, file: str = "<string>") -> Program:
@@ -146,10 +148,11 @@ def grad(cost: Var, wrt: Var | Sequence[Var], disconnected: str = "error"):
 
 
 def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | None = None,
-             name: str = "f", check: bool = False):
+             name: str = "f", check: bool = False, exclude=None):
     """Compile a function of the default graph (Theano's `theano.function`). `outputs` is a Var
     (the call returns an array) or a list (a tuple); `updates` maps params to new values.
-    `check=True`: check mode (see `flowml.loads`)."""
+    `check=True`: check mode; `exclude`: optimizer phases and rules to switch off (see
+    `flowml.loads`)."""
     prog = _session.program
     backend_obj = get_backend(backend)
     single = isinstance(outputs, Var)
@@ -173,7 +176,7 @@ def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | N
                 [(v.name or f"out{i}", v) for i, v in enumerate(outs)], upd, current_loc())
     sub = Program(prog.graph, prog.file, dict(prog.inputs), dict(prog.params), {name: fn}, prog.seed)
     state = _session.state(backend_obj)
-    model = Model(sub, backend=backend_obj, state=state, check=check)
+    model = Model(sub, backend=backend_obj, state=state, check=check, exclude=exclude)
     f = model.functions[name]
     f.single_output = True if single else False
     return f

@@ -29,7 +29,6 @@ import numpy as np
 from .errors import FlowError, FlowRuntimeError
 
 TOLERANCES = {np.dtype(np.float64): (1e-5, 1e-8), np.dtype(np.float32): (1e-3, 1e-5)}
-_LEAVES = ("input", "param", "const", "dim")
 
 
 def _accepts_record(executable) -> bool:
@@ -104,7 +103,7 @@ def checked_call(function, arrays: dict, env: dict) -> list:
         _, ids = dump_nodes(graph, roots)
         fn = function.name
         for n in nodes:
-            if graph.op(n).name in _LEAVES or n not in got or n not in expected:
+            if graph.op(n).leaf or n not in got or n not in expected:
                 continue
             why = mismatch(got[n], expected[n], model.backend.name)
             if why is not None:

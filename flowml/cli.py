@@ -43,9 +43,10 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from .ir.dump import dump_function, to_dot
-    from .passes.pipeline import check_phase, optimize
+    from .passes.pipeline import check_exclude, check_phase, optimize
     from .program import check_function
     check_phase(args.after)
+    exclude = check_exclude(args.exclude)
     program = _read_program(args.file)
     fns = _select_functions(program, args.fn)
     if args.distributed:  # show the step as `train --distributed` runs it: gradients allreduced
@@ -68,7 +69,7 @@ def cmd_compile(args) -> int:
     for fn in fns:
         check_function(program, fn)
         opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
-                       level=args.O, after=args.after)
+                       level=args.O, after=args.after, exclude=exclude)
         if args.emit == "opencl":
             text = _opencl_code(fn, opt, backend)
         elif native:
@@ -206,7 +207,7 @@ def cmd_run(args) -> int:
     from .io import load_npz
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {args.steps}")
-    model = load(args.file, backend=args.backend, seed=args.seed, check=args.check)
+    model = load(args.file, backend=args.backend, seed=args.seed, check=args.check, exclude=args.exclude)
     if args.fn not in model.functions:
         _select_functions(model.program, args.fn)  # raises the helpful error
     fn = model.functions[args.fn]
@@ -237,7 +238,7 @@ def cmd_train(args) -> int:
     phases = parse_phases(args.phases, args.fn, args.epochs)
     if args.distributed:
         return _train_distributed(args, phases)
-    model = load(args.file, backend=args.backend, seed=args.seed)
+    model = load(args.file, backend=args.backend, seed=args.seed, exclude=args.exclude)
     if args.load_params:
         model.load_params(args.load_params)
     data = load_npz(args.data)
@@ -254,7 +255,7 @@ def _train_distributed(args, phases) -> int:
 
     def body():
         model, _ = dp.prepare(_read_program(args.file), [ph.fn for ph in phases], w, backend=args.backend,
-                              seed=args.seed)
+                              seed=args.seed, exclude=args.exclude)
         if args.load_params:
             model.load_params(args.load_params)
         data = load_npz(args.data)
@@ -341,6 +342,8 @@ def _run_steps(fn, inputs: dict, steps: int) -> tuple:
 def _print_outputs(fn, outputs: tuple) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from .ir.types import DTYPE_NAMES
     if not outputs:
         print(f"{fn.name}: done (no outputs)")
         return
@@ -348,8 +351,7 @@ def _print_outputs(fn, outputs: tuple) -> None:
     for col in ("output", "type", "value"):
         table.add_column(col)
     for name, value in zip(fn.output_names, outputs):
-        dtype = {"f": "f", "i": "i", "b": "bool"}[value.dtype.kind]
-        dtype = f"{dtype}{value.dtype.itemsize * 8}" if dtype != "bool" else dtype
+        dtype = DTYPE_NAMES.get(value.dtype, value.dtype.name)
         table.add_row(name, f"{dtype}{list(value.shape) if value.ndim else ''}", _summary(value))
     Console().print(table)
 
@@ -406,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--distributed` does: each grad(...) result allreduced across the ranks")
     c.add_argument("--dims", metavar="N=400,...", help=f"sizes of symbolic dims for --stats' byte counts "
                    f"(default {DEFAULT_STATS_DIM})")
+    _add_exclude(c)
     c.set_defaults(func=cmd_compile)
 
     c = sub.add_parser("gradcheck", help="check every derivative of models (grad, rop, lop, jacobian, hessian, "
@@ -430,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default=None, help="llvm (default; or FLOWML_BACKEND), reference, opencl")
     c.add_argument("--check", action="store_true", help="check mode: also run every call on the reference "
                    "backend and stop at the first node whose values differ")
+    _add_exclude(c)
     c.set_defaults(func=cmd_run)
 
     c = sub.add_parser("train", help="train a model with mini-batches over the rows of a data file, "
@@ -456,8 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distributed", action="store_true", help="data-parallel training: run under "
                    "`mpiexec -n K`; each rank takes --batch rows of every global mini-batch and the "
                    "gradients are averaged or summed across ranks (docs/distributed.md)")
+    _add_exclude(c)
     c.set_defaults(func=cmd_train)
     return p
+
+
+def _add_exclude(c) -> None:
+    c.add_argument("--exclude", metavar="NAME", action="append", default=None,
+                   help="switch off an optimizer phase (canonicalize, stabilize, specialize, fuse, memory) "
+                   "or a rewrite rule, by its name or its text as --stats shows it; repeatable")
 
 
 def main(argv: list[str] | None = None) -> int:

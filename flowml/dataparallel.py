@@ -27,13 +27,13 @@ from .program import Model, Program
 
 
 def prepare(program: Program, step_fns: list[str], world: World, backend=None, seed=None,
-            bucket_bytes: int = BUCKET_BYTES) -> tuple[Model, dict]:
+            bucket_bytes: int = BUCKET_BYTES, exclude=()) -> tuple[Model, dict]:
     """The model with its step fns rewritten for data parallelism; returns (model, plans)."""
     plans = {}
     for name in dict.fromkeys(step_fns):
         if name in program.functions:  # (an unknown fn is reported by train)
             plans[name] = distribute(program, name, bucket_bytes)
-    model = Model(program, backend=backend, seed=seed)
+    model = Model(program, backend=backend, seed=seed, exclude=exclude)
     return model, plans
 
 

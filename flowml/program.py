@@ -17,6 +17,7 @@ from .backends import get_backend
 from .errors import FlowCallError, FlowError, FlowNameError, FlowTypeError, Loc, did_you_mean
 from .ir.graph import Graph
 from .ir.lib import Var
+from .ir.philox import RNG_PARAM
 from .ir.types import Sym, TensorType
 
 
@@ -76,7 +77,6 @@ class Program:
     derivatives: list[Derivative] = field(default_factory=list)
 
 
-RNG_PARAM = "__rng__"
 
 
 def rng_key(program: Program) -> Var:
@@ -321,7 +321,8 @@ class Function:
         if after is None and level == self.model.opt_level and getattr(self, "compiled", None) is not None:
             return self.compiled
         return optimize(self.model.program.graph, [v.id for _, v in self.decl.outputs],
-                        [(u.param, u.value.id) for u in self.decl.updates], level=level, after=after)
+                        [(u.param, u.value.id) for u in self.decl.updates], level=level, after=after,
+                        exclude=self.model.exclude)
 
     @property
     def signature(self) -> str:
@@ -435,12 +436,15 @@ class Model:
 
     `check=True` (check mode, Theano's DebugMode): every call also runs the reference backend on
     the same optimized graph, inputs and params, and raises a FlowRuntimeError at the first node
-    whose values differ (see `flowml.checkmode`)."""
+    whose values differ (see `flowml.checkmode`). `exclude`: optimizer phases and rules to switch
+    off, by name (see `flowml.passes.pipeline`)."""
 
     def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None,
-                 opt_level: int = 1, check: bool = False):
+                 opt_level: int = 1, check: bool = False, exclude=None):
+        from .passes.pipeline import check_exclude
         self.program = program
         self.opt_level = opt_level
+        self.exclude = check_exclude(exclude)
         self.check = bool(check)  # check mode: every call is also run on the reference backend
         self.backend = get_backend(backend) if not hasattr(backend, "compile") else backend
         self.seed = program.seed if seed is None else seed

@@ -29,6 +29,8 @@ from flowml.passes.fuse import find_groups
 from flowml.passes.pipeline import optimize
 from optimizer_helpers import T, assert_same_values, build_program, random_program, values
 
+pytestmark = pytest.mark.usefixtures("verify_ir")  # the IR verifier after every phase
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 

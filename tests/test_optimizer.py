@@ -33,6 +33,8 @@ from flowml.passes.rop import rop
 from flowml.program import Model
 from optimizer_helpers import T, assert_same_values, build_program, ops_of, random_program, values
 
+pytestmark = pytest.mark.usefixtures("verify_ir")  # the IR verifier after every phase
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 LOGREG = ROOT / "examples" / "logreg.flow"
 RANDOM = settings(max_examples=20, deadline=None)

@@ -39,6 +39,8 @@ from flowml.passes.pipeline import optimize
 from flowml.program import Model
 from optimizer_helpers import ALL_RULES, apply_rule, assert_same_values, feed_of, inputs, ops_of, values
 
+pytestmark = pytest.mark.usefixtures("verify_ir")  # the IR verifier after every phase
+
 SETTINGS = settings(max_examples=8, deadline=None)
 
 

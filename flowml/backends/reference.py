@@ -126,14 +126,7 @@ def _compute(graph: Graph, n: int, args: list, inputs, params, env) -> np.ndarra
         return np.int64(d.resolve(env) if isinstance(d, Sym) else d)
     if op.lazy:  # order-driven evaluation only runs graphs without lazy ops
         raise FlowInternalError("lazy op evaluated eagerly")
-    try:
-        if op.needs_env:
-            out = op.impl(*args, env=env, **attrs)
-        else:
-            out = op.impl(*args, **attrs)
-    except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-        raise op_failed(graph, n, e) from None
-    return _check(graph, n, np.asarray(out), env)
+    return run_op(graph, n, args, env)
 
 
 def op_failed(graph: Graph, n: int, e: Exception) -> FlowRuntimeError:
@@ -146,22 +139,16 @@ def op_failed(graph: Graph, n: int, e: Exception) -> FlowRuntimeError:
 
 
 def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
-    """Node n's numpy implementation on `args`, for the native backends' steps that have no
-    kernel: errors located at the node, the dtype checked, derived dims (N-1) bound in `env`."""
+    """Node n's numpy implementation on `args` (how this backend computes every non-leaf node,
+    and the native backends' steps that have no kernel): errors located at the node, the
+    value's dtype and shape checked against its type, derived dims (N-1) bound in `env`."""
     op = graph.op(n)
     attrs = graph.attrs(n)
     try:
         out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
     except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
         raise op_failed(graph, n, e) from None
-    out = np.asarray(out)
-    t = graph.type(n)
-    if out.dtype != t.dtype:
-        raise FlowInternalError(f"{op.name} (%{n}) produced {out.dtype}, its type says {t}", graph.loc(n))
-    for d, actual in zip(t.shape, out.shape):
-        if isinstance(d, Sym) and len(d.names) == 1 and d.coeff == 1 and d.names[0] not in env:
-            env[d.names[0]] = actual
-    return out
+    return _check(graph, n, np.asarray(out), env)
 
 
 def _check(graph: Graph, n: int, value: np.ndarray, env: dict[str, int]) -> np.ndarray:

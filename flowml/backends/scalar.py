@@ -16,9 +16,8 @@ Primitives a builder implements (all elementwise on one scalar of the given dtyp
                                        (ordered: false on NaN, except ne: true on NaN)
   logic(op, a, b)                      op in and or (bool operands); not_(a)
   select(c, a, b, dtype)               c a bool
-  call(fn, a, dtype)                   fn in exp log log1p expm1 sqrt tanh sin cos erf erfc
-                                       fabs floor (float dtypes only)
-  call2(fn, a, b, dtype)               fn in pow fmod (floats)
+  call(fn, a, dtype)                   fn in CALLS (libm functions of float dtypes)
+  call2(fn, a, b, dtype)               fn in CALLS2 (pow fmod, floats)
   cast(a, from_dtype, to_dtype)        float→int truncates; x→bool is x != 0; bool→x is 0/1
 """
 
@@ -26,11 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-FLOAT = ("float32", "float64")
+from ..ir import ops as P
+from ..ir.types import is_float
 
-
-def is_float(dtype: str) -> bool:
-    return dtype in FLOAT
+# The libm functions the formulas call (a builder's `call` / `call2`): a new elementwise op
+# computed by one of them is added here and in FORMULAS, nowhere else.
+CALLS = frozenset({"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf", "erfc", "fabs", "floor"})
+CALLS2 = frozenset({"pow", "fmod"})
 
 
 def _zero(b, dt):
@@ -252,20 +253,14 @@ def emit(b, op: str, operand_dtype: str, result_dtype: str, args: list, attrs: d
     return formula(b, operand_dtype, *args)
 
 
-def np_dtype_name(dt) -> str:
-    return np.dtype(dt).name
-
-
-_BOOL_RESULT = {"eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not"}
-
-
 def operand_dtype(op: str, arg_dtypes: list[str], result_dtype: str) -> str:
-    """The dtype the args are converted to before the formula runs: the promoted dtype of the
-    args for comparisons and logic, the result's otherwise (so `exp` of an int and `/` of ints
-    compute in float64, as numpy does)."""
-    if op in _BOOL_RESULT:
-        if op in ("and", "or", "not"):
-            return "bool"
+    """The dtype the args are converted to before the formula runs: bool for logic, the promoted
+    dtype of the args for comparisons, the result's otherwise (so `exp` of an int and `/` of
+    ints compute in float64, as numpy does)."""
+    prim = P.OPS.get(op)
+    if prim is not None and prim.logical:
+        return "bool"
+    if prim is not None and prim.comparison:
         return np.result_type(*[np.dtype(d) for d in arg_dtypes]).name
     if op == "where":
         return result_dtype
@@ -274,5 +269,5 @@ def operand_dtype(op: str, arg_dtypes: list[str], result_dtype: str) -> str:
     return result_dtype
 
 
-FORMULAS["broadcast_to"] = _identity  # the kernel's iteration space does the broadcasting
-FORMULAS["reshape"] = _identity       # (only of a one-element value, inside a kernel)
+# broadcast_to, reshape of one element: the kernel's iteration space does the broadcasting
+FORMULAS.update({name: _identity for name, op in P.OPS.items() if op.kernel_identity})

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from . import ops as P
 from .types import DTYPE_NAMES
 
 _LEAF_ATTR = {"input": "name", "param": "name"}
@@ -88,7 +89,7 @@ def fused_formula(body, reduce, inputs: list[str]) -> str:
             expr = f"-{args[0]}"
         elif ins.op == "not":
             expr = f"not {args[0]}"
-        elif ins.op in ("broadcast_to", "reshape"):
+        elif P.OPS[ins.op].kernel_identity:
             expr = args[0]  # the identity on each element
         elif ins.op == "cast":
             expr = f"cast({_strip(args[0])}, {_fmt_value(ins.attr('dtype'))})"
@@ -138,11 +139,6 @@ def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
     for param, n in updates:
         body.append(f"  update {param} <- {ids[n]}")
     return "\n".join([header] + body + ["}"])
-
-
-def dump_program(program, fn_name: str | None = None) -> str:
-    fns = [program.functions[fn_name]] if fn_name else list(program.functions.values())
-    return "\n\n".join(dump_function(program, fn) for fn in fns)
 
 
 def _dot_escape(text: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import FlowRuntimeError
 from . import ops as P
 from .types import resolve_dim
 
@@ -32,14 +33,15 @@ from .types import resolve_dim
 class Instr:
     op: str                 # an elementwise primitive's name, or "const"
     args: tuple[int, ...]   # value indices
-    attrs: tuple = ()       # sorted (key, value) pairs
-    dtype: str = "f64"      # numpy dtype name of the result
+    attrs: tuple            # sorted (key, value) pairs
+    dtype: str              # the result's dtype, by numpy's name ("float64": np.dtype(...).name)
 
     def attr(self, key, default=None):
         return dict(self.attrs).get(key, default)
 
 
-REDUCTIONS = ("sum", "prod", "max", "min")
+# (derived from the ops' `kernel_reduce` property)
+REDUCTIONS = tuple(name for name, op in P.OPS.items() if op.kernel_reduce)
 
 
 class Fused(P.Op):
@@ -78,6 +80,19 @@ class Fused(P.Op):
 
 
 fused = Fused()
+
+
+def empty_reduction_error(reduce, shape, loc=None) -> FlowRuntimeError | None:
+    """The error of a fused node whose `reduce` combines no elements by an op without an
+    identity (max / min over an empty axis: numpy refuses it too), else None. `shape` is the
+    iteration space with its dims resolved. Every native backend raises this one."""
+    if reduce is None:
+        return None
+    name, axis, _ = reduce
+    if P.OPS[name].has_identity or all(shape[a] != 0 for a in axis):
+        return None
+    return FlowRuntimeError(f"{name} over an empty axis: zero-size array to reduction operation {name} "
+                            "which has no identity", loc)
 
 
 def resolve_shape(shape, env) -> tuple[int, ...]:

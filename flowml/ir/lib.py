@@ -272,6 +272,16 @@ def stop_gradient(x):
     return _apply(P.stop_gradient, [as_var(x, _graph_of(x))])
 
 
+def add_all(terms):
+    """The sum of a list of Vars, left to right; None for an empty list (a zero derivative)."""
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 def clip(x, lo, hi):
     return minimum(maximum(x, lo), hi)
 
@@ -747,3 +757,17 @@ def max_pool2d_backprop(x, out, g, window, stride):
 def max_pool2d_tangent(x, out, t, window, stride):
     """t (shaped like x) at the maxima of x's windows: the JVP of max_pool2d."""
     return _apply(P.max_pool2d_tangent, [x, out, t], window=tuple(window), stride=tuple(stride))
+
+
+# The public library, under numpy's names: what a .flow program can call (`lang.builtins` adds
+# the constructors and random draws, which take the graph or the random key first) and what
+# `flowml` exports for the Python builder. A new op's function is listed here once.
+__all__ = [
+    "Var",
+    "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh", "erf", "erfc",
+    "sigmoid", "softplus", "relu", "maximum", "minimum", "clip", "where", "ifelse", "cast",
+    "sum", "mean", "max", "min", "prod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
+    "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
+    "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
+    "stop_gradient", "conv2d", "max_pool2d",
+]

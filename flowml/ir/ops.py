@@ -1,5 +1,7 @@
 """The primitive ops. Each is defined once, here: its type rule, its numpy reference
-implementation and its VJP (reverse-mode rule).
+implementation, its VJP (reverse-mode rule) and JVP, and its properties — attributes of `Op`
+(`commutative`, `cheap`, `comparison`, `kernel_reduce`, ...) that the passes and backends read,
+so adding an op touches its definition and its lowerings only.
 
 VJP rules are written with IR-building functions (`flowml.ir.lib`, imported as `L`), never with
 numpy, so a gradient is a graph that can be optimized, compiled and differentiated again. A rule
@@ -22,8 +24,7 @@ import scipy.special
 from . import lib as L
 from .graph import ShapeError
 from .indices import wrap as wrap_indices
-from .types import (DTYPES, Sym, TensorType, broadcast_shapes, dim_div, dim_mul, dims_product,
-                    is_float, promote, resolve_dim)
+from .types import DTYPES, Sym, TensorType, broadcast_shapes, is_float, promote, resolve_dim
 
 OPS: dict[str, "Op"] = {}
 
@@ -37,9 +38,25 @@ class Op:
     lazy = False  # only some operands are evaluated (see `choose`)
     needs_env = False  # impl takes env= (the values of symbolic dims)
     leaf = False  # input / param / const / dim: evaluated by the backend itself
+    # What the passes and backends need to know of an op, kept here rather than in tables of op
+    # names in each of them (tinygrad's GroupOp sets, as attributes); `Op(name, ..., cheap=True)`.
+    commutative = False  # f(a, b) == f(b, a): rewrite patterns match both operand orders
+    cheap = False  # cheap enough to compute again in every kernel that needs it (fuse)
+    comparison = False  # compares its (promoted) operands; the result is bool
+    logical = False  # and / or / not: its operands are taken as bools; the result is bool
+    kernel_reduce = False  # a reduction a fused kernel can end in (sum, prod, max, min)
+    has_identity = True  # a reduction over no elements is defined (not max / min)
+    view = False  # the result shares its operand's buffer (the memory plan aliases it)
+    # a shape op that is the identity on each element inside a fused kernel (broadcast_to: the
+    # kernel's iteration broadcasts; reshape, of a one-element value only)
+    kernel_identity = False
 
-    def __init__(self, name, infer=None, impl=None, vjp=None, verb=None, jvp=None):
+    def __init__(self, name, infer=None, impl=None, vjp=None, verb=None, jvp=None, **props):
         self.name = name
+        for key, value in props.items():
+            if not hasattr(Op, key) or callable(getattr(Op, key)):
+                raise TypeError(f"op {name}: unknown property {key!r}")
+            setattr(self, key, value)
         if infer is not None:
             self.infer = infer
         if impl is not None:
@@ -64,6 +81,10 @@ class Op:
     @property
     def has_vjp(self) -> bool:
         return self._vjp is not None
+
+    @property
+    def bool_result(self) -> bool:
+        return self.comparison or self.logical
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -119,19 +140,20 @@ class Elementwise(Op):
 
     elementwise = True
 
-    def __init__(self, name, impl, deriv=None, verb=None, out_dtype=None, nin=2):
+    def __init__(self, name, impl, deriv=None, verb=None, out_dtype=None, nin=2, not_for_bools=None, **props):
         super().__init__(name, impl=impl, verb=verb,
                          vjp=self._vjp_from_deriv if deriv is not None else None,
-                         jvp=self._jvp_from_deriv if deriv is not None else None)
+                         jvp=self._jvp_from_deriv if deriv is not None else None, **props)
         self.deriv = deriv
-        self.out_dtype = out_dtype or (lambda dt: dt)
+        self.out_dtype = out_dtype or (_bool if self.bool_result else (lambda dt: dt))
         self.nin = nin
+        self.not_for_bools = not_for_bools  # why numpy refuses it on bools (so flowml does too)
 
     def infer(self, types, attrs):
         if len(types) != self.nin:
             raise ShapeError(f"{self.name} takes {self.nin} operands, got {len(types)}")
-        if self.name in _NOT_FOR_BOOLS and all(t.dtype.kind == "b" for t in types):
-            raise ShapeError(f"cannot {self.verb} {_type_names(types)}: {_NOT_FOR_BOOLS[self.name]}")
+        if self.not_for_bools and all(t.dtype.kind == "b" for t in types):
+            raise ShapeError(f"cannot {self.verb} {_type_names(types)}: {self.not_for_bools}")
         shape = broadcast_shapes(*(t.shape for t in types))
         if shape is None:
             raise ShapeError(f"cannot {self.verb} {_type_names(types)}: shapes do not broadcast")
@@ -145,13 +167,7 @@ class Elementwise(Op):
     def _jvp_from_deriv(self, tangents, out, *operands, **attrs):
         maps = self.deriv(out, *operands)
         terms = [m(t) for m, t in zip(maps, tangents) if m is not None and t is not None]
-        return _add_all(terms)
-
-
-# What numpy refuses on bools (and so flowml, the same on every backend).
-_NOT_FOR_BOOLS = {"neg": "negating bools is not supported; use `not`",
-                  "sub": "subtracting bools is not supported; use `!=` or cast to an integer first",
-                  "sign": "sign of bools is not supported"}
+        return L.add_all(terms)
 
 
 def _zero_mask(g):
@@ -176,15 +192,6 @@ def _masked(m, g):
     c, inner, taken = mask
     r = m(inner)
     return L.where(c, r, 0) if taken else L.where(c, 0, r)
-
-
-def _add_all(terms):
-    if not terms:
-        return None
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
 
 
 def _float_dtype(dt):
@@ -212,7 +219,8 @@ def _zero_map(*operands):
     return [None] * len(operands)
 
 
-neg = Elementwise("neg", np.negative, lambda y, x: [lambda t: -t], verb="negate", nin=1)
+neg = Elementwise("neg", np.negative, lambda y, x: [lambda t: -t], verb="negate", nin=1, cheap=True,
+                  not_for_bools="negating bools is not supported; use `not`")
 exp = unary_float("exp", np.exp, lambda y, x: [lambda t: t * y])
 log = unary_float("log", np.log, lambda y, x: [lambda t: t / x])
 log1p = unary_float("log1p", np.log1p, lambda y, x: [lambda t: t / (x + 1)])
@@ -229,21 +237,23 @@ sigmoid = unary_float("sigmoid", scipy.special.expit, lambda y, x: [lambda t: t 
 # log(1 + exp(x)) computed without overflow for large |x|.
 softplus = unary_float("softplus", lambda x: np.logaddexp(x.dtype.type(0), x),
                        lambda y, x: [lambda t: t * L.sigmoid(x)])
-abs_ = Elementwise("abs", np.abs, lambda y, x: [lambda t: t * L.sign(x)], nin=1)
+abs_ = Elementwise("abs", np.abs, lambda y, x: [lambda t: t * L.sign(x)], nin=1, cheap=True)
 # sign is piecewise constant: zero derivative wherever it exists.
-sign = Elementwise("sign", np.sign, lambda y, x: [None], nin=1)
+sign = Elementwise("sign", np.sign, lambda y, x: [None], nin=1, not_for_bools="sign of bools is not supported")
 relu = Elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
                    lambda y, x: [lambda t: L.where(x > 0, t, 0)], nin=1)
-logical_not = Elementwise("not", np.logical_not, verb="negate", out_dtype=_bool, nin=1)
+logical_not = Elementwise("not", np.logical_not, verb="negate", nin=1, logical=True, cheap=True)
 
 
 def _sum_to(v, like):
     return L.sum_to(v, like.type.shape)
 
 
-add = Elementwise("add", np.add, lambda y, a, b: [_identity, _identity])
-sub = Elementwise("sub", np.subtract, lambda y, a, b: [_identity, lambda t: -t], verb="subtract")
-mul = Elementwise("mul", np.multiply, lambda y, a, b: [lambda t: t * b, lambda t: t * a], verb="multiply")
+add = Elementwise("add", np.add, lambda y, a, b: [_identity, _identity], commutative=True, cheap=True)
+sub = Elementwise("sub", np.subtract, lambda y, a, b: [_identity, lambda t: -t], verb="subtract", cheap=True,
+                  not_for_bools="subtracting bools is not supported; use `!=` or cast to an integer first")
+mul = Elementwise("mul", np.multiply, lambda y, a, b: [lambda t: t * b, lambda t: t * a], verb="multiply",
+                  commutative=True, cheap=True)
 div = Elementwise("div", np.true_divide, lambda y, a, b: [lambda t: t / b, lambda t: -(t * y) / b],
                   verb="divide", out_dtype=_float_dtype)
 
@@ -289,17 +299,19 @@ def _minmax_deriv(pick):
     return deriv
 
 
-maximum = Elementwise("maximum", np.maximum, _minmax_deriv(lambda a, b: a > b), verb="take the maximum of")
-minimum = Elementwise("minimum", np.minimum, _minmax_deriv(lambda a, b: a < b), verb="take the minimum of")
+maximum = Elementwise("maximum", np.maximum, _minmax_deriv(lambda a, b: a > b), verb="take the maximum of",
+                      commutative=True, cheap=True)
+minimum = Elementwise("minimum", np.minimum, _minmax_deriv(lambda a, b: a < b), verb="take the minimum of",
+                      commutative=True, cheap=True)
 
-eq = Elementwise("eq", np.equal, verb="compare", out_dtype=_bool)
-ne = Elementwise("ne", np.not_equal, verb="compare", out_dtype=_bool)
-lt = Elementwise("lt", np.less, verb="compare", out_dtype=_bool)
-le = Elementwise("le", np.less_equal, verb="compare", out_dtype=_bool)
-gt = Elementwise("gt", np.greater, verb="compare", out_dtype=_bool)
-ge = Elementwise("ge", np.greater_equal, verb="compare", out_dtype=_bool)
-logical_and = Elementwise("and", np.logical_and, verb="combine", out_dtype=_bool)
-logical_or = Elementwise("or", np.logical_or, verb="combine", out_dtype=_bool)
+eq = Elementwise("eq", np.equal, verb="compare", comparison=True, commutative=True, cheap=True)
+ne = Elementwise("ne", np.not_equal, verb="compare", comparison=True, commutative=True, cheap=True)
+lt = Elementwise("lt", np.less, verb="compare", comparison=True, cheap=True)
+le = Elementwise("le", np.less_equal, verb="compare", comparison=True, cheap=True)
+gt = Elementwise("gt", np.greater, verb="compare", comparison=True, cheap=True)
+ge = Elementwise("ge", np.greater_equal, verb="compare", comparison=True, cheap=True)
+logical_and = Elementwise("and", np.logical_and, verb="combine", logical=True, commutative=True, cheap=True)
+logical_or = Elementwise("or", np.logical_or, verb="combine", logical=True, commutative=True, cheap=True)
 
 
 class Where(Elementwise):
@@ -307,7 +319,7 @@ class Where(Elementwise):
     where too, so an inf or NaN on the untaken side never leaks into the derivative."""
 
     def __init__(self):
-        super().__init__("where", np.where, self._deriv, verb="select between", nin=3)
+        super().__init__("where", np.where, self._deriv, verb="select between", nin=3, cheap=True)
 
     def infer(self, types, attrs):
         shape = broadcast_shapes(*(t.shape for t in types))
@@ -329,7 +341,8 @@ class Cast(Elementwise):
     it back to the operand's dtype); to an integer dtype there is none."""
 
     def __init__(self):
-        super().__init__("cast", lambda x, dtype: x.astype(dtype), lambda y, x: [_identity], verb="cast", nin=1)
+        super().__init__("cast", lambda x, dtype: x.astype(dtype), lambda y, x: [_identity], verb="cast", nin=1,
+                         cheap=True)
 
     def infer(self, types, attrs):
         return TensorType(np.dtype(attrs["dtype"]), types[0].shape)
@@ -390,8 +403,8 @@ def _reduced_shape(shape, axis, keepdims):
 class Reduce(Op):
     """A reduction over `axis` (a tuple of non-negative ints) with `keepdims`."""
 
-    def __init__(self, name, impl, vjp=None, out_dtype=None, jvp=None):
-        super().__init__(name, impl=impl, vjp=vjp, verb=f"take the {name} of", jvp=jvp)
+    def __init__(self, name, impl, vjp=None, out_dtype=None, jvp=None, **props):
+        super().__init__(name, impl=impl, vjp=vjp, verb=f"take the {name} of", jvp=jvp, **props)
         self.out_dtype = out_dtype or (lambda dt: dt)
 
     def infer(self, types, attrs):
@@ -474,13 +487,13 @@ def _np_logsumexp(x, axis, keepdims):
 
 
 sum_ = Reduce("sum", lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
-              _sum_vjp, out_dtype=_sum_dtype, jvp=linear_in(0))
+              _sum_vjp, out_dtype=_sum_dtype, jvp=linear_in(0), kernel_reduce=True)
 prod = Reduce("prod", lambda x, axis, keepdims: np.prod(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype)),
-              _prod_vjp, out_dtype=_sum_dtype, jvp=_prod_jvp)
+              _prod_vjp, out_dtype=_sum_dtype, jvp=_prod_jvp, kernel_reduce=True)
 max_ = Reduce("max", lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-              jvp=_extreme_jvp)
+              jvp=_extreme_jvp, kernel_reduce=True, has_identity=False)
 min_ = Reduce("min", lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-              jvp=_extreme_jvp)
+              jvp=_extreme_jvp, kernel_reduce=True, has_identity=False)
 logsumexp = Reduce("logsumexp", _np_logsumexp, _logsumexp_vjp, out_dtype=_float_dtype, jvp=_logsumexp_jvp)
 
 
@@ -595,7 +608,7 @@ class Matmul(Op):
     def _jvp_rule(tangents, y, a, b):
         ta, tb = tangents  # bilinear: d(a @ b) = da @ b + a @ db
         terms = ([L.matmul(ta, b)] if ta is not None else []) + ([L.matmul(a, tb)] if tb is not None else [])
-        return _add_all(terms)
+        return L.add_all(terms)
 
     def infer(self, types, attrs):
         a, b = types
@@ -668,6 +681,9 @@ class Reshape(Op):
     """reshape to `shape` (a tuple of dims, -1 already resolved by `lib.reshape`)."""
 
     needs_env = True
+    view = True
+    cheap = True
+    kernel_identity = True
 
     def __init__(self):
         super().__init__("reshape", vjp=lambda g, y, x, shape: [lambda: L.reshape(g, x.type.shape)],
@@ -686,6 +702,8 @@ reshape = Reshape()
 
 class BroadcastTo(Op):
     needs_env = True
+    cheap = True
+    kernel_identity = True
 
     def __init__(self):
         super().__init__("broadcast_to", vjp=lambda g, y, x, shape: [lambda: L.sum_to(g, x.type.shape)],
@@ -997,14 +1015,6 @@ class Onehot(Op):
 onehot = Onehot()
 
 
-def symbolic_dim_product(shape, axis) -> object:
-    """The number of elements a reduction over `axis` combines (int or Sym)."""
-    return dims_product(shape[i] for i in axis)
-
-
-__all__ = ["OPS", "Op", "dim_div", "dim_mul"]
-
-
 class Random(Op):
     """Standard random numbers: `dist` "uniform" (in [0, 1)) or "normal", of `shape` and float
     `dtype`, from the counter-based Philox stream of operand `key` (i64[2]: the model's seed and
@@ -1123,7 +1133,7 @@ def _bilinear_jvp(tangents, out, a, b, **attrs):
     ta, tb = tangents
     terms = ([L.apply(out.op, [ta, b], **attrs)] if ta is not None else []) + \
             ([L.apply(out.op, [a, tb], **attrs)] if tb is not None else [])
-    return _add_all(terms)
+    return L.add_all(terms)
 
 
 class Conv2d(Op):

@@ -17,6 +17,8 @@ import numpy as np
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
 _MASK = np.uint64(0xFFFFFFFF)
+# The hidden param holding a model's stream key: i64[2] = (seed, calls so far).
+RNG_PARAM = "__rng__"
 _32 = np.uint64(32)
 
 

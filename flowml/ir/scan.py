@@ -22,6 +22,7 @@ from . import lib as L
 from . import ops as P
 from .graph import Graph, ShapeError, at, current_loc
 from .lib import Var
+from .philox import RNG_PARAM
 from .types import TensorType, resolve_dim
 
 
@@ -94,7 +95,6 @@ class RngFold(P.Op):
 
 
 rng_fold = RngFold()
-RNG_PARAM = "__rng__"  # (flowml.program.RNG_PARAM: the model's random-stream key)
 
 
 def _is_rng_key(graph: Graph, n: int) -> bool:

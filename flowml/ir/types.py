@@ -33,12 +33,10 @@ def dtype_of(name_or_dtype) -> np.dtype:
     return dt
 
 
-def is_float(dt: np.dtype) -> bool:
-    return dt.kind == "f"
-
-
-def is_int(dt: np.dtype) -> bool:
-    return dt.kind in "iu"
+def is_float(dt) -> bool:
+    """Whether a dtype, in any of its spellings (np.dtype, numpy's name 'float64' as the kernel
+    generators use, flowml's 'f64'), is a float."""
+    return dtype_of(dt).kind == "f"
 
 
 @dataclass(frozen=True, order=True)
@@ -64,10 +62,6 @@ Dim = Union[int, Sym]
 
 def sym(name: str) -> Sym:
     return Sym((name,))
-
-
-def dim_str(d: Dim) -> str:
-    return str(d)
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:

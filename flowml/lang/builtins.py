@@ -72,17 +72,9 @@ def stack(*xs, axis=0):
     return L.stack(xs[0] if len(xs) == 1 and isinstance(xs[0], tuple) else xs, axis)
 
 
-BUILTINS = {
-    name: getattr(L, name) for name in (
-        "exp log log1p expm1 sqrt abs sign sin cos tanh erf erfc sigmoid softplus relu maximum minimum clip "
-        "where cast sum mean max min prod argmax argmin logsumexp softmax log_softmax matmul dot outer "
-        "transpose reshape broadcast_to onehot zeros_like ones_like expand_dims take stop_gradient "
-        "categorical_crossentropy").split()
-}
+BUILTINS = {name: getattr(L, name) for name in L.__all__ if name != "Var"}
 BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
-                ifelse=L.ifelse, uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
-# Convolution and pooling (NCHW images): the conv2d / max_pool2d primitives.
-BUILTINS.update(conv2d=L.conv2d, max_pool2d=L.max_pool2d)
+                uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
 # Collectives across the ranks of a data-parallel run (identities in one process).
 BUILTINS.update(allreduce=C.allreduce, allgather=C.allgather, broadcast=C.broadcast,
                 rank=_with_graph(C.rank), world_size=_with_graph(C.world_size))

@@ -16,14 +16,9 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import ops as P
-from ..ir.fused import REDUCTIONS, Instr, fused
+from ..ir.fused import Instr, fused
 from ..ir.graph import Graph
 from ..ir.types import TensorType
-
-
-# Cheap enough to compute again in each kernel that needs them, rather than store and reload.
-_CHEAP = {"add", "sub", "mul", "neg", "cast", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not",
-          "where", "maximum", "minimum", "abs", "broadcast_to", "reshape"}
 
 
 def _fusible_elementwise(graph: Graph, n: int) -> bool:
@@ -31,15 +26,13 @@ def _fusible_elementwise(graph: Graph, n: int) -> bool:
     kernel: broadcast_to (the kernel's iteration already broadcasts) and reshape of a value
     with one element."""
     op = graph.op(n)
-    if op.name == "broadcast_to":
-        return True
-    if op.name == "reshape":
-        return all(d == 1 for d in graph.type(graph.operands(n)[0]).shape)
+    if op.kernel_identity:
+        return op is not P.reshape or all(d == 1 for d in graph.type(graph.operands(n)[0]).shape)
     return op.elementwise and not op.lazy and op.name != "fused"
 
 
 def _fusible_reduce(graph: Graph, n: int) -> bool:
-    return graph.op(n).name in REDUCTIONS
+    return graph.op(n).kernel_reduce
 
 
 def _iteration_shape(graph: Graph, root: int) -> tuple:
@@ -63,7 +56,8 @@ def find_groups(graph: Graph, roots: list[int]) -> dict[int, set[int]]:
             owners = set().union(*(groups[u] for u in users))
             shape = graph.type(n).shape
             fits = all(shape == _iteration_shape(graph, r) or shape == () for r in owners)
-            if fits and (len(owners) == 1 or graph.op(n).name in _CHEAP):
+            # a cheap op (`Op.cheap`) is computed again in each kernel rather than stored and reloaded
+            if fits and (len(owners) == 1 or graph.op(n).cheap):
                 groups[n] = owners
                 continue
         groups[n] = {n}

@@ -118,7 +118,7 @@ def vjp(ys: list[Var], wrt: list[Var], seeds: list[Var], disconnected: str = "er
         if parts is None:
             continue
         with at(graph.loc(n)):
-            g = _accumulate(parts)
+            g = L.add_all(parts)
         cotangents[n] = [g]  # keep the total for the wrt lookups below
         if graph.op(n).leaf:
             continue
@@ -142,14 +142,7 @@ def vjp(ys: list[Var], wrt: list[Var], seeds: list[Var], disconnected: str = "er
     for w in wrt:
         parts = cotangents.get(w.id)
         with at(graph.loc(w.id) or graph.loc(ys[0].id)):
-            results.append(L.zeros_like(w) if parts is None else _accumulate(parts))
+            results.append(L.zeros_like(w) if parts is None else L.add_all(parts))
     graph.derivatives.append(DerivativeRecord("vjp", tuple(y.id for y in ys), tuple(w.id for w in wrt),
                                               tuple(s.id for s in seeds), tuple(r.id for r in results)))
     return results
-
-
-def _accumulate(parts: list[Var]) -> Var:
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total

@@ -20,9 +20,6 @@ from ..ir import ops as P
 from ..ir.graph import Graph
 from ..ir.types import Sym, TensorType
 
-_VIEWS = ("reshape",)
-
-
 @dataclass
 class Buffer:
     dtype: np.dtype
@@ -79,7 +76,7 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
         op = graph.op(n)
         if op.leaf:
             continue
-        if op.name in _VIEWS:
+        if op.view:
             src = graph.operands(n)[0]
             plan.alias[n] = src
             root_of[n] = root_of.get(src, src)

@@ -33,7 +33,6 @@ from ..ir.graph import DerivativeRecord, Graph, at
 from ..ir.lib import Var
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
-_COMMUTATIVE = {"add", "mul", "maximum", "minimum", "eq", "ne", "and", "or"}
 _CALL_NAMES = {"abs": "abs", "max": "max", "min": "min", "sum": "sum", "not_": "not"}
 
 
@@ -72,13 +71,14 @@ def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
 
 
 def _match_op(opname, args, keywords, graph, n, m) -> bool:
-    if graph.op(n).name != opname:
+    op = graph.op(n)
+    if op.name != opname:
         return False
     operands = graph.operands(n)
     if len(operands) != len(args):
         return False
     orders = [operands]
-    if opname in _COMMUTATIVE and len(operands) == 2:
+    if op.commutative and len(operands) == 2:
         orders.append(operands[::-1])
     for order in orders:
         trial = _Match(graph)
@@ -102,12 +102,9 @@ def _match_attrs(keywords, graph, n, m) -> bool:
     return True
 
 
-# Names a replacement may use, besides the captures.
-_NAMESPACE = {name: getattr(L, name) for name in (
-    "exp", "log", "log1p", "expm1", "sqrt", "abs", "sigmoid", "softplus", "tanh", "erf", "erfc",
-    "softmax", "log_softmax", "logsumexp", "sum", "maximum", "minimum", "where", "transpose",
-    "reshape", "broadcast_to", "zeros_like", "ones_like", "cast", "square")
-    if hasattr(L, name)}
+# Names a replacement may use, besides the captures: every function of the library (so a new
+# op's wrapper is usable in rules without being listed here).
+_NAMESPACE = {name: fn for name, fn in vars(L).items() if not name.startswith("_") and callable(fn)}
 
 
 @dataclass
@@ -119,6 +116,7 @@ class Rule:
     when: Callable[..., bool] | None = None
     fn: Callable[[Graph, int], Var | None] | None = None
     env: dict | None = None  # extra functions the replacement may call
+    ident: str | None = None  # a short name to switch the rule off by (a function rule's name)
     _pattern: ast.expr | None = field(default=None, init=False, repr=False)
     _replacement: object = field(default=None, init=False, repr=False)
     root: str | None = field(default=None, init=False)  # the op a pattern's root must be (None: any)
@@ -127,12 +125,33 @@ class Rule:
         if self.fn is None:
             before, after = (s.strip() for s in self.text.split("->"))
             self._pattern = ast.parse(before, mode="eval").body
-            self._replacement = compile(after, f"<rule {self.text}>", "eval")
+            replacement = ast.parse(after, mode="eval")
+            self._check_names(replacement)
+            self._replacement = compile(replacement, f"<rule {self.text}>", "eval")
             self.root = _root_op(self._pattern)
+
+    def _check_names(self, replacement: ast.Expression) -> None:
+        """Every function the replacement calls must exist: a rule naming one that doesn't is a
+        bug in flowml, reported when the rule is made, not when it first fires."""
+        captured = {n.id for n in ast.walk(self._pattern) if isinstance(n, ast.Name)}
+        known = captured | set(_NAMESPACE) | set(self.env or {})
+        unknown = sorted({n.id for n in ast.walk(replacement) if isinstance(n, ast.Name)} - known)
+        if unknown:
+            raise FlowInternalError(f"rewrite rule `{self.text}` uses unknown name(s) {', '.join(unknown)}")
 
     @property
     def name(self) -> str:
+        """How `--stats` names the rule: its text."""
         return self.text
+
+    @property
+    def key(self) -> str:
+        """The rule's shortest name: its function's name, else its text."""
+        return self.ident or self.text
+
+    def names(self) -> set[str]:
+        """The names that switch the rule off (see `pipeline.optimize`'s `exclude`)."""
+        return {self.text} | ({self.ident} if self.ident else set())
 
     def apply(self, graph: Graph, n: int) -> Var | None:
         if self.fn is not None:
@@ -161,7 +180,7 @@ def _root_op(pat: ast.expr) -> str | None:
 def rule(text: str):
     """Decorator form: a function rule named by its `before -> after` text."""
     def wrap(fn):
-        return Rule(text, fn=fn)
+        return Rule(text, fn=fn, ident=fn.__name__)
     return wrap
 
 
@@ -344,13 +363,6 @@ def _fit_type(v: Var, t) -> Var | None:
     if v.dtype != t.dtype:
         v = L.cast(v, t.dtype)
     return v
-
-
-@dataclass
-class Phase:
-    name: str
-    rules: list[Rule]
-    doc: str = ""
 
 
 MAX_ROUNDS = 30

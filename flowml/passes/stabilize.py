@@ -13,6 +13,7 @@ from ..ir import lib as L
 from ..ir import ops as P
 from ..ir.graph import Graph
 from ..ir.lib import Var
+from ..ir.types import DTYPES
 from .rewrite import Rule, rule
 
 
@@ -23,12 +24,12 @@ def _single_axis(a) -> bool:
 # log(erfc(x)) for large x: erfc underflows (x > 26 in f64, > 9 in f32), so use the asymptotic
 # series log erfc(x) = -x² - log(x) - log(π)/2 + log(Σ (-1)ⁿ (2n-1)!! / (2x²)ⁿ) beyond a switch
 # point where its first terms are accurate to the dtype's precision.
-_ERFC_SWITCH = {"float32": 5.0, "float64": 10.0}
+_ERFC_SWITCH = {DTYPES["f32"]: 5.0, DTYPES["f64"]: 10.0}
 _ERFC_TERMS = 10
 
 
 def log_erfc(x: Var) -> Var:
-    switch = _ERFC_SWITCH.get(x.dtype.name, 10.0)
+    switch = _ERFC_SWITCH.get(x.dtype, 10.0)
     small = x < switch
     # each branch only sees inputs it is accurate and finite for (so its gradient is too); the
     # clamps are `where`s, not minimum/maximum, which would split the derivative at x == switch

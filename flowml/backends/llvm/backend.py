@@ -23,6 +23,7 @@ import numpy as np
 
 from ...errors import FlowRuntimeError
 from ...ir import ops as P
+from ...ir.fused import empty_reduction_error
 from ...ir.graph import Graph
 from ...ir.types import Sym, bound_by_inputs, resolve_dim
 from .. import scalar as S
@@ -280,14 +281,15 @@ class _Binding:
         by_buffer: dict[int, np.ndarray] = {}
         assign = ex.plan.assign if ex.plan is not None else {}
         self.launch: dict[int, tuple[int, int, bool]] = {}
+        self.errors: dict[int, FlowRuntimeError] = {}  # kernels that raise when run (extent -1)
         nthreads = parallel.num_threads()
         for n, k in ex.kernels.items():
             t = g.type(n)
             a = g.attrs(n)
-            reduce = a["reduce"]
-            if reduce is not None and reduce[0] in ("max", "min") and \
-                    any(resolve_dim(a["shape"][ax], env) == 0 for ax in reduce[1]):
+            err = empty_reduction_error(a["reduce"], tuple(resolve_dim(d, env) for d in a["shape"]), g.loc(n))
+            if err is not None:
                 self.launch[n] = (-1, 0, False)  # raises when run, as numpy does
+                self.errors[n] = err
             else:
                 extent = _size(k.info.parallel_axis_extent, env) if k.info.parallel_axis_extent else 1
                 threads = 1
@@ -318,9 +320,7 @@ class _Binding:
         else:
             out = self.buffers[n]
         if extent < 0:
-            g = self.ex.graph
-            raise FlowRuntimeError(f"zero-size array to reduction operation {g.attrs(n)['reduce'][0]} "
-                                   "which has no identity", g.loc(n))
+            raise self.errors[n]
         if zero_first:
             out.fill(0)
         if threads > 1:

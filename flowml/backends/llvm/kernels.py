@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...ir.types import is_float
 from .. import scalar as S
 
 IR_TYPE = {"float32": "float", "float64": "double", "int32": "i32", "int64": "i64", "bool": "i1"}
@@ -60,7 +61,7 @@ class LLVMScalarBuilder:
         return reg
 
     def const(self, value, dtype):
-        if dtype in ("float32", "float64"):
+        if is_float(dtype):
             return float_literal(value, dtype)
         if dtype == "bool":
             return "true" if value else "false"
@@ -68,7 +69,7 @@ class LLVMScalarBuilder:
 
     def binary(self, op, a, b, dtype):
         t = IR_TYPE[dtype]
-        if dtype in ("float32", "float64"):
+        if is_float(dtype):
             # no `contract`: a fused multiply-add would round differently from numpy
             return self._emit(f"f{op} {t} {a}, {b}")
         if op == "div" and b != "-1" and not b.lstrip("-").isdigit():
@@ -87,13 +88,13 @@ class LLVMScalarBuilder:
 
     def neg(self, a, dtype):
         t = IR_TYPE[dtype]
-        if dtype in ("float32", "float64"):
+        if is_float(dtype):
             return self._emit(f"fneg {t} {a}")
         return self._emit(f"sub {t} 0, {a}")
 
     def compare(self, op, a, b, dtype):
         t = IR_TYPE[dtype]
-        if dtype in ("float32", "float64"):
+        if is_float(dtype):
             return self._emit(f"fcmp {_FCMP[op]} {t} {a}, {b}")
         table = _UCMP if dtype == "bool" else _ICMP
         return self._emit(f"icmp {table[op]} {t} {a}, {b}")
@@ -114,19 +115,19 @@ class LLVMScalarBuilder:
             name = f"llvm.{_INTRINSIC[fn]}.{'f32' if dtype == 'float32' else 'f64'}"
             self.intrinsics.add(f"declare {t} @{name}({t})")
             return self._emit(f"call {t} @{name}({t} {a})")
-        return self._emit(self.lib.call(fn, "f32" if dtype == "float32" else "f64", a))
+        return self._emit(self.lib.call(fn, dtype, a))
 
     def call2(self, fn, a, b, dtype):
         t = IR_TYPE[dtype]
         if fn == "fmod":
             return self._emit(f"frem {t} {a}, {b}")
-        return self._emit(self.lib.call(fn, "f32" if dtype == "float32" else "f64", a, b))
+        return self._emit(self.lib.call(fn, dtype, a, b))
 
     def cast(self, a, src, dst):
         if src == dst:
             return a
         ts, td = IR_TYPE[src], IR_TYPE[dst]
-        fs, fd = src in S.FLOAT, dst in S.FLOAT
+        fs, fd = is_float(src), is_float(dst)
         if dst == "bool":
             zero = self.const(0, src)
             return self._emit(f"fcmp une {ts} {a}, {zero}" if fs else f"icmp ne {ts} {a}, {zero}")
@@ -260,7 +261,7 @@ class KernelWriter:
         splittable = not (groups and reduced[0])
         atomic = False
         if self.reduce is not None:
-            if groups and all(reduced) and len(groups) == 1 and self.reduce[0] == "sum" and out_dt in S.FLOAT:
+            if groups and all(reduced) and len(groups) == 1 and self.reduce[0] == "sum" and is_float(out_dt):
                 atomic = True  # a full sum: chunks add partials into the output
             self._init_output(extents, reduced, splittable, atomic)
         self.loops(groups, extents, in_strides, out_strides, reduced, 0, ["0"] * nin, "0", atomic)
@@ -277,7 +278,7 @@ class KernelWriter:
             return self.b.const(0, dt) if dt != "bool" else "false"
         if name == "prod":
             return self.b.const(1, dt) if dt != "bool" else "true"
-        if dt in S.FLOAT:
+        if is_float(dt):
             return float_literal(-np.inf if name == "max" else np.inf, dt)
         if dt == "bool":
             return "false" if name == "max" else "true"
@@ -412,13 +413,13 @@ class KernelWriter:
         if name in ("sum", "prod"):
             if dt == "bool":
                 return self.b.logic("or" if name == "sum" else "and", acc, v)
-            if dt in S.FLOAT:
+            if is_float(dt):
                 return self.emit(f"f{'add' if name == 'sum' else 'mul'} {flags} {t} {acc}, {v}".replace("  ", " "))
             return self.emit(f"{'add' if name == 'sum' else 'mul'} {t} {acc}, {v}")
         if dt == "bool":
             return self.b.logic("or" if name == "max" else "and", acc, v)
         pick = self.b.compare("gt" if name == "max" else "lt", v, acc, dt)
-        if dt in S.FLOAT:  # NaN wins, as in numpy
+        if is_float(dt):  # NaN wins, as in numpy
             pick = self.b.logic("or", pick, self.b.compare("ne", v, v, dt))
         return self.b.select(pick, v, acc, dt)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import FlowError, FlowInternalError, FlowRuntimeError
+from ...errors import FlowError, FlowInternalError
 from ...ir import ops as P
-from ...ir.fused import Instr
+from ...ir.fused import Instr, empty_reduction_error
 from ...ir.graph import Graph
 from ...ir.types import TensorType, bound_by_inputs, resolve_dim
 from ..reference import ReferenceExecutable, run_op
@@ -143,10 +143,9 @@ class OpenCLExecutable:
                 # a one-element operand may have more (unit) dims than the iteration space (the
                 # fuse phase treats its reshape as the identity): drop them
                 args = [a.reshape(()) if len(a.shape) > len(shape) else a for a in (values[o] for o in g.operands(n))]
-                reduce = g.attrs(n)["reduce"]
-                if reduce is not None and reduce[0] in ("max", "min") and any(shape[a] == 0 for a in reduce[1]):
-                    raise FlowRuntimeError(f"zero-size array to reduction operation {reduce[0]} which has "
-                                           "no identity", g.loc(n))
+                err = empty_reduction_error(g.attrs(n)["reduce"], shape, g.loc(n))
+                if err is not None:
+                    raise err
                 v = self.kernels[n](*args, shape=shape)
             elif op is P.reshape:
                 src = values[g.operands(n)[0]]

@@ -22,7 +22,8 @@ import math
 
 import numpy as np
 
-from ...ir.types import dtype_of
+from ...ir.types import dtype_of, is_float
+from ..scalar import CALLS, CALLS2
 
 CTYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long", "bool": "int"}
 # The type of an array element in a kernel buffer (bool differs: one byte).
@@ -33,10 +34,6 @@ UNSIGNED = {"int32": "uint", "int64": "ulong"}
 def dtype_name(dt) -> str:
     """numpy name ('float32', ...) of a flowml dtype given as 'f32', np.float32, a dtype..."""
     return dtype_of(dt).name
-
-
-def is_float(dt: str) -> bool:
-    return dt in ("float32", "float64")
 
 
 def literal(value, dt: str) -> str:
@@ -64,8 +61,6 @@ def literal(value, dt: str) -> str:
 
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-_CALLS = {"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf", "erfc", "fabs", "floor"}
-_CALLS2 = {"pow", "fmod"}
 
 
 class CBuilder:
@@ -120,12 +115,12 @@ class CBuilder:
         return self.let(dtype, f"{c} ? {a} : {b}")
 
     def call(self, fn, a, dtype):
-        if fn not in _CALLS or not is_float(dtype):
+        if fn not in CALLS or not is_float(dtype):
             raise ValueError(f"no OpenCL call {fn} on {dtype}")
         return self.let(dtype, f"{fn}({a})")
 
     def call2(self, fn, a, b, dtype):
-        if fn not in _CALLS2 or not is_float(dtype):
+        if fn not in CALLS2 or not is_float(dtype):
             raise ValueError(f"no OpenCL call {fn} on {dtype}")
         return self.let(dtype, f"{fn}({a}, {b})")
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...ir import ops as P
+from ...ir.types import is_float
 from .. import scalar
-from .clc import BUF_CTYPE, CTYPE, CBuilder, dtype_name, is_float, literal
+from .clc import BUF_CTYPE, CTYPE, CBuilder, dtype_name, literal
 
 # The largest work-group a generated reduction uses (its local scratch has this many slots).
 MAX_GROUP = 256
@@ -73,9 +75,6 @@ def _normalize_body(body) -> list:
     return list(body or ())
 
 
-_IDENTITY_SHAPE_OPS = ("broadcast_to", "reshape")
-
-
 def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str], body) -> tuple[str, str]:
     """Append the body's statements to `b`; the result value and its dtype. Each instruction's
     args are first converted to the dtype its formula works in (`scalar.operand_dtype`)."""
@@ -87,7 +86,7 @@ def _emit_body(b: CBuilder, operand_names: list[str], operand_dtypes: list[str],
             vals.append(literal(ins.attr("value"), dt))
             dts.append(dt)
             continue
-        if ins.op in _IDENTITY_SHAPE_OPS:
+        if P.OPS[ins.op].kernel_identity:
             # broadcast_to / reshape of a one-element value: the element itself (the kernel's
             # iteration already broadcasts)
             vals.append(b.cast(vals[ins.args[0]], dts[ins.args[0]], dt))
@@ -163,11 +162,6 @@ def fused_kernel(name: str, node_operand_types, out_type, body, reduce, shape=No
     red_name, axis, keepdims = reduce
     axes = sorted({a % rank for a in axis}) if rank else []
     return _reduction(name, operand_dtypes, out_dt, body, rank, axes, red_name, keepdims, fp64)
-
-
-def kernel_source(name: str, node_operand_types, out_type, body, reduce, shape=None) -> str:
-    """OpenCL C for one fused node (kernel `name`)."""
-    return fused_kernel(name, node_operand_types, out_type, body, reduce, shape).source
 
 
 def _elementwise(name, operand_dtypes, out_dt, body, rank, fp64) -> Generated:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import FlowError, FlowInternalError, FlowRuntimeError
 from ...ir.indices import IndexOutOfRange, first_bad
+from ...ir.fused import empty_reduction_error
 from ...ir.types import TensorType, broadcast_shapes, dtype_of
 from . import codegen
 from .build import build_program, get_kernel
@@ -267,8 +268,9 @@ class FusedKernel(Compiled):
         m = math.prod(shape[j] for j in axes)
         if n_out == 0:
             return out
-        if m == 0 and red_name in ("max", "min"):
-            raise FlowRuntimeError(f"{red_name} of an empty array: zero-size reduction has no identity")
+        err = empty_reduction_error(gen.reduce, shape)
+        if err is not None:
+            raise err
         kdims, ksts = collapse([shape[j] for j in kept], [[s[j] for j in kept] for s in strides], gen.nkept)
         rdims, rsts = collapse([shape[j] for j in axes], [[s[j] for j in axes] for s in strides], gen.nreduced)
         columns = gen.extra.get("columns", False)
