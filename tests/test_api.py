@@ -17,6 +17,8 @@ from flowml import FlowCallError, FlowError, FlowGradError, FlowNameError, FlowR
 from flowml.ir import ops as P
 from flowml.program import Model
 
+from helpers import opencl_param
+
 ROOT = Path(__file__).resolve().parent.parent
 LOGREG = ROOT / "examples" / "logreg.flow"
 
@@ -523,6 +525,48 @@ def test_two_functions_share_params():
     assert inc(1.0) == 10.0 and flowml.get_value(count) == 11.0
     # a function compiled later still shares the state
     assert flowml.function([], count * 2)() == 22.0
+
+
+def _trainer(backends):
+    """y = 3 x fitted by w on one backend; the same graph's read-out compiled on the others."""
+    x = flowml.tensor("x", "f64[N]")
+    w = flowml.param("w", 0.0)
+    cost = flowml.mean((w * x - 3 * x) ** 2)
+    train = flowml.function([x], cost, updates={w: w - 0.05 * flowml.grad(cost, w)}, backend=backends[0])
+    reads = [flowml.function([x], w * x, backend=b, name=f"read_{b}") for b in backends]
+    return w, train, reads
+
+
+@pytest.mark.parametrize("other", ["llvm", opencl_param()])
+def test_params_are_shared_across_backends(other):
+    """One state per graph: an update on one backend is what get_value and every other
+    backend's functions see, and set_value reaches all of them."""
+    w, train, (read_ref, read_other) = _trainer(["reference", other])
+    x = np.array([1.0, 2.0])
+    for _ in range(3):
+        train(x)
+    trained = flowml.get_value(w)
+    assert 0 < trained < 3
+    np.testing.assert_array_equal(read_other(x), trained * x)
+    np.testing.assert_array_equal(read_ref(x), trained * x)
+    flowml.set_value(w, 5.0)
+    np.testing.assert_array_equal(read_other(x), [5.0, 10.0])
+    np.testing.assert_array_equal(read_ref(x), [5.0, 10.0])
+    # an update made on the other backend comes back too
+    step = flowml.function([], None, updates={w: w + 1}, backend=other, name="step")
+    step()
+    assert flowml.get_value(w) == 6.0
+    np.testing.assert_array_equal(read_ref(x), [6.0, 12.0])
+    train(x)  # the reference function trains from 6, not from its own old copy
+    assert flowml.get_value(w) == pytest.approx(6 - 0.05 * 5 * (6 - 3))  # d cost/dw = 5 (w - 3)
+
+
+def test_a_function_compiled_later_on_another_backend_sees_the_trained_value():
+    w, train, _ = _trainer(["llvm"])
+    train(np.array([1.0, 2.0]))
+    trained = flowml.get_value(w)
+    assert trained != 0.0
+    assert flowml.function([], w, backend="reference")() == trained
 
 
 def test_get_and_set_value():
