@@ -211,11 +211,9 @@ def _host_state():
 
 
 def _ensure_initialized(decl: ParamDecl) -> None:
-    from .program import param_rng
+    from .program import initial_value
     if not _session.state.has(decl.name):
-        value = coerce_array(decl.init(param_rng(_session.program.seed, decl.name)), decl.var.type,
-                             f"the initial value of param '{decl.name}'", decl.loc, {})
-        _host_state().set(decl.name, value, _HOST)
+        _host_state().set(decl.name, initial_value(decl, _session.program.seed), _HOST)
 
 
 # Constructors build in the default graph (the library versions take a graph first).

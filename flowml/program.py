@@ -158,6 +158,20 @@ def param_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+def initial_value(decl: ParamDecl, seed: int) -> np.ndarray:
+    """The param's initial value, drawn from its stream; a param too big for the machine is an
+    error at its declaration (not numpy's MemoryError)."""
+    from .sizes import check_param, human_bytes, nbytes
+    t = decl.var.type
+    check_param(decl.name, t, decl.loc)
+    try:
+        value = decl.init(param_rng(seed, decl.name))
+    except MemoryError:
+        raise FlowError(f"param '{decl.name}' ({t}) needs {human_bytes(nbytes(t.shape, t.dtype.itemsize))}, "
+                        "more memory than was free", decl.loc) from None
+    return coerce_array(value, t, f"the initial value of param '{decl.name}'", decl.loc, {})
+
+
 class Params:
     """`model.params`: read (a copy) and write params by name, like a dict."""
 
@@ -411,8 +425,7 @@ class Model:
                 if name == RNG_PARAM:  # the random streams start at the model's seed
                     self._set_param(name, np.array([self.seed, 0], dtype=np.int64))
                     continue
-                self._set_param(name, coerce_array(decl.init(param_rng(self.seed, name)), decl.var.type,
-                                                   f"the initial value of param '{name}'", decl.loc, {}))
+                self._set_param(name, initial_value(decl, self.seed))
         self.params = Params(self)
         self.functions: dict[str, Function] = {
             name: Function(self, fn) for name, fn in program.functions.items()}

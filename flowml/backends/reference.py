@@ -13,6 +13,7 @@ from ..errors import FlowInternalError, FlowRuntimeError
 from ..ir import ops as P
 from ..ir.graph import Graph
 from ..ir.types import Sym
+from ..sizes import allocation_failed, check_value
 
 
 class ReferenceState:
@@ -125,26 +126,29 @@ def _compute(graph: Graph, n: int, args: list, inputs, params, env) -> np.ndarra
         return np.int64(d.resolve(env) if isinstance(d, Sym) else d)
     if op.lazy:  # order-driven evaluation only runs graphs without lazy ops
         raise FlowInternalError("lazy op evaluated eagerly")
+    return _check(graph, n, _run_impl(graph, n, args, env), env)
+
+
+def _run_impl(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
+    """Node n's numpy implementation; its result's size is checked first, and numpy's errors
+    become errors located at the node."""
+    op = graph.op(n)
+    attrs = graph.attrs(n)
+    check_value(graph, n, env)
     try:
-        if op.needs_env:
-            out = op.impl(*args, env=env, **attrs)
-        else:
-            out = op.impl(*args, **attrs)
+        out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
     except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
         raise FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n)) from None
-    return _check(graph, n, np.asarray(out), env)
+    except MemoryError:
+        raise allocation_failed(graph, n, env) from None
+    return np.asarray(out)
 
 
 def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
     """Node n's numpy implementation on `args`, for the native backends' steps that have no
     kernel: errors located at the node, the dtype checked, derived dims (N-1) bound in `env`."""
     op = graph.op(n)
-    attrs = graph.attrs(n)
-    try:
-        out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
-    except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
-        raise FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n)) from None
-    out = np.asarray(out)
+    out = _run_impl(graph, n, args, env)
     t = graph.type(n)
     if out.dtype != t.dtype:
         raise FlowInternalError(f"{op.name} (%{n}) produced {out.dtype}, its type says {t}", graph.loc(n))

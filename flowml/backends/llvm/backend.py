@@ -25,6 +25,7 @@ from ...errors import FlowRuntimeError
 from ...ir import ops as P
 from ...ir.graph import Graph
 from ...ir.types import Sym, bound_by_inputs, resolve_dim
+from ...sizes import allocation_failed, check_value
 from .. import scalar as S
 from ..reference import ReferenceExecutable, ReferenceState, run_op
 from . import cache, parallel, vecmath
@@ -281,6 +282,9 @@ class _Binding:
         assign = ex.plan.assign if ex.plan is not None else {}
         self.launch: dict[int, tuple[int, int, bool]] = {}
         nthreads = parallel.num_threads()
+        for n in ex.nodes:  # every value of these dims fits in memory, or a located error now
+            if not g.op(n).leaf:
+                check_value(g, n, env)
         for n, k in ex.kernels.items():
             t = g.type(n)
             a = g.attrs(n)
@@ -300,12 +304,15 @@ class _Binding:
             shape = tuple(resolve_dim(d, env) for d in t.shape)
             nbytes = _size(t.shape, env) * t.dtype.itemsize
             b = assign.get(n)
-            if b is None:
-                arr = np.empty(shape, dtype=t.dtype)
-            else:
-                if b not in by_buffer or by_buffer[b].size < nbytes:
-                    by_buffer[b] = np.empty(max(nbytes, 1), dtype=np.uint8)
-                arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
+            try:
+                if b is None:
+                    arr = np.empty(shape, dtype=t.dtype)
+                else:
+                    if b not in by_buffer or by_buffer[b].size < nbytes:
+                        by_buffer[b] = np.empty(max(nbytes, 1), dtype=np.uint8)
+                    arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
+            except MemoryError:
+                raise allocation_failed(g, n, env) from None
             self.buffers[n] = arr
             self.ctx[k.slot_out] = arr.ctypes.data
 
