@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -618,9 +619,34 @@ def test_builder_errors_point_at_the_users_line():
     err = info.value
     assert err.message == "cannot add f64[N, 784] and f64[10]: shapes do not broadcast"
     assert err.loc.file == __file__
-    assert str(err).startswith(f"{__file__}:{err.loc.line}:1: cannot add")
     with open(__file__) as f:
-        assert "x + v" in f.read().splitlines()[err.loc.line - 1]
+        lines = f.read().splitlines()
+    assert "x + v" in lines[err.loc.line - 1]
+    if sys.version_info >= (3, 11):  # the column of the expression, from the code's position table
+        assert lines[err.loc.line - 1][err.loc.col - 1:].startswith("x + v")
+        assert str(err).startswith(f"{__file__}:{err.loc.line}:{err.loc.col}: cannot add")
+    else:
+        assert err.loc.col == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="column positions need Python 3.11's co_positions")
+def test_builder_errors_point_at_the_call_column():
+    x = flowml.tensor("x", "f64[N, 3]")
+    w = flowml.param("w", np.zeros(3))
+    with pytest.raises(FlowError) as info:
+        y = 2 * flowml.sum(x, axis=5)  # noqa: F841
+    with open(__file__) as f:
+        lines = f.read().splitlines()
+    at = lines[info.value.loc.line - 1][info.value.loc.col - 1:]
+    assert at.startswith("flowml.sum(x, axis=5)"), at
+    with pytest.raises(FlowTypeError) as info:
+        f = flowml.function([x], x @ w, updates={x: x})  # noqa: F841
+    at = lines[info.value.loc.line - 1][info.value.loc.col - 1:]
+    assert at.startswith("flowml.function([x]"), at
+    with pytest.raises(FlowTypeError) as info:
+        é = [w, x + flowml.tensor("q", "f64[7]")]  # noqa: F841  (columns count characters, not UTF-8 bytes)
+    at = lines[info.value.loc.line - 1][info.value.loc.col - 1:]
+    assert at.startswith('x + flowml.tensor("q"'), at
 
 
 def test_builder_errors():
