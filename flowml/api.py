@@ -123,11 +123,25 @@ def param(name: str, value=None, type: str | TensorType | None = None, init=None
         raise FlowTypeError(f"param '{name}' needs a value, or a type and an init function", current_loc())
     else:
         t = _parse_type(type)
+        init = _typed_init(name, init, t, current_loc())
     if t.symbols():
         raise FlowTypeError(f"a param needs a fixed shape, not {t}", current_loc())
     var = L.param(prog.graph, name, t)
     prog.params[name] = ParamDecl(name, var, prog.graph.loc(var.id), init)
     return var
+
+
+def _typed_init(name: str, init, t: TensorType, loc):
+    """`init`'s draws (f64, as numpy's generators give them) in the param's dtype, as a .flow
+    initializer's are."""
+    def draw(rng):
+        value = init(rng)
+        try:
+            return np.asarray(value, dtype=t.dtype)
+        except (TypeError, ValueError):
+            raise FlowTypeError(f"param '{name}': init returned {type(value).__name__} {value!r:.40}, "
+                                f"not an array for {t}", loc) from None
+    return draw
 
 
 shared = param  # Theano's name

@@ -570,6 +570,19 @@ def test_a_function_compiled_later_on_another_backend_sees_the_trained_value():
     assert flowml.function([], w, backend="reference")() == trained
 
 
+def test_a_typed_init_is_drawn_in_f64_and_converted_on_every_path():
+    """Like a .flow initializer: the draws are converted to the param's dtype, whether the value
+    is first read by get_value or by a compiled function."""
+    a = flowml.param("a", type="f32[2]", init=lambda rng: np.array([0.5, 1.5]))
+    b = flowml.param("b", type="f32[2]", init=lambda rng: np.array([2.5, 3.5]))
+    assert flowml.function([], b)().dtype == np.float32      # a function first
+    assert flowml.get_value(a).dtype == np.float32            # get_value first
+    np.testing.assert_array_equal(flowml.get_value(b), [2.5, 3.5])
+    bad = flowml.param("bad", type="f32[2]", init=lambda rng: "abc")
+    with pytest.raises(FlowTypeError, match=r"param 'bad': init returned str 'abc', not an array for f32\[2\]"):
+        flowml.get_value(bad)
+
+
 def test_get_and_set_value():
     w = flowml.param("w", np.array([1.0, 2.0]))
     got = flowml.get_value(w)

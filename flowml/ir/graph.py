@@ -74,6 +74,8 @@ def _position(frame) -> tuple[int, int]:
         return line, 1
     # col is a UTF-8 byte offset: count characters, so the caret lines up under non-ASCII text
     text = linecache.getline(frame.f_code.co_filename, start)
+    if not text:  # (no file to read, as for `python -c`: bytes are the best guess)
+        return start, col + 1
     return start, len(text.encode("utf-8")[:col].decode("utf-8", "replace")) + 1
 
 
