@@ -270,6 +270,7 @@ class Function:
         self.single_output: bool | None = None  # False: always return a tuple (outputs given as a list)
         self.compiled = self.optimized()
         self._updated = [u.param for u in decl.updates]
+        self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
         self._executable = model.backend.compile(self.compiled.graph, self.compiled.outputs,
                                                  self.compiled.updates, plan=self.compiled.plan)
 
@@ -378,17 +379,17 @@ class Function:
                 arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc,
                                             env)
         model = self.model
-        shared = model._shared
-        state = shared.acquire(model.backend.name)  # params another backend changed come over
+        if self._stale:  # params another backend changed since: copied over first
+            model._shared.acquire(model.backend.name)
         try:
             if model.check:
                 from .checkmode import checked_call
                 outs = checked_call(self, arrays, env)
             else:
-                outs = self._executable(arrays, state, env)
+                outs = self._executable(arrays, model._state, env)
         finally:
             if self._updated:
-                shared.wrote(model.backend.name, self._updated)
+                model._shared.wrote(model.backend.name, self._updated)
         outs = [np.array(o) for o in outs]
         if not outs:
             return None

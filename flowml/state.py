@@ -28,6 +28,10 @@ class SharedState:
             self._stale[key] = set(self._holder)
         return state
 
+    def stale(self, key: str) -> set[str]:
+        """The params whose current value backend `key` lacks (the set itself, kept up to date)."""
+        return self._stale[key]
+
     def acquire(self, key: str):
         """The state of backend `key` with the current value of every param, for a call there."""
         state = self._states[key]
