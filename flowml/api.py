@@ -25,6 +25,7 @@ from .ir.lib import Var
 from .ir.types import TensorType, dtype_of, sym
 from .passes.grad import grad as _grad
 from .program import FnDecl, InputDecl, Model, ParamDecl, Program, UpdateDecl, coerce_array
+from .state import SharedState
 
 
 def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
@@ -62,18 +63,12 @@ def parse_program(source: str | bytes, file: str = "<string>") -> Program:
 
 
 class _Session:
-    """The default graph of the Python builder, its params and their state per backend (so
-    functions compiled from one graph share their params, as Theano's shared variables do)."""
+    """The default graph of the Python builder and its params' values, shared by every function
+    compiled from it on any backend (as Theano's shared variables are)."""
 
     def __init__(self) -> None:
         self.program = Program(Graph(), file="<python>")
-        self.states: dict[str, object] = {}
-
-    def state(self, backend):
-        state = self.states.get(backend.name)
-        if state is None:
-            state = self.states[backend.name] = backend.create_state({})
-        return state
+        self.state = SharedState()
 
 
 _session = _Session()
@@ -130,11 +125,25 @@ def param(name: str, value=None, type: str | TensorType | None = None, init=None
         raise FlowTypeError(f"param '{name}' needs a value, or a type and an init function", current_loc())
     else:
         t = _parse_type(type)
+        init = _typed_init(name, init, t, current_loc())
     if t.symbols():
         raise FlowTypeError(f"a param needs a fixed shape, not {t}", current_loc())
     var = L.param(prog.graph, name, t)
     prog.params[name] = ParamDecl(name, var, prog.graph.loc(var.id), init)
     return var
+
+
+def _typed_init(name: str, init, t: TensorType, loc):
+    """`init`'s draws (f64, as numpy's generators give them) in the param's dtype, as a .flow
+    initializer's are."""
+    def draw(rng):
+        value = init(rng)
+        try:
+            return np.asarray(value, dtype=t.dtype)
+        except (TypeError, ValueError):
+            raise FlowTypeError(f"param '{name}': init returned {type(value).__name__} {value!r:.40}, "
+                                f"not an array for {t}", loc) from None
+    return draw
 
 
 shared = param  # Theano's name
@@ -175,8 +184,7 @@ def function(inputs: Sequence[Var], outputs=None, updates=None, backend: str | N
     fn = FnDecl(name, [v.name for v in inputs],
                 [(v.name or f"out{i}", v) for i, v in enumerate(outs)], upd, current_loc())
     sub = Program(prog.graph, prog.file, dict(prog.inputs), dict(prog.params), {name: fn}, prog.seed)
-    state = _session.state(backend_obj)
-    model = Model(sub, backend=backend_obj, state=state, check=check, exclude=exclude)
+    model = Model(sub, backend=backend_obj, state=_session.state, check=check, exclude=exclude)
     f = model.functions[name]
     f.single_output = True if single else False
     return f
@@ -193,27 +201,36 @@ def _default_param(p) -> ParamDecl:
     return decl
 
 
-def get_value(p: Var, backend: str | None = None) -> np.ndarray:
-    """The current value of a param of the default graph."""
-    _default_param(p)
-    state = _session.state(get_backend(backend))
-    _ensure_initialized(p, state)
-    return state.get(p.name)
-
-
-def set_value(p: Var, value, backend: str | None = None) -> None:
+def get_value(p: Var) -> np.ndarray:
+    """The current value (a copy) of a param of the default graph, whichever backend last
+    changed it."""
     decl = _default_param(p)
-    state = _session.state(get_backend(backend))
-    state.set(p.name, coerce_array(value, decl.var.type, f"param '{p.name}'", decl.loc, {}))
+    _ensure_initialized(decl)
+    return _session.state.get(p.name)
 
 
-def _ensure_initialized(p: Var, state) -> None:
-    if p.op.name != "param":
-        raise FlowTypeError(f"{p} is not a param", current_loc())
-    from .program import param_rng
-    if not state.has(p.name):
-        decl = _session.program.params[p.name]
-        state.set(p.name, np.asarray(decl.init(param_rng(_session.program.seed, p.name)), dtype=p.dtype))
+def set_value(p: Var, value) -> None:
+    """Set a param of the default graph: every function compiled from it, on any backend, sees
+    the new value."""
+    decl = _default_param(p)
+    value = coerce_array(value, decl.var.type, f"param '{p.name}'", decl.loc, {})
+    _host_state().set(p.name, value, _HOST)
+
+
+# Values set or read before any function ran live in a numpy state (the reference backend's);
+# a function's backend copies them over when it first needs them.
+_HOST = "reference"
+
+
+def _host_state():
+    _session.state.state(get_backend(_HOST))
+    return _session.state
+
+
+def _ensure_initialized(decl: ParamDecl) -> None:
+    from .program import initial_value
+    if not _session.state.has(decl.name):
+        _host_state().set(decl.name, initial_value(decl, _session.program.seed), _HOST)
 
 
 # Constructors build in the default graph (the library versions take a graph first).

@@ -159,6 +159,20 @@ def param_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+def initial_value(decl: ParamDecl, seed: int) -> np.ndarray:
+    """The param's initial value, drawn from its stream; a param too big for the machine is an
+    error at its declaration (not numpy's MemoryError)."""
+    from .sizes import check_param, human_bytes, nbytes
+    t = decl.var.type
+    check_param(decl.name, t, decl.loc)
+    try:
+        value = decl.init(param_rng(seed, decl.name))
+    except MemoryError:
+        raise FlowError(f"param '{decl.name}' ({t}) needs {human_bytes(nbytes(t.shape, t.dtype.itemsize))}, "
+                        "more memory than was free", decl.loc) from None
+    return coerce_array(value, t, f"the initial value of param '{decl.name}'", decl.loc, {})
+
+
 class Params:
     """`model.params`: read (a copy) and write params by name, like a dict."""
 
@@ -175,11 +189,11 @@ class Params:
 
     def __getitem__(self, name: str) -> np.ndarray:
         self._decl(name)
-        return self._model._state.get(name)
+        return self._model._shared.get(name)
 
     def __setitem__(self, name: str, value) -> None:
         decl = self._decl(name)
-        self._model._state.set(name, coerce_array(value, decl.var.type, f"param '{name}'", decl.loc, {}))
+        self._model._set_param(name, coerce_array(value, decl.var.type, f"param '{name}'", decl.loc, {}))
 
     def __contains__(self, name: str) -> bool:
         return name in self._model.program.params
@@ -310,6 +324,8 @@ class Function:
         self.output_names = [n for n, _ in decl.outputs]
         self.single_output: bool | None = None  # False: always return a tuple (outputs given as a list)
         self.compiled = self.optimized()
+        self._updated = [u.param for u in decl.updates]
+        self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
         self._executable = model.backend.compile(self.compiled.graph, self.compiled.outputs,
                                                  self.compiled.updates, plan=self.compiled.plan)
 
@@ -418,11 +434,18 @@ class Function:
                 decl = self.model.program.inputs[name]
                 arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc,
                                             env)
-        if self.model.check:
-            from .checkmode import checked_call
-            outs = checked_call(self, arrays, env)
-        else:
-            outs = self._executable(arrays, self.model._state, env)
+        model = self.model
+        if self._stale:  # params another backend changed since: copied over first
+            model._shared.acquire(model.backend.name)
+        try:
+            if model.check:
+                from .checkmode import checked_call
+                outs = checked_call(self, arrays, env)
+            else:
+                outs = self._executable(arrays, model._state, env)
+        finally:
+            if self._updated:
+                model._shared.wrote(model.backend.name, self._updated)
         outs = [np.array(o) for o in outs]
         if not outs:
             return None
@@ -433,6 +456,9 @@ class Function:
 
 class Model:
     """A program compiled for a backend: its functions are attributes; `params` holds state.
+
+    `state` (a `flowml.state.SharedState`) shares the params' values with other models of the
+    same graph, on any backend (the Python builder compiles each function as one such model).
 
     `check=True` (check mode, Theano's DebugMode): every call also runs the reference backend on
     the same optimized graph, inputs and params, and raises a FlowRuntimeError at the first node
@@ -451,17 +477,21 @@ class Model:
         add_rng_updates(program)
         for fn in program.functions.values():
             check_function(program, fn)
-        self._state = state if state is not None else self.backend.create_state({})
+        from .state import SharedState
+        self._shared = state if state is not None else SharedState()
+        self._state = self._shared.state(self.backend)  # this backend's copy (checkmode runs on it)
         for name, decl in program.params.items():
-            if not self._state.has(name):  # a shared state may already hold it
+            if not self._shared.has(name):  # a shared state may already hold it
                 if name == RNG_PARAM:  # the random streams start at the model's seed
-                    self._state.set(name, np.array([self.seed, 0], dtype=np.int64))
+                    self._set_param(name, np.array([self.seed, 0], dtype=np.int64))
                     continue
-                self._state.set(name, coerce_array(decl.init(param_rng(self.seed, name)), decl.var.type,
-                                                   f"the initial value of param '{name}'", decl.loc, {}))
+                self._set_param(name, initial_value(decl, self.seed))
         self.params = Params(self)
         self.functions: dict[str, Function] = {
             name: Function(self, fn) for name, fn in program.functions.items()}
+
+    def _set_param(self, name: str, value: np.ndarray) -> None:
+        self._shared.set(name, value, self.backend.name)
 
     def __getattr__(self, name: str) -> Function:
         functions = self.__dict__.get("functions", {})
@@ -493,7 +523,7 @@ class Model:
             decl = self.program.params[name]
             checked[name] = coerce_array(value, decl.var.type, f"param '{name}'", decl.loc, {})
         for name, value in checked.items():
-            self._state.set(name, value)
+            self._set_param(name, value)
 
     def __repr__(self) -> str:
         fns = "\n  ".join(f.signature for f in self.functions.values())

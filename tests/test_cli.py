@@ -446,7 +446,7 @@ def test_relative_paths_are_kept_in_messages(tmp_path):
 
 @pytest.mark.parametrize("text, line", [
     ("input x : f64\nfn f(x) -> \n", 2),
-    ("input x : f64[N\nfn f(x) -> x\n", 2),  # found at the next token, `fn`
+    ("input x : f64[N\nfn f(x) -> x\n", 1),  # found at `fn`, reported at the '[' left open
 ], ids=["missing-output", "unclosed-bracket"])
 def test_syntax_errors_at_the_cli(tmp_path, text, line):
     path = tmp_path / "syntax.flow"

@@ -17,6 +17,8 @@ import flowml
 from flowml.errors import (FlowCallError, FlowError, FlowGradError, FlowNameError, FlowRuntimeError,
                            FlowSyntaxError, FlowTypeError, Loc)
 
+from helpers import BACKENDS
+
 # Lines 1-7 of every build-error case; the case's own lines start at line 8.
 HEADER = """\
 input x : f64[N, 784]
@@ -545,3 +547,56 @@ def test_a_negative_size_fails_cleanly():
     with pytest.raises(FlowError) as info:
         m.f(np.zeros(3))
     assert info.value.loc is not None and info.value.loc.line == 2
+
+
+# ---------------------------------------------------------------- arrays too big for the machine
+
+HUGE_PARAM = "input x : f64[N]\nparam w : f64[100000, 100000, 100000] = zeros\nfn f(x) -> sum(x) + w[0, 0, 0]\n"
+
+
+def test_a_param_too_big_for_the_machine_is_located_at_its_declaration(tmp_path, capsys):
+    want = re.compile(r"param 'w' \(f64\[100000, 100000, 100000\]\) needs 8 PB, more than this machine's "
+                      r"memory \(\d+(\.\d)? [kMGTPE]?B\)")
+    err = build_error(HUGE_PARAM, FlowError)
+    assert_located(err, HUGE_PARAM, 2, 1, want)
+    from flowml.cli import main
+    path = tmp_path / "huge.flow"
+    path.write_text(HUGE_PARAM)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr()
+    assert out.err.startswith(f"{path}:2:1: param 'w'") and "needs 8 PB" in out.err and "Traceback" not in out.err
+
+
+def test_a_builder_param_too_big_for_the_machine_is_located():
+    flowml.reset_default_graph()
+    w = flowml.param("w", type="f32[1000000, 1000000, 1000]", init=lambda rng: np.zeros(3))
+    with pytest.raises(FlowError, match=r"param 'w' \(f32\[1000000, 1000000, 1000\]\) needs 4 PB") as info:
+        flowml.get_value(w)
+    assert info.value.loc.file == __file__
+    flowml.reset_default_graph()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_value_too_big_at_call_time_says_what_where_and_how_many_bytes(backend):
+    """Checked before allocating (the shape's product in Python ints): not numpy's MemoryError or
+    'array is too big', nor the name of the op `zeros` lowers to."""
+    src = "input x : f64[N]\nfn f(x) -> zeros((N, N, N, N)) + 1\nfn g(x) -> sum(outer(outer(x, x), x))\n"
+    m = flowml.loads(src, backend=backend, file="t.flow")
+    x = np.ones(100000)
+    with pytest.raises(FlowRuntimeError) as info:
+        m.f(x)
+    room = "one buffer of the OpenCL device" if backend == "opencl" else "this machine's memory"
+    assert_located(info.value, src, 2, 12, re.compile(
+        r"the value computed here \(f64\[N, N, N, N\] with N=100000\) needs 800 EB, more than "
+        + re.escape(room) + r".*\(\d+(\.\d)? [kMGTPE]?B\)"))
+    with pytest.raises(FlowRuntimeError) as info:
+        m.g(x)  # the first outer: N * N * 8 bytes = 80 GB (the whole machine has less)
+    assert info.value.loc.line == 3
+    assert re.search(r"needs (80|8) [GP]B, more than", info.value.message), info.value.message
+    assert m.g(np.ones(3)) == 27.0  # small calls still run
+
+
+def test_human_bytes():
+    from flowml.sizes import human_bytes
+    assert [human_bytes(n) for n in (0, 999, 1000, 1234, 80 * 10**9, 8 * 10**15, 8 * 10**20)] == \
+        ["0 B", "999 B", "1 kB", "1.2 kB", "80 GB", "8 PB", "800 EB"]

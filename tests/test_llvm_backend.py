@@ -855,7 +855,7 @@ def test_check_mode_in_the_python_builder():
         f = flowml.function([x], flowml.sum(flowml.exp(x)) + flowml.sum(w), updates={w: w * 2},
                             backend="llvm", check=True)
         np.testing.assert_allclose(f(np.zeros(4)), 7.0)
-        np.testing.assert_allclose(flowml.get_value(w, backend="llvm"), 2 * np.ones(3))
+        np.testing.assert_allclose(flowml.get_value(w), 2 * np.ones(3))
     finally:
         flowml.reset_default_graph()
 

@@ -486,10 +486,11 @@ def test_bracket_errors(src, where, message):
     assert (at(err), err.message) == (where, message)
 
 
-def test_unclosed_bracket_on_an_earlier_line_is_noted():
+def test_unclosed_bracket_on_an_earlier_line_is_named_at_the_bracket():
     err = error("x = f(a, b\ny = 2\n")
-    assert at(err) == (2, 1)
-    assert err.notes == ["'(' opened at 1:6 is not closed yet"]
+    assert at(err) == (1, 6)
+    assert err.message == "'(' opened at 1:6 was never closed"
+    assert err.notes == ["the parser reached name 'y' at 2:1 inside it"]
 
 
 @pytest.mark.parametrize(
@@ -788,3 +789,32 @@ fn train(x) -> y, (z) {
         except FlowSyntaxError as e:
             assert e.loc is not None and e.loc.line >= 1 and e.loc.col >= 1
             assert str(e)
+
+
+@pytest.mark.parametrize("line, col", [("c = sum(x,", 8), ("c = sum(x * (w + 1)", 8), ("c = (x +", 5),
+                                       ("c = sum(", 8), ("c = x[0", 6)])
+def test_a_bracket_left_open_before_the_next_statement_is_named(line, col):
+    """Newlines inside brackets are spaces, so the parser first stumbles on the next statement
+    ('fn' read as a name): the error names the bracket that was never closed, at the bracket."""
+    src = f"input x : f64[N]\nparam w : f64 = 1\n{line}\nfn f(x) -> c\n"
+    err = error(src)
+    assert at(err) == (3, col)
+    assert err.message == f"'{line[col - 1]}' opened at 3:{col} was never closed"
+    assert err.notes == ["the parser reached keyword 'fn' at 4:1 inside it"]
+
+
+def test_a_bracket_closed_further_on_keeps_the_error_where_the_parser_stopped():
+    err = error("c = concatenate((x,\n , x))\n")
+    assert at(err) == (2, 2) and err.message.startswith("unexpected ','")
+
+
+@pytest.mark.parametrize("src, where, word", [
+    ("import os\n", (1, 1), "import"),
+    ("input x : f64\nimport numpy as np\n", (2, 1), "import"),
+    ("  from os import path\n", (1, 3), "from"),
+])
+def test_imports_say_there_are_none(src, where, word):
+    err = error(src)
+    assert at(err) == where
+    assert err.message == f"'{word}': .flow files have no imports"
+    assert "need no import" in err.notes[0]

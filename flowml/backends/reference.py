@@ -14,6 +14,7 @@ from ..ir import ops as P
 from ..ir.graph import Graph
 from ..ir.indices import IndexOutOfRange
 from ..ir.types import Sym
+from ..sizes import allocation_failed, check_value
 
 
 class ReferenceState:
@@ -138,17 +139,26 @@ def op_failed(graph: Graph, n: int, e: Exception) -> FlowRuntimeError:
     return FlowRuntimeError(f"{op.name} failed: {e}", graph.loc(n))
 
 
-def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
-    """Node n's numpy implementation on `args` (how this backend computes every non-leaf node,
-    and the native backends' steps that have no kernel): errors located at the node, the
-    value's dtype and shape checked against its type, derived dims (N-1) bound in `env`."""
+def _run_impl(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
+    """Node n's numpy implementation; its result's size is checked first, and numpy's errors
+    become errors located at the node."""
     op = graph.op(n)
     attrs = graph.attrs(n)
+    check_value(graph, n, env)
     try:
         out = op.impl(*args, env=env, **attrs) if op.needs_env else op.impl(*args, **attrs)
     except (IndexError, ValueError, ZeroDivisionError, TypeError) as e:
         raise op_failed(graph, n, e) from None
-    return _check(graph, n, np.asarray(out), env)
+    except MemoryError:
+        raise allocation_failed(graph, n, env) from None
+    return np.asarray(out)
+
+
+def run_op(graph: Graph, n: int, args: list, env: dict[str, int]) -> np.ndarray:
+    """Node n's numpy implementation on `args` (how this backend computes every non-leaf node,
+    and the native backends' steps that have no kernel): errors located at the node, the
+    value's dtype and shape checked against its type, derived dims (N-1) bound in `env`."""
+    return _check(graph, n, _run_impl(graph, n, args, env), env)
 
 
 def _check(graph: Graph, n: int, value: np.ndarray, env: dict[str, int]) -> np.ndarray:

@@ -10,7 +10,9 @@ existed before it, so ascending ids are a topological order.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
+import linecache
 import os
 import sys
 from typing import Iterable
@@ -46,7 +48,35 @@ def current_loc() -> Loc | None:
         frame = frame.f_back
     if frame is None or frame.f_code.co_filename.startswith("<frozen"):
         return None  # flowml called from its own CLI: no user Python line to point at
-    return Loc(frame.f_code.co_filename, frame.f_lineno, 1)
+    line, col = _position(frame)
+    return Loc(frame.f_code.co_filename, line, col)
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(code) -> tuple:
+    """The position table of a code object (a script builds many nodes from one)."""
+    return tuple(code.co_positions())
+
+
+def _position(frame) -> tuple[int, int]:
+    """(line, 1-based column) of the expression `frame` is running — the call or operator that
+    reached flowml — from the code's position table (Python 3.11+); column 1 without one."""
+    line = frame.f_lineno
+    code = frame.f_code
+    if not hasattr(code, "co_positions") or frame.f_lasti < 0:
+        return line, 1
+    positions = _positions(code)
+    i = frame.f_lasti // 2  # one entry per 2-byte code unit
+    if i >= len(positions):
+        return line, 1
+    start, _, col, _ = positions[i]
+    if start is None or col is None:
+        return line, 1
+    # col is a UTF-8 byte offset: count characters, so the caret lines up under non-ASCII text
+    text = linecache.getline(frame.f_code.co_filename, start)
+    if not text:  # (no file to read, as for `python -c`: bytes are the best guess)
+        return start, col + 1
+    return start, len(text.encode("utf-8")[:col].decode("utf-8", "replace")) + 1
 
 
 class ShapeError(Exception):

@@ -255,6 +255,16 @@ def _unexpected_token(e: UnexpectedToken, text: str, file: str, start: str) -> F
     if eof and opened:
         message = f"unexpected end of input: {_bracket_at(opened[-1])} was never closed"
         return FlowSyntaxError(message, loc)
+    imported = _import_at(tok, text)
+    if imported is not None:
+        return FlowSyntaxError(
+            f"'{imported[1]}': .flow files have no imports", Loc(file, tok.line, imported[0], text),
+            ["the built-in functions (exp, sum, softmax, ...) need no import; compute anything else in "
+             "Python and pass it in as an input, or build the whole graph with flowml's Python API"])
+    if opened and _never_closed(opened[-1], tok, text):
+        at = opened[-1]
+        return FlowSyntaxError(f"{_bracket_at(at)} was never closed", Loc(file, at.line, at.column, text),
+                               [f"the parser reached {_token_text(tok)} at {tok.line}:{tok.column} inside it"])
     if tok.type in ("RPAR", "RSQB", "RBRACE"):
         if not opened:
             return FlowSyntaxError(f"unmatched '{tok}'", loc)
@@ -270,6 +280,36 @@ def _unexpected_token(e: UnexpectedToken, text: str, file: str, start: str) -> F
 
     message = f"unexpected {_token_text(tok)}: expected {_expected_text(expected, _in_type(e))}"
     return FlowSyntaxError(message, loc, _hints(tok, expected, opened))
+
+
+_IMPORT = re.compile(r"\s*(import|from)\s+")
+
+
+def _import_at(tok: Token, text: str) -> tuple[int, str] | None:
+    """(column, word) of a Python-style `import x` / `from x import y` that `tok` (the name
+    after the word) stops: `import` is no keyword, so the parser only sees a name too many."""
+    if tok.type != "NAME" or tok.line is None:
+        return None
+    lines = text.splitlines()
+    if not 1 <= tok.line <= len(lines):
+        return None
+    m = _IMPORT.match(lines[tok.line - 1])
+    if m is None or m.end() != tok.column - 1:
+        return None
+    return m.start(1) + 1, m.group(1)
+
+
+def _never_closed(opener: Token, tok: Token, text: str) -> bool:
+    """Whether `opener`, a '(' or '[' on a line before the bad token `tok`, is still open at the
+    end of the text: then the line it is on lacks its closer, and the parser only noticed at a
+    later statement (newlines inside brackets are spaces)."""
+    if opener.type == "LBRACE" or opener.line >= tok.line:
+        return False
+    try:
+        still_open = _open_brackets(text, len(text))
+    except UnexpectedInput:  # a bad character further on: don't guess
+        return False
+    return any(b.start_pos == opener.start_pos for b in still_open)
 
 
 def _is_eof(tok: Token) -> bool:

@@ -26,6 +26,7 @@ from ...ir import ops as P
 from ...ir.fused import empty_reduction_error
 from ...ir.graph import Graph
 from ...ir.types import Sym, bound_by_inputs, resolve_dim
+from ...sizes import allocation_failed, check_value
 from .. import scalar as S
 from ..reference import ReferenceExecutable, ReferenceState, run_op
 from . import cache, parallel, vecmath
@@ -283,6 +284,9 @@ class _Binding:
         self.launch: dict[int, tuple[int, int, bool]] = {}
         self.errors: dict[int, FlowRuntimeError] = {}  # kernels that raise when run (extent -1)
         nthreads = parallel.num_threads()
+        for n in ex.nodes:  # every value of these dims fits in memory, or a located error now
+            if not g.op(n).leaf:
+                check_value(g, n, env)
         for n, k in ex.kernels.items():
             t = g.type(n)
             a = g.attrs(n)
@@ -302,12 +306,15 @@ class _Binding:
             shape = tuple(resolve_dim(d, env) for d in t.shape)
             nbytes = _size(t.shape, env) * t.dtype.itemsize
             b = assign.get(n)
-            if b is None:
-                arr = np.empty(shape, dtype=t.dtype)
-            else:
-                if b not in by_buffer or by_buffer[b].size < nbytes:
-                    by_buffer[b] = np.empty(max(nbytes, 1), dtype=np.uint8)
-                arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
+            try:
+                if b is None:
+                    arr = np.empty(shape, dtype=t.dtype)
+                else:
+                    if b not in by_buffer or by_buffer[b].size < nbytes:
+                        by_buffer[b] = np.empty(max(nbytes, 1), dtype=np.uint8)
+                    arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
+            except MemoryError:
+                raise allocation_failed(g, n, env) from None
             self.buffers[n] = arr
             self.ctx[k.slot_out] = arr.ctypes.data
 

@@ -19,6 +19,7 @@ from ...ir import ops as P
 from ...ir.fused import Instr, empty_reduction_error
 from ...ir.graph import Graph
 from ...ir.types import TensorType, bound_by_inputs, resolve_dim
+from ...sizes import check_value
 from ..reference import ReferenceExecutable, run_op
 
 
@@ -126,8 +127,11 @@ class OpenCLExecutable:
         env = dict(env)
         dev = self.device
         values: dict[int, object] = {}
+        limit, where = dev.max_mem_alloc_size, f"one buffer of the OpenCL device {dev.name.strip()} holds"
         for n in self.nodes:
             op = g.op(n)
+            if op is not P.param:  # a value bigger than a device buffer: a located error, before allocating
+                check_value(g, n, env, limit, where)
             if op is P.input_:
                 v = runtime.to_device(inputs[g.attrs(n)["name"]], dev)
             elif op is P.param:
