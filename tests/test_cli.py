@@ -546,9 +546,19 @@ def test_train_runs_epochs_evaluates_saves_and_plots(tmp_path):
              "--save-params", params, "--plot", plot)
     m = re.search(r"3 epochs, [\d.]+ s: final loss ([\d.e-]+), final test error ([\d.e-]+)", out)
     assert m, out
-    assert float(m.group(2)) < 0.2                       # softmax regression learns the digits
+    # the same run through the Python API (reference backend): the same curves and params
+    from flowml.io import load_npz
+    from flowml.train import Phase, train
+    model = flowml.load(ROOT / "examples" / "softmax.flow", backend="reference")
+    h = train(model, load_npz(ROOT / "examples" / "data" / "digits.npz"), [Phase("sgd", 3)], 20, 1200, "error",
+              seed=0, progress=False)
+    assert float(m.group(1)) == pytest.approx(h.loss[-1], rel=1e-5)   # printed to 6 digits
+    assert float(m.group(2)) == pytest.approx(h.test[-1], rel=1e-5)
+    assert h.test[-1] < 0.2                                            # softmax regression learns the digits
     saved = np.load(params)
-    assert set(saved.files) == {"W", "b"} and np.abs(saved["W"]).sum() > 0
+    assert set(saved.files) == {"W", "b"}
+    for k in ("W", "b"):
+        np.testing.assert_allclose(saved[k], model.params[k], rtol=1e-6, atol=1e-9, err_msg=k)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
