@@ -19,50 +19,15 @@ import numpy as np
 import pytest
 
 import flowml
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGREG = "examples/logreg.flow"
 
 
-ENV = {"COLUMNS": "120", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"}
-
-
 def cli(*args, timeout: float = 120, process: bool = False) -> subprocess.CompletedProcess:
     """`flowml ARGS` from the repository root, the backend variable unset."""
-    args = [str(a) for a in args]
-    if process:
-        env = dict(os.environ, **ENV)
-        env.pop("FLOWML_BACKEND", None)
-        return subprocess.run([sys.executable, "-m", "flowml.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, encoding="utf-8", errors="replace", timeout=timeout)
-    return _in_process(args)
-
-
-def _in_process(args: list[str]) -> subprocess.CompletedProcess:
-    import contextlib
-    import io
-    import traceback
-
-    from flowml.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    os.environ.update(ENV)
-    os.environ.pop("FLOWML_BACKEND", None)
-    try:
-        os.chdir(ROOT)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(args)
-            except SystemExit as e:  # argparse's usage errors and --help
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Exception:  # what a subprocess would show: a traceback and exit 1
-                traceback.print_exc()
-                code = 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return subprocess.CompletedProcess(["flowml", *args], code, out.getvalue(), err.getvalue())
+    return run_cli(*args, timeout=timeout, process=process)
 
 
 def ok(*args) -> str:

@@ -30,6 +30,7 @@ import flowml
 from flowml.backends import scalar as S
 from flowml.backends.reference import evaluate
 from flowml.backends.llvm import vecmath
+from helpers import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -866,13 +867,8 @@ def test_check_mode_in_the_python_builder():
 W1 = "input x : f32[N]\nfn w1(x) -> log(1 + exp(x)) * (1 / (1 + exp(-x))) + x * x\n"
 
 
-def cli(*args, env_backend=None, timeout=120):
-    env = dict(os.environ, COLUMNS="120", NO_COLOR="1", PYTHONIOENCODING="utf-8")
-    env.pop("FLOWML_BACKEND", None)
-    if env_backend:
-        env["FLOWML_BACKEND"] = env_backend
-    return subprocess.run([sys.executable, "-m", "flowml.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(*args, env_backend=None):
+    return run_cli(*args, env={"FLOWML_BACKEND": env_backend} if env_backend else None)
 
 
 @pytest.mark.skipif(not vecmath.libmvec_available(), reason="the host lacks AVX2+FMA (or glibc's libmvec): "
