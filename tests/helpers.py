@@ -9,6 +9,8 @@ finite differences.
 
 from __future__ import annotations
 
+import os
+
 import hypothesis.extra.numpy as hnp
 import numpy as np
 from hypothesis import strategies as st
@@ -188,3 +190,53 @@ def ulp_distance(got, want):
     one_nan = np.isnan(got) ^ np.isnan(want)
     inf_mismatch = (np.isinf(got) | np.isinf(want)) & (got != want) & ~both_nan
     return np.where(both_nan, 0, np.where(one_nan | inf_mismatch, np.inf, d))
+
+
+# ----------------------------------------------------------------- the command line
+
+CLI_ENV = {"COLUMNS": "120", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, env: dict | None = None, process: bool = False, timeout: float = 120):
+    """`flowml ARGS` run from the repository root with FLOWML_BACKEND unset (then `env` added):
+    a CompletedProcess with the exit status, stdout and stderr.
+
+    By default `flowml.cli.main` runs in this process, with the environment, working directory
+    and streams a subprocess would have (a fresh interpreter costs about a second of imports);
+    `process=True` runs `python -m flowml.cli` for tests about the process itself (crashes,
+    pipes)."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+    import traceback
+
+    args = [str(a) for a in args]
+    extra = dict(CLI_ENV, **(env or {}))
+    if process:
+        full = dict(os.environ, **CLI_ENV)
+        full.pop("FLOWML_BACKEND", None)
+        full.update(env or {})
+        return subprocess.run([sys.executable, "-m", "flowml.cli", *args], cwd=REPO, env=full, capture_output=True,
+                              text=True, encoding="utf-8", errors="replace", timeout=timeout)
+    from flowml.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.pop("FLOWML_BACKEND", None)
+    os.environ.update(extra)
+    try:
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as e:  # argparse's usage errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # what a subprocess would show: a traceback and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["flowml", *args], code, out.getvalue(), err.getvalue())

@@ -742,6 +742,7 @@ def train_theano_classic(src: str, steps: int = 10_000):
     return m, x, y
 
 
+@pytest.mark.slow  # 10,000 steps: the default suite runs the first 200 (test_logistic_regression_steps_...)
 def test_logistic_regression_done_when():
     """Theano's classic run, with the cross-entropy written stably: 10,000 steps of lr 0.1 end
     at cost 0.11705355 (mean xent + 0.01 * sum(w**2) at the final params) with every training
@@ -759,6 +760,7 @@ def test_logistic_regression_done_when():
     assert np.mean(xent) + 0.01 * np.sum(w ** 2) == pytest.approx(cost, rel=1e-12)
 
 
+@pytest.mark.slow  # 10,000 steps: the default suite runs the first 200 (test_logistic_regression_steps_...)
 def test_logistic_regression_naive_example_done_when():
     """examples/logreg.flow as shipped writes the cross-entropy naively, as Theano's example
     does: -y * log(p_1) - (1 - y) * log(1 - p_1). The optimizer's stability rewrites turn it
@@ -774,6 +776,24 @@ def test_logistic_regression_naive_example_done_when():
     assert np.mean(xent) + 0.01 * np.sum(w ** 2) == pytest.approx(cost, rel=1e-12)
     text = m.train.ir()
     assert "softplus" in text and not re.search(r"\blog\(|= log ", text)  # no log of a probability is left
+
+
+def test_logistic_regression_steps_match_numpy_stable_or_naive():
+    """The default suite's share of the two 10,000-step runs (marked slow): 200 steps of the
+    naive example and of the stable rewrite give numpy's gradient descent on the stable
+    cross-entropy (including where the naive log would saturate), params and all."""
+    x, y, w = logreg_data()
+    b = 0.0
+    for _ in range(200):
+        z = x @ w + b
+        g = (1 / (1 + np.exp(-z)) - y) / len(y)  # d mean(xent) / dz
+        w, b = w - 0.1 * (x.T @ g + 0.02 * w), b - 0.1 * g.sum()
+    want = np.mean(y * np.logaddexp(0, -(x @ w + b)) + (1 - y) * np.logaddexp(0, x @ w + b)) + 0.01 * np.sum(w ** 2)
+    for src in (stable_logreg_source(), LOGREG.read_text()):
+        m, _, _ = train_theano_classic(src, steps=200)
+        np.testing.assert_allclose(m.params["w"], w, rtol=1e-9, atol=1e-12)
+        assert float(m.params["b"]) == pytest.approx(b, rel=1e-9, abs=1e-12)
+        assert float(m.cost_of(x, y)) == pytest.approx(want, rel=1e-10)
 
 
 def test_logistic_regression_naive_example_without_the_optimizer_ends_in_nan():

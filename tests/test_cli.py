@@ -1,7 +1,11 @@
-"""The `flowml` command line, end to end: each test runs `python -m flowml.cli` in a subprocess
-from the repository root, as a user would, and checks its output and exit status. Errors print
-`file:line:col: message` (plus the source line and a caret) and exit 1, with no traceback;
-usage errors exit 2."""
+"""The `flowml` command line, end to end: each test runs a `flowml` command from the repository
+root, as a user would, and checks its output and exit status. Errors print `file:line:col:
+message` (plus the source line and a caret) and exit 1, with no traceback; usage errors exit 2.
+
+Most commands run `flowml.cli.main` in this process (stdout, stderr and the environment as a
+subprocess would have them): a fresh interpreter costs a second of imports each, the largest
+share of this file's time. The tests about the process itself -- pathological inputs that must
+not crash it, a closed pipe -- run `python -m flowml.cli` in a subprocess (`process=True`)."""
 
 from __future__ import annotations
 
@@ -15,16 +19,15 @@ import numpy as np
 import pytest
 
 import flowml
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGREG = "examples/logreg.flow"
 
 
-def cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="120", NO_COLOR="1", PYTHONIOENCODING="utf-8")
-    env.pop("FLOWML_BACKEND", None)
-    return subprocess.run([sys.executable, "-m", "flowml.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
+def cli(*args, timeout: float = 120, process: bool = False) -> subprocess.CompletedProcess:
+    """`flowml ARGS` from the repository root, the backend variable unset."""
+    return run_cli(*args, timeout=timeout, process=process)
 
 
 def ok(*args) -> str:
@@ -520,7 +523,7 @@ def _pathological(tmp_path: Path, kind: str) -> Path:
                                   "only-comments"])
 def test_pathological_files_fail_cleanly(tmp_path, kind, command):
     path = _pathological(tmp_path, kind)
-    r = cli(command[0], path, *command[1:])
+    r = cli(command[0], path, *command[1:], process=True)  # whatever the input, the process must not crash
     if kind == "long-chain" and r.returncode == 0:
         return  # a long flat sum may be accepted; it must not crash either way
     assert r.returncode == 1, f"exit {r.returncode}: {r.stderr}"
@@ -546,9 +549,19 @@ def test_train_runs_epochs_evaluates_saves_and_plots(tmp_path):
              "--save-params", params, "--plot", plot)
     m = re.search(r"3 epochs, [\d.]+ s: final loss ([\d.e-]+), final test error ([\d.e-]+)", out)
     assert m, out
-    assert float(m.group(2)) < 0.2                       # softmax regression learns the digits
+    # the same run through the Python API (reference backend): the same curves and params
+    from flowml.io import load_npz
+    from flowml.train import Phase, train
+    model = flowml.load(ROOT / "examples" / "softmax.flow", backend="reference")
+    h = train(model, load_npz(ROOT / "examples" / "data" / "digits.npz"), [Phase("sgd", 3)], 20, 1200, "error",
+              seed=0, progress=False)
+    assert float(m.group(1)) == pytest.approx(h.loss[-1], rel=1e-5)   # printed to 6 digits
+    assert float(m.group(2)) == pytest.approx(h.test[-1], rel=1e-5)
+    assert h.test[-1] < 0.2                                            # softmax regression learns the digits
     saved = np.load(params)
-    assert set(saved.files) == {"W", "b"} and np.abs(saved["W"]).sum() > 0
+    assert set(saved.files) == {"W", "b"}
+    for k in ("W", "b"):
+        np.testing.assert_allclose(saved[k], model.params[k], rtol=1e-6, atol=1e-9, err_msg=k)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

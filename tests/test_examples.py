@@ -2,13 +2,12 @@
 
 import glob
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import flowml
+from helpers import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.flow")))
@@ -19,8 +18,7 @@ def test_there_are_examples():
 
 
 def test_gradcheck_passes_for_every_example():
-    result = subprocess.run([sys.executable, "-m", "flowml.cli", "gradcheck", *EXAMPLES],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = run_cli("gradcheck", *EXAMPLES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
     assert result.stdout.count("pass") >= 7

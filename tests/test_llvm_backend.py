@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,7 @@ import flowml
 from flowml.backends import scalar as S
 from flowml.backends.reference import evaluate
 from flowml.backends.llvm import vecmath
+from helpers import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -865,13 +867,8 @@ def test_check_mode_in_the_python_builder():
 W1 = "input x : f32[N]\nfn w1(x) -> log(1 + exp(x)) * (1 / (1 + exp(-x))) + x * x\n"
 
 
-def cli(*args, env_backend=None, timeout=120):
-    env = dict(os.environ, COLUMNS="120", NO_COLOR="1", PYTHONIOENCODING="utf-8")
-    env.pop("FLOWML_BACKEND", None)
-    if env_backend:
-        env["FLOWML_BACKEND"] = env_backend
-    return subprocess.run([sys.executable, "-m", "flowml.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(*args, env_backend=None):
+    return run_cli(*args, env={"FLOWML_BACKEND": env_backend} if env_backend else None)
 
 
 @pytest.mark.skipif(not vecmath.libmvec_available(), reason="the host lacks AVX2+FMA (or glibc's libmvec): "
@@ -893,7 +890,13 @@ def test_emit_llvm_and_asm_from_python_and_cli_errors(tmp_path):
     model = flowml.load(os.path.join(EXAMPLES, "logreg.flow"), backend="llvm")
     ex = model.train._executable
     assert ex.llvm_ir().count("define void @k") == len(ex.kernels) > 0
-    assert ".text" in ex.assembly() or "ret" in ex.assembly()
+    asm = ex.assembly()
+    labels = re.findall(r"^(k\d+):", asm, flags=re.M)
+    assert sorted(labels) == sorted(f"k{n}" for n in ex.kernels)  # one function per kernel, named as in the IR
+    assert all(f".globl\t{k}" in asm for k in labels) and asm.count("retq") >= len(labels)
+    if vecmath.host_has_features("avx2"):  # the loops are vectorized: packed double math on vector registers
+        assert "%ymm" in asm or "%zmm" in asm
+        assert {"vmulpd", "vaddpd"} <= set(re.findall(r"\b(v[a-z0-9]+pd)\b", asm)), "no packed f64 arithmetic"
     r = cli("compile", "examples/logreg.flow", "--emit", "llvm", "--fn", "predict")
     assert r.returncode == 0 and r.stdout.startswith("; fn predict: "), r.stderr
     r = cli("compile", "examples/logreg.flow", "--emit", "asm", "--backend", "reference")
@@ -906,7 +909,15 @@ def test_cli_run_on_llvm_with_check_and_the_backend_variable(tmp_path):
     r = cli("run", "examples/softmax.flow", "train", "--data", "examples/data/digits.npz", "--steps", "3",
             "--backend", "llvm", "--check")
     assert r.returncode == 0, r.stderr
-    assert "cost" in r.stdout
+    # the table shows the third step's outputs (printed to 8 digits): the reference backend's
+    data = np.load(os.path.join(EXAMPLES, "data", "digits.npz"))
+    ref = flowml.load(os.path.join(EXAMPLES, "softmax.flow"), backend="reference")
+    for _ in range(3):
+        want = ref.train(data["X"], data["y"])
+    for name, value in zip(("cost", "error"), want):
+        row = re.search(rf"^\W*{name}\W+f64\W+([-+0-9.e]+)", r.stdout, flags=re.M)
+        assert row, f"no {name} row in:\n{r.stdout}"
+        assert float(row.group(1)) == pytest.approx(float(value), rel=1e-7), name
     r = cli("run", "examples/logreg.flow", "predict", "--random", "N=5", "--check", env_backend="reference")
     assert r.returncode == 0, r.stderr
     r = cli("run", "examples/logreg.flow", "predict", "--random", "N=5", env_backend="nope")

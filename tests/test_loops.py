@@ -15,8 +15,6 @@ lazy conditional.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ import pytest
 import flowml
 from flowml.gradcheck import check_model
 from flowml.ir import ops as P
-from helpers import BACKENDS
+from helpers import BACKENDS, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -539,8 +537,7 @@ def test_the_rnn_example_learns():
 
 
 def test_the_rnn_example_passes_gradcheck():
-    proc = subprocess.run([sys.executable, "-m", "flowml.cli", "gradcheck", RNN_EXAMPLE], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, COLUMNS="200"))
+    proc = run_cli("gradcheck", RNN_EXAMPLE, env={"COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL" not in proc.stdout and proc.stdout.count("pass") == 5
 
