@@ -13,7 +13,8 @@ new kind of block needs a rule here):
 - ```bash / ```sh / ```shell / ```console: one command per line (`&&` chains commands, `#`
   starts a comment, `VAR=value` before a command sets its environment, `*` globs):
   - `flowml ARGS` runs as `python -m flowml.cli ARGS`, and `python examples/SCRIPT.py ARGS` as
-    written; each must exit 0;
+    written; each must exit 0; `mpiexec -n K flowml ARGS` runs its K ranks under the test
+    extra's mpiexec (each a process of its own);
   - `pip install ...` is not run; each `.[extra]` it names must be an extra of pyproject.toml,
     and each other package a dependency there;
   - `python -m pytest ...` is not run (it is this suite);
@@ -329,9 +330,25 @@ def check_pip_install(cmd: Command) -> None:
                 f"{cmd.block.id}: `{cmd.text}`: '{spec}' is not a dependency in pyproject.toml"
 
 
+def _mpiexec() -> str:
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    assert exe, "mpiexec not found: install the test extra (pip install -e '.[test]' pulls in flowml[mpi])"
+    return exe
+
+
+def _launcher(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`mpiexec -n K flowml ...` -> (["-n", "K"], ["flowml", ...]); other commands have none."""
+    if argv[0] != "mpiexec":
+        return [], argv
+    assert "flowml" in argv, f"`{shlex.join(argv)}`: only `mpiexec ... flowml ...` is run"
+    i = argv.index("flowml")
+    return argv[1:i], argv[i:]
+
+
 def _argv_to_run(cmd: Command, cwd: Path, full: bool) -> list[str] | None:
     """The arguments of `python` that run a command (None: checked, not run)."""
     argv = cmd.argv if full else shorten(cmd.argv)
+    argv = _launcher(argv)[1]
     if argv[:2] == ["pip", "install"]:
         check_pip_install(cmd)
         return None
@@ -444,7 +461,13 @@ def run_command(cmd: Command, cwd: Path, full: bool, runner: CommandRunner, expe
             env.pop("FLOWML_BACKEND", None)
     else:
         env["FLOWML_BACKEND"] = "reference"
-    code, output = runner.run(args, cwd, env, timeout=1800 if full else 300)
+    mpi = _launcher(cmd.argv)[0]
+    if mpi:  # ranks are real processes of their own, started by MPI's launcher
+        r = subprocess.run([_mpiexec(), *mpi, sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=1800 if full else 300)
+        code, output = r.returncode, r.stdout + r.stderr
+    else:
+        code, output = runner.run(args, cwd, env, timeout=1800 if full else 300)
     if expected is not None:
         assert output.rstrip() == expected, f"{cmd.block.id}: `{cmd.text}` printed\n{output}\nnot\n{expected}"
     else:
