@@ -21,10 +21,10 @@ import math
 import numpy as np
 import scipy.special
 
-from . import lib as L
-from .graph import ShapeError
-from .indices import wrap as wrap_indices
-from .types import DTYPES, Sym, TensorType, broadcast_shapes, is_float, promote, resolve_dim
+from .. import lib as L
+from ..graph import ShapeError
+from ..indices import wrap as wrap_indices
+from ..types import DTYPES, Sym, TensorType, broadcast_shapes, is_float, promote, resolve_dim
 
 OPS: dict[str, "Op"] = {}
 
@@ -74,7 +74,7 @@ class Op:
     def jvp(self, tangents, out, *operands, **attrs):
         """The tangent of the output given operand tangents (None: zero), or None for zero."""
         if self._jvp is None:
-            from ..errors import FlowGradError
+            from ...errors import FlowGradError
             raise FlowGradError(f"{self.name} has no forward-mode derivative")
         return self._jvp(tangents, out, *operands, **attrs)
 
@@ -1034,7 +1034,7 @@ class Random(Op):
         return TensorType(attrs["dtype"], tuple(attrs["shape"]))
 
     def impl(self, key, dist, shape, dtype, site, env):
-        from . import philox
+        from .. import philox
         concrete = _env_shape(shape, env)
         size = int(np.prod(concrete, dtype=np.int64))
         w0, w1, w2, w3 = philox.words(size, int(key[0]), site, int(key[1]))
