@@ -102,7 +102,7 @@ def _mpi_facts(w, bucket_bytes: int) -> dict:
     # (each call after a barrier, so that it times the exchange and not a late rank)
     bucket = np.random.rand(bucket_bytes // 8)
     out = np.empty_like(bucket)
-    from flowml.ir import collective as C
+    from flowml.ir.ops import collective as C
     host, bare = [], []
     for _ in range(600):
         comm.Barrier()

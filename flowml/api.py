@@ -279,17 +279,17 @@ def randint(low, high, shape=()) -> Var:
 
 
 # Collectives across the ranks of a data-parallel run (identities in one process): see
-# flowml/ir/collective.py and docs/distributed.md.
-from .ir.collective import allgather, allreduce, broadcast  # noqa: E402,F401
+# flowml/ir/ops/collective.py and docs/distributed.md.
+from .ir.ops.collective import allgather, allreduce, broadcast  # noqa: E402,F401
 
 
 def rank() -> Var:
     """This process's rank in the default graph (0 without MPI)."""
-    from .ir.collective import rank as _rank
+    from .ir.ops.collective import rank as _rank
     return _rank(default_graph())
 
 
 def world_size() -> Var:
     """The number of ranks in the default graph (1 without MPI)."""
-    from .ir.collective import world_size as _world_size
+    from .ir.ops.collective import world_size as _world_size
     return _world_size(default_graph())

@@ -21,7 +21,7 @@ import traceback
 import numpy as np
 
 from .distributed import MismatchError, World
-from .ir.collective import Collective
+from .ir.ops.collective import Collective
 from .passes.distribute import BUCKET_BYTES, distribute
 from .program import Model, Program
 

@@ -29,6 +29,7 @@ import flowml
 from flowml.errors import FlowGradError
 from flowml.ir import lib as L
 from flowml.ir import ops as P
+from flowml.ir.ops import collective as C
 from flowml.ir.graph import Graph
 from flowml.ir.types import Sym, TensorType
 from flowml.passes import rop as rop_module
@@ -348,6 +349,18 @@ def max_pool2d_case(draw, via=None):
     return Case(lambda v, o: via(v, L.max_pool2d(v, window, stride), o, window, stride), [x, other])
 
 
+@st.composite
+def collective_case(draw):
+    """A collective in one process, where each is the identity (allgather: a new axis of 1), so
+    its derivatives must be too; on two ranks they are checked under mpiexec in
+    tests/test_distributed.py."""
+    x = draw(floats(draw(small_shapes)))
+    form = draw(st.sampled_from(["allreduce sum", "allreduce mean", "allreduce max", "allgather", "broadcast"]))
+    if form.startswith("allreduce"):
+        return Case(lambda v: C.allreduce(v, form.split()[1]), [x], label=form)
+    return Case(C.allgather if form == "allgather" else C.broadcast, [x], label=form)
+
+
 OP_CASES = {
     # elementwise, one operand
     "neg": unary_case(L.negative, -2, 2),
@@ -410,6 +423,8 @@ OP_CASES = {
     "max_pool2d": max_pool2d_case(),
     "max_pool2d_backprop": max_pool2d_case(L.max_pool2d_backprop),
     "max_pool2d_tangent": max_pool2d_case(L.max_pool2d_tangent),
+    # collectives (identities in one process)
+    "collectives": collective_case(),
 }
 
 

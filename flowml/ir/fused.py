@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import FlowRuntimeError
 from . import ops as P
+from .graph import ShapeError
 from .types import resolve_dim
 
 
@@ -54,7 +55,7 @@ class Fused(P.Op):
         super().__init__("fused", verb="compute")
 
     def infer(self, types, attrs):
-        raise P.ShapeError("fused nodes are typed when created")
+        raise ShapeError("fused nodes are typed when created")
 
     def impl(self, *arrays, body, reduce, shape, env=None):
         values = [np.asarray(a) for a in arrays]

@@ -23,7 +23,7 @@ from . import ops as P
 from .graph import Graph, ShapeError, at, current_loc
 from .lib import Var
 from .philox import RNG_PARAM
-from .types import TensorType, resolve_dim
+from .types import DTYPES, TensorType, is_float, resolve_dim
 
 
 class Scan(P.Op):
@@ -85,7 +85,7 @@ class RngFold(P.Op):
 
     def infer(self, types, attrs):
         key, step = types
-        if key.shape != (2,) or key.dtype != P.DTYPES["i64"] or step.shape != () or step.dtype.kind != "i":
+        if key.shape != (2,) or key.dtype != DTYPES["i64"] or step.shape != () or step.dtype.kind != "i":
             raise ShapeError(f"rng_fold takes an i64[2] key and an integer step, not {key} and {step}")
         return key
 
@@ -233,7 +233,7 @@ def loop(graph: Graph, step, inits: list[Var], seqs: list[Var], length, loc=None
             if o not in step_key:
                 key = _free(o)
                 t = body.add(P.input_, [], {"name": "step0"}, loc=loc, name="step",
-                             type=TensorType(P.DTYPES["i64"], ()))
+                             type=TensorType(DTYPES["i64"], ()))
                 step_key[o] = body.add(rng_fold, [key, t], {}, loc=loc, name=RNG_PARAM)
             return step_key[o]
         return _free(o)
@@ -314,7 +314,7 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length, t
     prev_body, prev_outputs = _with_prev_emits(body, outputs, n_carry)
     prevs = [scan_node(inits, seqs, frees, prev_body, prev_outputs, len(outputs) + j, True, length)
              for j in range(n_carry)]
-    float_carry = [P.is_float(c.dtype) for c in inits]
+    float_carry = [is_float(c.dtype) for c in inits]
     drawing = ("step", 0) in _leaf_names(body)  # the body draws random numbers (keyed by the step)
 
     def rev(v):
@@ -347,13 +347,13 @@ def _bptt(g, y, operands, body, n_carry, n_seq, outputs, out, history, length, t
             ys.append(vals[outputs[out]])
             seeds.append(g_t)
         wrt = [prev[j] for j in range(n_carry) if float_carry[j]] + \
-              [xs[i] for i in range(n_seq) if P.is_float(xs[i].dtype)] + \
-              [frees[f] for f in range(len(frees)) if P.is_float(frees[f].dtype)]
+              [xs[i] for i in range(n_seq) if is_float(xs[i].dtype)] + \
+              [frees[f] for f in range(len(frees)) if is_float(frees[f].dtype)]
         grads = vjp(ys, wrt, seeds, disconnected="zero", what="scan") if ys and wrt else []
         it = iter(grads)
         new_gc = [next(it) if float_carry[j] else gc[j] for j in range(n_carry)]
-        d_x = [next(it) if P.is_float(xs[i].dtype) else L.zeros_like(xs[i]) for i in range(n_seq)]
-        d_free = [next(it) if P.is_float(frees[f].dtype) else None for f in range(len(frees))]
+        d_x = [next(it) if is_float(xs[i].dtype) else L.zeros_like(xs[i]) for i in range(n_seq)]
+        d_free = [next(it) if is_float(frees[f].dtype) else None for f in range(len(frees))]
         if within is not None:  # beyond the last `truncate` steps: nothing flows
             new_gc = [L.where(within, v, 0) if float_carry[j] else v for j, v in enumerate(new_gc)]
             d_x = [L.where(within, v, 0) for v in d_x]
@@ -429,11 +429,11 @@ def _forward_tangent(tangents, operands, body, n_carry, n_seq, outputs, out, his
             leaves["step0"] = args[-1]  # this step's index: it draws the same numbers as the loop
         vals = _copy_body(body, b, leaves)
         ys = [vals[o] for o in outputs]
-        pairs = [(v, t) for v, t in zip(cs + xs + frees, tcs + txs + t_free) if P.is_float(v.dtype)]
+        pairs = [(v, t) for v, t in zip(cs + xs + frees, tcs + txs + t_free) if is_float(v.dtype)]
         # an integer output (a step counter, the random-stream key's slot in a reverse loop) has a
         # zero tangent of its own type: only the float outputs go through rop
         ts = [L.zeros_like(v) for v in ys]
-        floats = [k for k, v in enumerate(ys) if P.is_float(v.dtype)]
+        floats = [k for k, v in enumerate(ys) if is_float(v.dtype)]
         if pairs and floats:
             for k, t in zip(floats, rop([ys[k] for k in floats], [p[0] for p in pairs], [p[1] for p in pairs],
                                         disconnected="zero")):

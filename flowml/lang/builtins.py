@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import collective as C
+from ..ir.ops import collective as C
 from ..ir import lib as L
 
 

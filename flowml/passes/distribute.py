@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FlowError
-from ..ir import collective as C
+from ..ir.ops import collective as C
 from ..ir import lib as L
 from ..ir import ops as P
 from ..ir.graph import DerivativeRecord, Graph, at

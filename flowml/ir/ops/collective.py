@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FlowTypeError
-from . import lib as L
-from .graph import ShapeError, current_loc
-from .ops import Op
-from .types import DTYPES, TensorType, is_float
+from ...errors import FlowTypeError
+from .. import lib as L
+from ..graph import ShapeError, current_loc
+from ..types import DTYPES, TensorType, is_float
+from .core import Op
 
 REDUCTIONS = ("sum", "mean", "max")
 
 
 def _world():
-    from ..distributed import world
+    from ...distributed import world
     return world()
 
 
