@@ -328,6 +328,8 @@ class Function:
         self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
         self._executable = model.backend.compile(self.compiled.graph, self.compiled.outputs,
                                                  self.compiled.updates, plan=self.compiled.plan)
+        # (an executable whose outputs are fresh arrays the caller may keep says so: no second copy)
+        self._owns_outputs = getattr(self._executable, "owns_outputs", False)
 
     def optimized(self, after: str | None = None, level: int | None = None):
         """This function through the optimizer's phases up to `after` (all by default) at
@@ -435,23 +437,34 @@ class Function:
                 arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc,
                                             env)
         model = self.model
-        if self._stale:  # params another backend changed since: copied over first
-            model._shared.acquire(model.backend.name)
-        try:
-            if model.check:
-                from .checkmode import checked_call
-                outs = checked_call(self, arrays, env)
-            else:
-                outs = self._executable(arrays, model._state, env)
-        finally:
-            if self._updated:
-                model._shared.wrote(model.backend.name, self._updated)
-        outs = [np.array(o) for o in outs]
+        if self._updated or model.check:  # one at a time per state (docs/backends.md, "Threads")
+            with model._shared.lock:
+                outs = self._run(arrays, env)
+        else:
+            if self._stale:
+                with model._shared.lock:
+                    model._shared.acquire(model.backend.name)
+            outs = self._executable(arrays, model._state, env)
+        if not self._owns_outputs:
+            outs = [np.array(o) for o in outs]
         if not outs:
             return None
         if len(outs) == 1 and self.single_output is not False:
             return outs[0]
         return tuple(outs)
+
+    def _run(self, arrays, env):
+        model = self.model
+        if self._stale:  # params another backend changed since: copied over first
+            model._shared.acquire(model.backend.name)
+        try:
+            if model.check:
+                from .checkmode import checked_call
+                return checked_call(self, arrays, env)
+            return self._executable(arrays, model._state, env)
+        finally:
+            if self._updated:
+                model._shared.wrote(model.backend.name, self._updated)
 
 
 class Model:

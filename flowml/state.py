@@ -10,6 +10,8 @@ both are then a dict lookup.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
@@ -18,6 +20,8 @@ class SharedState:
         self._states: dict[str, object] = {}   # backend name -> that backend's state
         self._holder: dict[str, str] = {}      # param -> the backend whose copy is current
         self._stale: dict[str, set[str]] = {}  # backend name -> params whose current value is elsewhere
+        # held by every call that updates params (or checks a call): such calls run one at a time
+        self.lock = threading.RLock()
 
     def state(self, backend):
         """`backend`'s state, created on first use (it starts stale in every param held so far)."""

@@ -51,19 +51,49 @@ def parse_type(text: str, file: str = "<type>") -> ast.TypeExpr:
     return _build(_parse_tree(text, file, "type_only"), file, text)
 
 
+_LARK_OPTIONS = dict(
+    parser="lalr",
+    lexer="basic",  # not "contextual": it would lex a keyword as a NAME where no keyword fits
+    propagate_positions=True,
+    maybe_placeholders=True,
+    start=["start", "type_only"],
+)
+
+
 @functools.cache
 def _lark() -> Lark:
-    """The parser, built on first use (about 0.1 s) and shared after that."""
+    """The parser, shared once built. Building its LALR tables takes 0.1-0.7 s, so they are kept
+    in flowml's cache dir (`parser/`, see flowml.cachefiles), keyed by everything they depend on:
+    a corrupt or stale entry is rebuilt, never used."""
+    import hashlib
+    import marshal
+    import sys
+
+    import lark
+    from ..cachefiles import FileCache
+
     grammar = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
-    return Lark(
-        grammar,
-        parser="lalr",
-        lexer="basic",  # not "contextual": it would lex a keyword as a NAME where no keyword fits
-        propagate_positions=True,
-        maybe_placeholders=True,
-        postlex=_Lines(),
-        start=["start", "type_only"],
-    )
+    store = FileCache(subdir="parser", magic=b"FLOWMLP1", suffix=".lark")
+    key = hashlib.sha256(repr((grammar, sorted(_LARK_OPTIONS.items()), _Lines.always_accept, lark.__version__,
+                               sys.version_info[:2])).encode()).hexdigest()
+    blob = store.get(key)
+    if blob is not None:
+        try:
+            d = marshal.loads(blob)  # (plain data, no pickle: a cache file can run no code)
+            return Lark._load_from_dict(d["data"], d["memo"], postlex=_Lines(),
+                                        propagate_positions=True)
+        except Exception:  # noqa: BLE001 - an entry lark cannot load: build the tables again
+            pass
+    parser = Lark(grammar, postlex=_Lines(), **_LARK_OPTIONS)
+    try:
+        from lark.grammar import Rule
+        from lark.lexer import TerminalDef
+        data, memo = parser.memo_serialize([TerminalDef, Rule])
+        data["options"] = {k: v for k, v in data["options"].items() if k != "postlex"}  # passed when loaded
+        store.put(key, marshal.dumps({"data": data, "memo": memo}))
+    except ValueError:  # something marshal cannot write (a lark change): no cache entry
+        pass
+    return parser
 
 
 def _parse_tree(text: str, file: str, start: str) -> Tree:

@@ -11,6 +11,10 @@ Kernels read and write the buffers of the optimizer's memory plan; a param updat
 marks in place is written straight into the param's array. All kernels of a function live in one
 LLVM module, compiled once and kept in the persistent compile cache.
 
+Re-entrant: the buffers and the slot table are a call's own (a `_Frame`, taken from a per-binding
+pool and given back when the call returns), so threads may call one function at once; outputs
+are copied out of the frame before it goes back.
+
 Shapes reach native code only after the call boundary checked every input against its
 declaration; kernels take their sizes from the bound dims.
 """
@@ -74,6 +78,8 @@ class _Kernel:
 
 
 class LLVMExecutable:
+    owns_outputs = True  # a call returns new arrays (copies out of its frame)
+
     def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
         self.graph = graph
         self.outputs = outputs
@@ -203,18 +209,28 @@ class LLVMExecutable:
         """Run the function. `record` (check mode): a dict that receives a copy of every node's
         value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
         if self._lazy:
-            return self._reference(inputs, state, env)
+            return [np.array(v) for v in self._reference(inputs, state, env)]
         if not hasattr(self, "steps"):
             self._prepare_steps()
         env = dict(env)
         binding = self._binding(env)
-        ctx = binding.ctx
+        frames = binding.frames
+        try:
+            frame = frames.pop()  # (atomic: two threads never get one frame)
+        except IndexError:
+            frame = _Frame(binding)  # every frame of the binding is in use: one more
+        try:
+            return self._run(inputs, state.values, env, binding, frame, record)
+        finally:
+            frames.append(frame)
+
+    def _run(self, inputs, params, env, binding: "_Binding", frame: "_Frame", record):
+        ctx = frame.ctx
         values: dict[int, np.ndarray] = {}
-        params = state.values
         with np.errstate(all="ignore"):
             for kind, n, data, slot in self.steps:
                 if kind == "kernel":
-                    v = binding.run_kernel(n, data, params)
+                    v = binding.run_kernel(n, data, params, frame)
                 elif kind == "input":
                     v = inputs[data]
                 elif kind == "param":
@@ -249,7 +265,9 @@ class LLVMExecutable:
                 np.copyto(old, v)  # keep the param's array (and address) for the next call
             else:
                 params[name] = v
-        return [values[n] for n in self.outputs]
+        # copies: the frame's buffers are the next call's, and an output may be an input or a
+        # param (or a view of one)
+        return [np.array(values[n]) for n in self.outputs]
 
     def _reference_step(self, n, args, env):
         return run_op(self.graph, n, args, env)
@@ -267,20 +285,18 @@ class LLVMExecutable:
 
 
 class _Binding:
-    """What one binding of the dims fixes: the buffers (by the memory plan), the slot table with
-    their addresses and the dims, and each kernel's loop extent and thread count."""
+    """What one binding of the dims fixes: each kernel's loop extent and thread count, the slot
+    table's dims, the buffers' sizes (by the memory plan), and a pool of frames (`_Frame`) that
+    calls of these dims take their buffers from, one frame per call running at once."""
 
     def __init__(self, ex: LLVMExecutable, env: dict[str, int]):
         g = ex.graph
         self.ex = ex
-        self.ctx = np.zeros(len(ex.slot) + 1, dtype=np.int64)
-        self.ctx_ptr = self.ctx.ctypes.data
+        self.env = env
+        self.ctx = np.zeros(len(ex.slot) + 1, dtype=np.int64)  # the template: dims only
         for key, s in ex.slot.items():
             if key[0] == "dim":
                 self.ctx[s] = env[key[1]]
-        self.buffers: dict[int, np.ndarray] = {}
-        by_buffer: dict[int, np.ndarray] = {}
-        assign = ex.plan.assign if ex.plan is not None else {}
         self.launch: dict[int, tuple[int, int, bool]] = {}
         self.errors: dict[int, FlowRuntimeError] = {}  # kernels that raise when run (extent -1)
         nthreads = parallel.num_threads()
@@ -288,7 +304,6 @@ class _Binding:
             if not g.op(n).leaf:
                 check_value(g, n, env)
         for n, k in ex.kernels.items():
-            t = g.type(n)
             a = g.attrs(n)
             err = empty_reduction_error(a["reduce"], tuple(resolve_dim(d, env) for d in a["shape"]), g.loc(n))
             if err is not None:
@@ -301,8 +316,45 @@ class _Binding:
                     total = _size(a["shape"], env)
                     threads = max(1, min(nthreads, extent, total // MIN_ITEMS_PER_THREAD))
                 self.launch[n] = (extent, threads, k.info.atomic_sum)  # chunks add into a zeroed output
+        self.frames: list[_Frame] = [_Frame(self)]  # the free ones
+
+    def run_kernel(self, n: int, k: "_Kernel", params: dict[str, np.ndarray], frame: "_Frame") -> np.ndarray:
+        extent, threads, zero_first = self.launch[n]
+        name = self.ex._inplace_nodes.get(n)
+        if name is not None:
+            out = params[name]
+            frame.ctx[k.slot_out] = out.__array_interface__["data"][0]
+        else:
+            out = frame.buffers[n]
+        if extent < 0:
+            raise self.errors[n]
+        if zero_first:
+            out.fill(0)
+        # (ctypes releases the GIL during both calls: other threads run meanwhile)
+        if threads > 1:
+            parallel.parallel_for(k.address, frame.ctx_ptr, extent, threads)
+        else:
+            k.fn(frame.ctx_ptr, 0, extent)
+        return out
+
+
+class _Frame:
+    """One call's own memory: the kernels' output buffers (shared between nodes as the memory
+    plan says) and the slot table holding their addresses, the dims, and (set per call) the
+    input and param addresses."""
+
+    def __init__(self, binding: _Binding):
+        ex, env = binding.ex, binding.env
+        g = ex.graph
+        self.ctx = binding.ctx.copy()
+        self.ctx_ptr = self.ctx.ctypes.data
+        self.buffers: dict[int, np.ndarray] = {}
+        by_buffer: dict[int, np.ndarray] = {}
+        assign = ex.plan.assign if ex.plan is not None else {}
+        for n, k in ex.kernels.items():
             if n in ex._inplace_nodes:
                 continue
+            t = g.type(n)
             shape = tuple(resolve_dim(d, env) for d in t.shape)
             nbytes = _size(t.shape, env) * t.dtype.itemsize
             b = assign.get(n)
@@ -317,24 +369,6 @@ class _Binding:
                 raise allocation_failed(g, n, env) from None
             self.buffers[n] = arr
             self.ctx[k.slot_out] = arr.ctypes.data
-
-    def run_kernel(self, n: int, k: "_Kernel", params: dict[str, np.ndarray]) -> np.ndarray:
-        extent, threads, zero_first = self.launch[n]
-        name = self.ex._inplace_nodes.get(n)
-        if name is not None:
-            out = params[name]
-            self.ctx[k.slot_out] = out.__array_interface__["data"][0]
-        else:
-            out = self.buffers[n]
-        if extent < 0:
-            raise self.errors[n]
-        if zero_first:
-            out.fill(0)
-        if threads > 1:
-            parallel.parallel_for(k.address, self.ctx_ptr, extent, threads)
-        else:
-            k.fn(self.ctx_ptr, 0, extent)
-        return out
 
 
 class LLVMBackend:
