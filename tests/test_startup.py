@@ -13,9 +13,7 @@ import pytest
 from flowml.lang import parser as P
 
 # Imported only where they are used: each costs a fresh process 0.05-0.4 s, or loads a driver.
-LAZY = ["matplotlib", "pyopencl", "mpi4py", "rich", "llvmlite", "lark",
-        pytest.param("scipy.special", marks=pytest.mark.xfail(
-            strict=True, reason="flowml/ir/ops.py imports scipy.special at the top (lazy after the ops split)"))]
+LAZY = ["matplotlib", "pyopencl", "mpi4py", "rich", "llvmlite", "lark", "scipy.special"]
 
 
 @pytest.fixture(scope="module")

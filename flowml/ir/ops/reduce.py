@@ -4,7 +4,6 @@ normalize along an axis: softmax, log_softmax and categorical_crossentropy."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.special
 
 from .. import lib as L
 from ..graph import ShapeError
@@ -94,6 +93,7 @@ def _logsumexp_jvp(tangents, y, x, axis, keepdims):
 def _np_logsumexp(x, axis, keepdims):
     x = as_float(x)
     if x.size == 0 or not axis:
+        import scipy.special
         out = scipy.special.logsumexp(x, axis=axis, keepdims=keepdims)
     else:
         # max-shifted, as scipy does, in plain numpy (scipy's array-API layer costs ~40 us a call);
