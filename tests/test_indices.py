@@ -108,6 +108,20 @@ def test_out_of_range_labels_and_indices_are_located_errors(backend, level):
         assert (e.value.loc.file, e.value.loc.line) == ("idx.flow", line)
 
 
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_a_constant_index_into_a_symbolic_dim_is_checked_by_numpys_rule(backend):
+    """x[5] and x[-4] with x : f64[N] are checked when N is bound: the same words as an index
+    array's (numpy's own 'index 5 is out of bounds' before), located at the subscript."""
+    m = flowml.loads("input x : f64[N]\nfn f(x) -> x[5]\nfn g(x) -> x[-4]\n", backend=backend)
+    x = np.arange(7.0)
+    assert (float(m.f(x)), float(m.g(x))) == (5.0, 3.0)
+    for fn, i, line in ((m.f, 5, 2), (m.g, -4, 3)):
+        with pytest.raises(FlowRuntimeError, match=rf"index {i} is out of range for axis 0 of size 3 "
+                           r"\(valid: -3 to 2") as e:
+            fn(np.zeros(3))
+        assert e.value.loc.line == line
+
+
 def test_index_axes_and_unnamed_operands():
     """Each index array is checked against its own axis; an unnamed value is named by operand."""
     m = flowml.loads("input a : f64[2, 5]\ninput j : i64[3]\n"

@@ -29,8 +29,12 @@ def _spec_to_numpy(spec, arrays, env, shape, first_array: int):
         kind = item[0]
         if kind == "slice":
             out.append(slice(*(None if v is None else resolve_dim(v, env) for v in item[1:])))
-        elif kind == "int":
-            out.append(item[1])
+        elif kind == "int":  # a constant: checked here only when its axis is a symbolic dim
+            i, n = item[1], shape[axis]
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of range for axis {axis} of size {n} "
+                                 f"(valid: {-n} to {n - 1}; negative ones count from the end)")
+            out.append(i)
         elif kind == "arr":
             k = item[1] - 1
             out.append(wrap_indices(arrays[k], shape[axis], first_array + k, axis=axis))
