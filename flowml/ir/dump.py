@@ -12,12 +12,17 @@ import os
 import numpy as np
 
 from . import ops as P
+from .graph import Graph
 from .types import DTYPE_NAMES
 
 _LEAF_ATTR = {"input": "name", "param": "name"}
 
 
-def _fmt_value(v) -> str:
+def _fmt_value(v, bodies: dict | None = None) -> str:
+    if isinstance(v, Graph):  # a loop body: named here, listed after the function (`bodies`)
+        if bodies is None:
+            return f"<graph of {len(v)} nodes>"
+        return bodies.setdefault(id(v), (f"@body{len(bodies)}", v))[0]
     if isinstance(v, bool) or isinstance(v, np.bool_):
         return "true" if v else "false"
     if isinstance(v, np.dtype):
@@ -31,7 +36,7 @@ def _fmt_value(v) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, tuple):
-        inner = ", ".join(_fmt_value(x) for x in v)
+        inner = ", ".join(_fmt_value(x, bodies) for x in v)
         return f"({inner},)" if len(v) == 1 else f"({inner})"
     if v is None:
         return "none"
@@ -44,7 +49,7 @@ def _fmt_loc(loc) -> str:
     return f"{os.path.basename(loc.file)}:{loc.line}:{loc.col}"
 
 
-def node_line(graph, n: int, ids: dict[int, str]) -> str:
+def node_line(graph, n: int, ids: dict[int, str], bodies: dict | None = None) -> str:
     op = graph.op(n)
     attrs = graph.attrs(n)
     args = ", ".join(ids[o] for o in graph.operands(n))
@@ -57,7 +62,7 @@ def node_line(graph, n: int, ids: dict[int, str]) -> str:
     elif op.name == "fused":
         body = f"fused[{fused_formula(attrs['body'], attrs['reduce'], [ids[o] for o in graph.operands(n)])}]"
     else:
-        shown = ", ".join(f"{k}={_fmt_value(v)}" for k, v in attrs.items())
+        shown = ", ".join(f"{k}={_fmt_value(v, bodies)}" for k, v in attrs.items())
         body = op.name + (f" {args}" if args else "") + (f" {{{shown}}}" if shown else "")
     line = f"{ids[n]} = {body} : {graph.type(n)}"
     comment = " ".join(x for x in (_fmt_loc(graph.loc(n)), f"({graph.name(n)})" if graph.name(n) else "") if x)
@@ -119,10 +124,25 @@ def _strip(expr: str) -> str:
     return expr
 
 
-def dump_nodes(graph, roots: list[int]) -> tuple[list[str], dict[int, str]]:
+def dump_nodes(graph, roots: list[int], bodies: dict | None = None) -> tuple[list[str], dict[int, str]]:
     nodes = graph.topo(graph.ancestors(roots))
     ids = {n: f"%{i}" for i, n in enumerate(nodes)}
-    return [node_line(graph, n, ids) for n in nodes], ids
+    return [node_line(graph, n, ids, bodies) for n in nodes], ids
+
+
+def _dump_bodies(bodies: dict) -> list[str]:
+    """The loop bodies a dump named (`@body0 = graph { ... }`), nested ones after their parent.
+    A body's nodes keep their own ids (`%9`), which its loop's attrs (`outputs=(9, 13)`) name."""
+    lines, done = [], 0
+    while done < len(bodies):
+        name, body = list(bodies.values())[done]
+        done += 1
+        nodes = body.topo(body.nodes())
+        ids = {n: f"%{n}" for n in nodes}
+        lines.append(f"{name} = graph {{")
+        lines += ["  " + node_line(body, n, ids, bodies) for n in nodes]
+        lines.append("}")
+    return lines
 
 
 def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
@@ -131,14 +151,15 @@ def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
     graph = graph or program.graph
     outputs = outputs if outputs is not None else [v.id for _, v in fn.outputs]
     updates = updates if updates is not None else [(u.param, u.value.id) for u in fn.updates]
-    lines, ids = dump_nodes(graph, list(outputs) + [n for _, n in updates])
+    bodies: dict = {}
+    lines, ids = dump_nodes(graph, list(outputs) + [n for _, n in updates], bodies)
     header = f"fn {fn.name}({', '.join(f'{n}: {program.inputs[n].var.type}' for n in fn.inputs)}) {{"
     body = ["  " + line for line in lines]
     if outputs:
         body.append("  return " + ", ".join(f"{ids[n]} ({name})" for (name, _), n in zip(fn.outputs, outputs)))
     for param, n in updates:
         body.append(f"  update {param} <- {ids[n]}")
-    return "\n".join([header] + body + ["}"])
+    return "\n".join([header] + body + ["}"] + _dump_bodies(bodies))
 
 
 def _dot_escape(text: str) -> str:
