@@ -170,3 +170,17 @@ def test_cli_export(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "op 'scan' has no ONNX converter" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "r.onnx")
+
+
+def test_conv_padding_stride_and_overlapping_pools():
+    """The attribute conventions: flowml's ((top, bottom), (left, right)) padding is ONNX's
+    pads [top, left, bottom, right]; strides and pool windows as (h, w)."""
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", "f32[N, 2, 9, 7]")
+    w = flowml.param("w", np.random.default_rng(0).normal(size=(3, 2, 3, 2)).astype(np.float32))
+    y = flowml.conv2d(x, w, stride=(2, 1), padding=((2, 0), (1, 3)))
+    outs = [y, flowml.max_pool2d(y, (3, 2), stride=(1, 2))]
+    f = flowml.function([x], outs, backend="reference")
+    sess = _session(f.to_onnx())
+    for n in (2, 1):
+        _compare(f, sess, {"x": np.random.default_rng(n).normal(size=(n, 2, 9, 7)).astype(np.float32)})
