@@ -184,3 +184,49 @@ def test_conv_padding_stride_and_overlapping_pools():
     sess = _session(f.to_onnx())
     for n in (2, 1):
         _compare(f, sess, {"x": np.random.default_rng(n).normal(size=(n, 2, 9, 7)).astype(np.float32)})
+
+
+UNARY = ["exp", "log", "log1p", "expm1", "sqrt", "tanh", "sigmoid", "softplus", "relu", "abs", "sin", "cos",
+         "sign", "erf", "erfc", "neg"]
+
+
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+def test_every_elementwise_converter(dtype):
+    """Each elementwise op (checked to be in the exported graph: the optimizer keeps it) against
+    the reference backend, in one fn per dtype."""
+    from flowml.interop.onnx_export import EXCLUDED_PHASES
+    from flowml.passes.pipeline import optimize
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", f"{dtype}[N, 3]")
+    y = flowml.tensor("y", f"{dtype}[N, 3]")
+    k = flowml.tensor("k", "i64[N]")
+    pos = flowml.abs(x) + 0.5
+    # (onnxruntime's CPU Erf has no double kernel: erf and erfc run in f32 only)
+    unary = [u for u in UNARY if dtype == "f32" or u not in ("erf", "erfc")]
+    outs = [-x if u == "neg" else getattr(flowml, u)(pos if u in ("log", "sqrt") else x) for u in unary]
+    outs += [x + y, x - y, x * y, x / y, pos ** y, flowml.maximum(x, y), flowml.minimum(x, y),
+             x == y, x != y, x < y, x <= y, x > y, x >= y, (x > 0) & (y > 0), (x > 0) | (y > 0), ~(x > y),
+             flowml.where(x > y, x, 2), flowml.cast(x, "i64"), flowml.cast(k, dtype), x + k[:, None],
+             flowml.stop_gradient(x), flowml.broadcast_to(k, (2,) + (k.shape[0],)),
+             flowml.onehot(k, 4, dtype), flowml.argmax(x), flowml.argmax(x, axis=0, keepdims=True)]
+    f = flowml.function([x, y, k], outs, backend="reference")
+    opt = optimize(f.model.program.graph, [v.id for _, v in f.decl.outputs], [], exclude=EXCLUDED_PHASES)
+    present = {opt.graph.op(n).name for n in opt.graph.ancestors(opt.outputs)}
+    for op in unary + ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+                       "and", "or", "not", "where", "cast", "broadcast_to", "onehot", "argmax"]:
+        assert op in present, op
+    sess = _session(f.to_onnx())
+    for n in (4, 1):
+        rng = np.random.default_rng(n)
+        inputs = {"x": rng.normal(size=(n, 3)).astype(dtype.replace("f", "float")),
+                  "y": rng.normal(size=(n, 3)).astype(dtype.replace("f", "float")),
+                  "k": rng.integers(-4, 4, size=n)}
+        inputs["y"][0, 0] = inputs["x"][0, 0]  # (one equal pair for the comparisons)
+        _compare(f, sess, inputs)
+
+
+def test_without_the_onnx_package_export_says_how_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)  # (import onnx raises ImportError)
+    with pytest.raises(flowml.FlowError, match=r"pip install 'flowml\[onnx\]'"):
+        _model("examples/logreg.flow", "f64").predict.to_onnx()

@@ -147,6 +147,8 @@ def export(fn, path=None):
                 ex.dim_sources.setdefault(d.names[0], (name, axis))
         if name in by_input:
             ex.names[by_input[name]] = name
+    params = {g.attrs(n)["name"]: n for n in needed if g.op(n).name == "param"}
+    ex.used.update(params)  # (a param's initializer is named as the param)
     out_names = [ex.fresh(name) for name, _ in decl.outputs]
     for n in g.topo(needed):
         if n in ex.names:
@@ -156,7 +158,6 @@ def export(fn, path=None):
     for out, n in zip(out_names, opt.outputs):
         ex.nodes.append(onnx.helper.make_node("Identity", [ex.names[n]], [out]))
         outputs.append(ex.value_info(out, g.type(n)))
-    params = {g.attrs(n)["name"]: n for n in needed if g.op(n).name == "param"}
     values = fn.model.params
     for name in params:
         ex.initializers.append(onnx.numpy_helper.from_array(np.asarray(values[name]), ex.names[params[name]]))
@@ -193,9 +194,7 @@ def _base(ex: Exporter, n: int) -> str:
 
 @converts("param")
 def _param(ex, n, ins):
-    name = ex.graph.attrs(n)["name"]
-    ex.used.add(name)
-    return name  # its initializer is added once the walk is done
+    return ex.graph.attrs(n)["name"]  # its initializer is added once the walk is done
 
 
 @converts("const")
@@ -343,6 +342,9 @@ def _onehot(ex, n, ins):
     depth = ex.dim(attrs["n"], n)
     y = ex.cast(ins[0], g.type(g.operands(n)[0]).dtype, np.int64)
     zero, one = ex.constant(np.int64(0)), ex.constant(np.int64(1))
+    # a negative label wraps once, as flowml's (a label outside [-n, n) gives a row of zeros,
+    # where flowml raises)
+    y = ex.emit("Where", [ex.emit("Less", [y, zero]), ex.emit("Add", [y, depth]), y], "label")
     classes = ex.emit("Range", [zero, depth, one], "classes")
     hot = ex.emit("Equal", [ex.emit("Unsqueeze", [y, ex.axes(-1)]), classes])
     return ex.cast(hot, np.bool_, g.type(n).dtype)
