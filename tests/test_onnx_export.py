@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 EXAMPLES = sorted(glob.glob("examples/*.flow"))
 # Whole-model ops with no ONNX converter: these fns must fail with a clean error naming them.
 UNSUPPORTED = {("examples/rnn.flow", "predict"): "scan", ("examples/rnn.flow", "evaluate"): "scan"}
-# rbm.flow spelled in f32 does not build (its Gibbs loop's carried state starts as f64 zeros); it
+# rbm.flow spelled in f32 does not build (its Gibbs loop's carried state is f64 before a step and f32 after); it
 # runs in f64 only.
 NO_F32_TWIN = {"examples/rbm.flow"}
 RTOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
