@@ -149,7 +149,8 @@ def test_python_builder_fn_exports_elementwise_reductions_and_indexing(dtype):
             flowml.argmin(m, axis=0), flowml.concatenate([m, flowml.transpose(x[:, :4].T)], axis=0),
             flowml.softmax(m, axis=0), flowml.sqrt(x * x) ** 1.5 - flowml.minimum(x, w),
             flowml.mean(flowml.cast((x < -1) | ~(x < 1), "f64")), flowml.maximum(x, 0.5) != x,
-            x[1:, ::-2][:, None, -1], x[-1], x[:-1:2, 1:3], flowml.transpose(x)[flowml.arange(3) - 2]]
+            x[1:, ::-2][:, None, -1], x[-1], x[:-1:2, 1:3], flowml.transpose(x)[flowml.arange(3) - 2],
+            flowml.min(m, axis=1), flowml.sum(m), flowml.argmin(m, keepdims=True), flowml.mean(m, axis=(0, 1))]
     f = flowml.function([x], outs, backend="reference")
     sess = _session(flowml.to_onnx(f))
     for n in (5, 2):
@@ -164,6 +165,13 @@ def test_cli_export(tmp_path, capsys):
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["X", "y"]
+    trained = {"W1": np.full((64, 100), 0.25), "b2": np.arange(10.0)}
+    np.savez(tmp_path / "p.npz", **trained)
+    assert main(["export", "examples/mlp.flow", "--fn", "error", "--load-params", str(tmp_path / "p.npz"),
+                 "-o", str(out)]) == 0
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for name, value in trained.items():
+        np.testing.assert_array_equal(initializers[name], value)
     assert main(["export", "examples/mlp.flow", "--fn", "nope", "-o", str(out)]) == 1
     assert "no fn named 'nope'" in capsys.readouterr().err
     assert main(["export", "examples/rnn.flow", "--fn", "predict", "-o", str(tmp_path / "r.onnx")]) == 1
