@@ -12,6 +12,12 @@ from .ir.lib import *  # noqa: F401,F403 - the library's functions (`flowml.ir.l
 from .gradcheck import GradientMismatch, verify_grad
 from .program import Function, Model
 
+
+def to_onnx(fn: Function, path=None):
+    """`fn` (a Function without updates) as an ONNX ModelProto, written to `path` when given:
+    `fn.to_onnx(path)` (docs/onnx.md)."""
+    return fn.to_onnx(path)
+
 __version__ = "0.1.0"
 
 __all__ = [name for name in dir() if not name.startswith("_")]

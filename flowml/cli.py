@@ -202,6 +202,21 @@ def synthesize_inputs(fn, program, spec: dict[str, int], given: dict, rng: np.ra
     return out
 
 
+def cmd_export(args) -> int:
+    from .api import load
+    model = load(args.file, backend="reference", seed=args.seed, exclude=args.exclude)
+    if args.fn not in model.functions:
+        _select_functions(model.program, args.fn)  # raises the helpful error
+    if args.load_params:
+        model.load_params(args.load_params)
+    from .interop.onnx_export import OPSET
+    onnx_model = model.functions[args.fn].to_onnx(args.output)
+    graph = onnx_model.graph
+    print(f"{args.output}: fn {args.fn}, ONNX opset {OPSET}, {len(graph.node)} nodes, "
+          f"{len(graph.initializer)} initializers")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .api import load
     from .io import load_npz
@@ -435,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "backend and stop at the first node whose values differ")
     _add_exclude(c)
     c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("export", help="write a fn (without updates) as an ONNX model, its params' current "
+                       "values as initializers (docs/onnx.md)")
+    c.add_argument("file")
+    c.add_argument("--fn", required=True, help="the fn to export")
+    c.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    c.add_argument("--load-params", metavar="P.npz", help="the trained params to export (default: the initial ones)")
+    c.add_argument("--seed", type=int, default=None, help="seed for param initializers")
+    _add_exclude(c)
+    c.set_defaults(func=cmd_export)
 
     c = sub.add_parser("train", help="train a model with mini-batches over the rows of a data file, "
                        "evaluating on the held-out rows each epoch")

@@ -368,6 +368,12 @@ class Function:
         out["kernels"] = opt.kernels()
         return out
 
+    def to_onnx(self, path=None):
+        """This fn as an ONNX model (opset 18; docs/onnx.md): its optimized-but-unfused graph,
+        the params' current values as initializers; written to `path` when given."""
+        from .interop.onnx_export import export
+        return export(self, path)
+
     def dot(self) -> str:
         from .ir.dump import to_dot
         return to_dot(self.model.program, self.decl)

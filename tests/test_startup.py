@@ -13,7 +13,8 @@ import pytest
 from flowml.lang import parser as P
 
 # Imported only where they are used: each costs a fresh process 0.05-0.4 s, or loads a driver.
-LAZY = ["matplotlib", "pyopencl", "mpi4py", "rich", "llvmlite", "lark", "scipy.special"]
+LAZY = ["matplotlib", "pyopencl", "mpi4py", "rich", "llvmlite", "lark", "scipy.special", "onnx",
+        "onnxruntime"]
 
 
 @pytest.fixture(scope="module")
