@@ -43,7 +43,7 @@ class Exporter:
         self.names: dict[int, str] = {}  # flowml node -> ONNX value name
         self.used: set[str] = set()
         self.dim_sources: dict[str, tuple[str, int]] = {}  # symbol -> (ONNX input, axis)
-        self._dims: dict = {}  # cache: dim -> ONNX name of its i64 scalar
+        self._made: dict = {}  # made once: a dim -> its i64 scalar, ("axes", ...) -> the constant
 
     # ------------------------------------------------------------ building blocks
 
@@ -75,8 +75,8 @@ class Exporter:
 
     def dim(self, d, n: int) -> str:
         """An i64 scalar holding dim `d` (an int, or a symbol read off an input's shape)."""
-        if d in self._dims:
-            return self._dims[d]
+        if d in self._made:
+            return self._made[d]
         if isinstance(d, int):
             out = self.constant(np.int64(d), "dim")
         else:
@@ -87,24 +87,28 @@ class Exporter:
                                     f"the dim {d}, and '{sym_name}' is not a dim of any input", self.graph.loc(n))
                 source, axis = self.dim_sources[sym_name]
                 shape = self.emit("Shape", [source], f"shape_{source}", start=axis, end=axis + 1)
-                factors.append(self.emit("Squeeze", [shape, self.constant(np.array([0], np.int64), "axes")],
+                factors.append(self.emit("Squeeze", [shape, self.axes(0)],
                                          f"dim_{sym_name}"))
             out = factors[0] if d.coeff == 1 else self.emit("Mul", [factors[0], self.constant(np.int64(d.coeff))])
             for f in factors[1:]:
                 out = self.emit("Mul", [out, f], "dim")
-        self._dims[d] = out
+        self._made[d] = out
         return out
 
     def shape(self, dims, n: int) -> str:
         """A 1-D i64 tensor holding `dims`: a constant when every dim is fixed."""
         if all(isinstance(d, int) for d in dims):
             return self.constant(np.array(dims, dtype=np.int64), "shape")
-        parts = [self.emit("Unsqueeze", [self.dim(d, n), self.constant(np.array([0], np.int64), "axes")], "d")
+        parts = [self.emit("Unsqueeze", [self.dim(d, n), self.axes(0)], "d")
                  for d in dims]
         return self.emit("Concat", parts, "shape", axis=0)
 
     def axes(self, axis) -> str:
-        return self.constant(np.array(axis, dtype=np.int64).reshape(-1), "axes")
+        """A 1-D i64 constant (axes of Squeeze, Unsqueeze, the reductions; Slice's steps), made once."""
+        key = ("axes",) + tuple(np.array(axis, dtype=np.int64).reshape(-1).tolist())
+        if key not in self._made:
+            self._made[key] = self.constant(np.array(key[1:], dtype=np.int64), "axes")
+        return self._made[key]
 
     # ------------------------------------------------------------ the walk
 
@@ -362,7 +366,11 @@ def _transpose(ex, n, ins):
 
 @converts("reshape")
 def _reshape(ex, n, ins):
-    return ex.emit("Reshape", [ins[0], ex.shape(ex.graph.type(n).shape, n)], _base(ex, n))
+    dims = ex.graph.type(n).shape
+    symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if len(symbolic) == 1:  # one dim follows from the size: a constant shape with -1 there
+        dims = tuple(-1 if i == symbolic[0] else d for i, d in enumerate(dims))
+    return ex.emit("Reshape", [ins[0], ex.shape(dims, n)], _base(ex, n))
 
 
 @converts("broadcast_to")
