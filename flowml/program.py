@@ -16,6 +16,7 @@ import numpy as np
 from .backends import get_backend
 from .errors import FlowCallError, FlowError, FlowNameError, FlowTypeError, Loc, did_you_mean
 from .ir.graph import Graph
+from .ir.indices import first_true
 from .ir.lib import Var
 from .ir.philox import RNG_PARAM
 from .ir.types import Sym, TensorType
@@ -75,8 +76,6 @@ class Program:
     functions: dict[str, FnDecl] = field(default_factory=dict)
     seed: int = 0
     derivatives: list[Derivative] = field(default_factory=list)
-
-
 
 
 def rng_key(program: Program) -> Var:
@@ -245,18 +244,14 @@ def _first_inexact_in_float(arr: np.ndarray, dtype: np.dtype) -> tuple | None:
     # |v| as uint64 (np.abs(INT64_MIN) is INT64_MIN, whose uint64 bits are 2**63), then its odd part
     mag = (np.abs(arr.astype(np.int64)) if arr.dtype.kind == "i" else arr).astype(np.uint64)
     lowest_bit = mag & (~mag + np.uint64(1))
-    inexact = mag // np.maximum(lowest_bit, np.uint64(1)) >= np.uint64(limit)
-    if not inexact.any():
-        return None
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(inexact)), arr.shape))
+    return first_true(mag // np.maximum(lowest_bit, np.uint64(1)) >= np.uint64(limit))
 
 
 def _first_out_of_int_range(arr: np.ndarray, dtype: np.dtype) -> tuple | None:
     info = np.iinfo(dtype)
     if arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max):
         return None
-    bad = (arr < info.min) | (arr > info.max)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+    return first_true((arr < info.min) | (arr > info.max))
 
 
 def _lossy_conversion(arr: np.ndarray, t: TensorType, what: str, where: str, pos: tuple) -> FlowCallError:

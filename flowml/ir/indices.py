@@ -26,12 +26,16 @@ class IndexOutOfRange(IndexError):
                 f"(valid: {-self.size} to {self.size - 1}; negative ones count from the end)")
 
 
+def first_true(mask: np.ndarray) -> tuple | None:
+    """The position (a tuple of ints) of the first true entry of `mask`, or None."""
+    if not mask.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
 def first_bad(idx: np.ndarray, size: int) -> tuple | None:
     """The position of the first index outside [-size, size), or None."""
-    bad = (idx < -size) | (idx >= size)
-    if not bad.any():
-        return None
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), idx.shape))
+    return first_true((idx < -size) | (idx >= size))
 
 
 def wrap(idx, size: int, operand: int, what: str = "index", axis: int | None = None) -> np.ndarray:
