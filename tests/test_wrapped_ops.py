@@ -4,6 +4,7 @@ threads, on every backend — against numpy and against finite differences."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -195,6 +196,14 @@ def test_derivatives_written_as_wrapped_ops_compose_to_any_order():
         got = flowml.function([x], [d1, d2, d3], backend=backend)(X)
         np.testing.assert_allclose(got, [np.cos(X), -np.sin(X), -np.cos(X)], atol=1e-15)
     assert flowml.verify_grad(lambda v: flowml.grad(flowml.sum(sin(v) * v), v), [X], rng=0).passed
+
+
+@settings(max_examples=20, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 6), elements=st.floats(-3, 3)))
+def test_a_vjp_that_uses_the_result_matches_finite_differences(a):
+    tanh = flowml.op(np.tanh, lambda t: t, name="np_tanh", vjp=lambda g, out, x: g * (1 - out * out))
+    report = flowml.verify_grad(lambda v: tanh(v * 2) * v, [a], rng=0)
+    assert report.passed, str(report)
 
 
 def test_scipy_functions_as_their_own_derivatives():
@@ -476,10 +485,15 @@ def test_threads_calling_a_wrapped_op_get_the_serial_results(backend):
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside a call (and inside the host step)
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
     assert not errors, errors
     for t in range(4):
         for got, want in zip(results[t], serial[t]):
