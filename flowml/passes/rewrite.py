@@ -72,7 +72,7 @@ def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
 
 def _match_op(opname, args, keywords, graph, n, m) -> bool:
     op = graph.op(n)
-    if op.name != opname or op.wrapped:  # (a user's op may be called `exp`: it is not exp)
+    if op.name != opname or op.wrapped:  # (no pattern is about a user's function)
         return False
     operands = graph.operands(n)
     if len(operands) != len(args):
