@@ -30,20 +30,28 @@ def _carries_gradient(graph, n) -> bool:
     return is_float(graph.type(n).dtype)
 
 
-def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = False) -> set[int]:
+def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = False,
+                forward: bool = False) -> set[int]:
     """The nodes within `limit` that a derivative can reach from `wrt`: float-valued nodes whose
-    op has a VJP, fed by such a node (ids ascend topologically, so one forward scan suffices).
-    With `through_stops`, stop_gradient counts as passing (to tell a deliberate cut from an op
-    that has no derivative)."""
+    op has a VJP (a JVP, `forward`), fed by such a node (ids ascend topologically, so one
+    forward scan suffices). With `through_stops`, stop_gradient counts as passing (to tell a
+    deliberate cut from an op that has no derivative)."""
     reach = {w for w in wrt}
     for n in sorted(limit):
         op = graph.op(n)
-        passes = op.has_vjp or (through_stops and getattr(op, "stops_gradient", False))
+        passes = (op.has_jvp if forward else op.has_vjp) or (through_stops and getattr(op, "stops_gradient", False))
         if n in reach or not _carries_gradient(graph, n) or not passes:
             continue
         if any(o in reach for o in graph.operands(n)):
             reach.add(n)
     return reach
+
+
+def _no_derivative_notes(op, forward: bool) -> list[str]:
+    if not op.wrapped:
+        return []
+    return [f"{op.name} is a wrapped op made without {'jvp' if forward else 'vjp'}=: give flowml.op one to "
+            "differentiate through it"]
 
 
 def _blocker(graph, w: int, cost_ancestors: set[int], reach: set[int]) -> int | None:
@@ -69,16 +77,18 @@ def check_connected(graph, y: Var, wrt, disconnected: str, what: str = "grad") -
     if disconnected == "zero":
         return
     y_anc = graph.ancestors([y.id])
+    forward = what == "rop"
     for w in wrt:
         if w.id not in y_anc:
             raise FlowGradError(f"{_subject(graph, y, what)} does not depend on {_describe(graph, w.id)}; pass "
                                 "disconnected=\"zero\" to get a zero derivative instead", loc)
-        reach = _flows_from(graph, [w.id], y_anc)
-        if y.id not in reach and y.id not in _flows_from(graph, [w.id], y_anc, through_stops=True):
+        reach = _flows_from(graph, [w.id], y_anc, forward=forward)
+        if y.id not in reach and y.id not in _flows_from(graph, [w.id], y_anc, through_stops=True, forward=forward):
             b = _blocker(graph, w.id, y_anc, reach)
             via = f"{graph.op(b).name} ({graph.loc(b)})" if b is not None else "an op without a derivative"
             raise FlowGradError(f"{_subject(graph, y, what)} depends on {_describe(graph, w.id)} only through "
-                                f"{via}, which has no derivative", loc)
+                                f"{via}, which has no derivative", loc,
+                                _no_derivative_notes(graph.op(b), forward) if b is not None else None)
 
 
 def _subject(graph, y: Var, what: str) -> str:

@@ -72,7 +72,7 @@ def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
 
 def _match_op(opname, args, keywords, graph, n, m) -> bool:
     op = graph.op(n)
-    if op.name != opname:
+    if op.name != opname or op.wrapped:  # (no pattern is about a user's function)
         return False
     operands = graph.operands(n)
     if len(operands) != len(args):
@@ -202,7 +202,9 @@ def _freeze(v):
 def node_key(graph: Graph, n: int, operands: list[int]) -> tuple:
     """Nodes with equal keys compute the same value (common-subexpression merging)."""
     t = graph.type(n)
-    return (graph.op(n).name, _freeze(graph.attrs(n)), tuple(operands), t.dtype.str, t.shape, t.weak)
+    op = graph.op(n)
+    # (a wrapped op by itself: two users' functions may share a name)
+    return (op if op.wrapped else op.name, _freeze(graph.attrs(n)), tuple(operands), t.dtype.str, t.shape, t.weak)
 
 
 class Rebuild:
@@ -235,7 +237,7 @@ class Rebuild:
         operands = [self.map[o] for o in old.operands(n)]
         d = old.data(n)
         m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"])
-        if self.rules and not d["op"].leaf:
+        if self.rules and not (d["op"].leaf or d["op"].wrapped):  # (nothing is known of a user's function)
             m = self.rewrite(m, d["type"], d["loc"], d["name"])
         return m
 
