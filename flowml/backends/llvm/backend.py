@@ -87,7 +87,9 @@ class LLVMExecutable:
         program = NativeProgram(self.graph, self.nodes, self.results, self.alias)
         for step in program.steps:
             if step.kind == "host" and step.detail == "no LLVM lowering":
-                step.detail = HOST_REASONS.get(self.graph.op(step.node).name, step.detail)
+                op = self.graph.op(step.node)
+                step.detail = ("a wrapped Python function (flowml.op)" if getattr(op, "wrapped", False)
+                               else HOST_REASONS.get(op.name, step.detail))
         program.entries = {}
         program.module = None
         names = [s.name for s in program.segments if s.name]
