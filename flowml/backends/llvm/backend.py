@@ -200,6 +200,10 @@ class LLVMExecutable:
             if a is None or a.shape != binding.shapes[n] or not a.flags.writeable or not a.flags.c_contiguous:
                 a = params[name] = np.empty(binding.shapes[n], dtype=g.type(n).dtype)
             ctx[binding.slot[n]] = _address(a)
+        if program.world_keys:  # the process group (collectives): read on every call
+            from .lowering.collective import world_slots
+            for key, value in world_slots(program.world_keys).items():
+                ctx[binding.slot_keys[key]] = value
         hook = None
         if record is not None:
             hook = self._recorder(record, inputs, params, binding, frame)
@@ -312,6 +316,7 @@ class _Binding:
                 check_value(g, n, env)
         self.shapes = {n: tuple(resolve_dim(d, env) for d in g.type(n).shape) for n in ex.nodes}
         self.slot = {n: program.slot_of(("ptr", n)) for n in ex.nodes}
+        self.slot_keys = {key: program.slot_of(key) for key in program.world_keys}
         self.ctx = np.zeros(len(program.slot) + 8, dtype=np.int64)  # the template of every frame
         self.ctx[THREADS_SLOT] = parallel.num_threads()
         for key, s in program.slot.items():

@@ -178,6 +178,7 @@ class NativeProgram:
         self.pending: list[IRFunction] = []
         self.errors: list[tuple[int, object]] = []
         self.uses_parallel = False
+        self.world_keys: set[tuple] = set()  # frame slots of the process group (lowering/collective.py)
         self._ids = 0
         self.steps: list[Step] = []
         self.segments: list[Segment] = []
