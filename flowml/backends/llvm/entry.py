@@ -104,13 +104,16 @@ class Lowerer:
         self.program.blas.add(routine)
         return "@" + blas.symbol(routine)
 
-    def launch(self, kernel: IRFunction, extent: str, work: str | None = None, parallel_ok: bool = True) -> None:
+    def launch(self, kernel: IRFunction | str, extent: str, work: str | None = None, parallel_ok: bool = True,
+               arg: str = "%ctx") -> None:
         """Run `kernel` over [0, extent) from the entry point: split over the frame's thread count
         when `work` (items, default extent) is large enough; each thread gets whole iterations,
-        so results do not depend on the thread count unless the kernel makes them."""
+        so results do not depend on the thread count unless the kernel makes them. `kernel` is an
+        IRFunction or the name of a module-level one; its first argument is the frame, or `arg`."""
         fn = self.fn
+        name = kernel if isinstance(kernel, str) else kernel.name
         if not parallel_ok:
-            fn.line(f"call void @{kernel.name}(ptr %ctx, i64 0, i64 {extent})")
+            fn.line(f"call void @{name}(ptr {arg}, i64 0, i64 {extent})")
             return
         work = work or extent
         nthreads = fn.load_slot_index(THREADS_SLOT)
@@ -122,10 +125,10 @@ class Lowerer:
         par, one, done = fn.label("par"), fn.label("one"), fn.label("ran")
         fn.line(f"br i1 {many}, label %{par}, label %{one}")
         fn.block(par)
-        fn.line(f"call void @{parallel.NAME}(ptr @{kernel.name}, ptr %ctx, i64 {extent}, i64 {t})")
+        fn.line(f"call void @{parallel.NAME}(ptr @{name}, ptr {arg}, i64 {extent}, i64 {t})")
         fn.line(f"br label %{done}")
         fn.block(one)
-        fn.line(f"call void @{kernel.name}(ptr %ctx, i64 0, i64 {extent})")
+        fn.line(f"call void @{name}(ptr {arg}, i64 0, i64 {extent})")
         fn.line(f"br label %{done}")
         fn.block(done)
         self.program.uses_parallel = True

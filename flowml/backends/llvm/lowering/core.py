@@ -49,16 +49,11 @@ def lower_kernel(w, n, operands, body, reduce, shape) -> None:
         t = g.type(n)
         fn.line(f"call void @llvm.memset.p0.i64(ptr {w.ptr(n)}, i8 0, i64 {t.dtype.itemsize}, i1 false)")
         w.helper("llvm.memset", "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
-        w.launch(_Named(name), extent, parallel_ok=False)
+        w.launch(name, extent, parallel_ok=False)
         w.note(f"kernel {name}, one thread (a full sum)")
     else:
-        w.launch(_Named(name), extent, w.size(shape), parallel_ok=info.splittable)
+        w.launch(name, extent, w.size(shape), parallel_ok=info.splittable)
         w.note(f"kernel {name}" + ("" if info.splittable else ", one thread"))
-
-
-class _Named:
-    def __init__(self, name):
-        self.name = name
 
 
 def _names(types, shape) -> set[str]:
