@@ -57,7 +57,7 @@ def _wrapped_int(i, d):
     return lambda k: k.emit(f"add i64 {k.dim(d)}, {i}", "ix") if i < 0 else str(i)
 
 
-def _access(w, n, x_type, spec, arrays, out_shape):
+def _access(w, x_type, spec, arrays, out_shape):
     """The access of index spec `spec` into a value of type x_type, over the index space
     out_shape (the shape of x[spec]): (strides per axis, offset, gathers, checks), where checks
     are (spec position, item) in spec order for the entry point to run first."""
@@ -197,7 +197,7 @@ def lower_index(w, n):
     x, *arrays = w.operands(n)
     spec = g.attrs(n)["spec"]
     shape = g.type(n).shape
-    strides, offset, gathers, checks = _access(w, n, g.type(x), spec, arrays, shape)
+    strides, offset, gathers, checks = _access(w, g.type(x), spec, arrays, shape)
     run_checks(w, n, checks, arrays, 1, x)
     copy_nest(w, "gather", shape, Access(n, c_strides(shape)), Access(x, strides, offset, gathers))
     w.note("gather kernel" if gathers else "strided copy kernel")
@@ -211,7 +211,7 @@ def lower_index_add(w, n):
     shape = g.type(gnode).shape
     if index_type(g.type(like), spec, [g.type(a) for a in arrays]) != tuple(shape):
         raise HostStep("a gradient not shaped like the index")
-    strides, offset, gathers, checks = _access(w, n, g.type(n), spec, arrays, shape)
+    strides, offset, gathers, checks = _access(w, g.type(n), spec, arrays, shape)
     run_checks(w, n, checks, arrays, 2, n)
     zero_fill(w, n)
     copy_nest(w, "scatter", shape, Access(n, strides, offset, gathers), Access(gnode, c_strides(shape)),
