@@ -109,3 +109,24 @@ fn f(x) -> (normal(shape=(N, 3)), uniform(shape=(N,)), normal(shape=(N,), dtype=
         for got, want in zip(native.f(x), ref.f(x)):
             assert got.dtype == want.dtype and np.array_equal(got, want)
     assert not native.f._executable.host_steps()
+
+
+def test_derived_dims_are_computed_from_the_dims_they_come_from():
+    """`N-1` of a slice, `arange(1,N,2)`, `K+K` of a concatenation: known once N and K are, on
+    the reference backend (even where a gradient needs one before any value has it) and natively."""
+    src = """
+input x : f64[N, 4]
+input i : i64[K]
+input v : f64[K]
+fn g(x, i) -> grad(sum(x[1:, i] ** 2), x)
+fn a(x) -> arange(1, N, 2) * 2
+fn c(v) -> grad(sum(concatenate(v, v * v) * 1.5), v)
+"""
+    x, i = np.arange(20.0).reshape(5, 4), np.array([0, 2, 2])
+    want_g = np.zeros_like(x)
+    np.add.at(want_g, (slice(1, None), i), 2 * x[1:][:, i])
+    for backend in ("reference", "llvm"):
+        m = flowml.loads(src, backend=backend)
+        np.testing.assert_array_equal(m.g(x, i), want_g)
+        np.testing.assert_array_equal(m.a(x), [2, 6])
+        np.testing.assert_allclose(m.c(np.array([1.0, 2.0, 3.0])), 1.5 + 3.0 * np.array([1.0, 2.0, 3.0]))

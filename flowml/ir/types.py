@@ -53,9 +53,16 @@ class Sym:
         return body if self.coeff == 1 else f"{self.coeff}*{body}"
 
     def resolve(self, env: dict[str, int]) -> int:
+        """The size in `env`; a derived name (N-1) not bound there is computed from the dims it
+        is derived from (`resolve_name`), else KeyError."""
         value = self.coeff
         for n in self.names:
-            value *= env[n]
+            v = env.get(n)
+            if v is None:
+                v = resolve_name(n, env)
+                if v is None:
+                    raise KeyError(n)
+            value *= v
         return value
 
 
@@ -116,8 +123,8 @@ def resolve_dim(d: Dim, env: dict[str, int]) -> int:
 
 def resolve_name(name: str, env: dict[str, int]) -> int | None:
     """The size a dim's name stands for in `env`: a declared dim's value, or a derived one's
-    (`N-1`, `K+K`, `N[::2]`: names that `offset_dim`, concatenation and the slice rule of
-    `ops.indexing` write as arithmetic on other dims) computed from the dims it is derived
+    (`N-1`, `K+K`, `N[::2]`, `arange(1,N,2)`: names that `offset_dim`, concatenation, arange
+    and the slice rule of `ops.indexing` write as arithmetic on other dims) computed from the dims it is derived
     from; None when it cannot be known before the value is computed."""
     if name in env:
         return env[name]
@@ -138,6 +145,8 @@ def _evaluate(node, env: dict[str, int]) -> int:
         return -_evaluate(node.operand, env)
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
         return _ARITH[type(node.op)](_evaluate(node.left, env), _evaluate(node.right, env))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "arange":
+        return len(range(*(_evaluate(a, env) for a in node.args)))  # the length of arange(a, b, c)
     if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
         base = _evaluate(node.value, env)
         bounds = [None if v is None else _evaluate(v, env) for v in (node.slice.lower, node.slice.upper, node.slice.step)]
