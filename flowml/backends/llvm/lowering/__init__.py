@@ -36,4 +36,4 @@ def lowers(*names: str):
     return register
 
 
-from . import core, linalg, shape  # noqa: E402,F401  (register the families)
+from . import core, linalg, reduce, shape  # noqa: E402,F401  (register the families)
