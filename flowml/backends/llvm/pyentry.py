@@ -37,7 +37,7 @@ import types
 import numpy as np
 
 from ...ir import ops as P
-from ...ir.types import Sym, resolve_dim
+from ...ir.types import Sym
 from . import cache
 from .irfunc import IRFunction
 
@@ -565,7 +565,8 @@ def _outputs(f: _Writer, fc: FastCall, ctx: str, res: str) -> None:
         f.block(ok)
         src = f.emit(f"load ptr, ptr {f.emit(f'getelementptr i64, ptr {ctx}, i64 {slot}', 's')}", "src")
         nbytes = f.word(("onbytes", o), "i64")
-        f.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {f.field(arr, A_DATA, 'ptr')}, ptr {src}, i64 {nbytes}, i1 false)")
+        dst = f.field(arr, A_DATA, "ptr")
+        f.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {nbytes}, i1 false)")
         made.append(arr)
     if not made:
         none = f.word("none")
