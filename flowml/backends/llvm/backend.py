@@ -213,8 +213,7 @@ class LLVMExecutable:
                 if seg.host is None:
                     rc = program.entries[seg.name](frame.ctx_ptr)
                     if rc:
-                        node, describe = program.errors[rc - 1]
-                        raise describe(g, node, tuple(int(ctx[s]) for s in ERROR_SLOTS), env)
+                        raise self.native_error(rc, ctx, env)
                     continue
                 n = seg.host
                 args = [self._value(o, inputs, params, binding, frame) for o in g.operands(n)]
@@ -243,6 +242,19 @@ class LLVMExecutable:
             else:
                 params[name] = v
         return outs
+
+    def native_error(self, rc: int, ctx: np.ndarray, env: dict[str, int]):
+        """The located error of an entry point's return code `rc`, its details in frame `ctx`."""
+        node, describe = self.program.errors[rc - 1]
+        return describe(self.graph, node, tuple(int(ctx[s]) for s in ERROR_SLOTS), env)
+
+    def fastcall(self, inputs, fallback, values, stale, states, lock):
+        """The fn's CPython entries (`pyentry.FastCall`: argument checks and unboxing in native
+        code), or None where its calls stay on the Python path (`pyentry.unavailable`)."""
+        from . import pyentry
+        if pyentry.unavailable(self) is not None:
+            return None
+        return pyentry.FastCall(self, inputs, fallback, values, stale, states, lock)
 
     def _recorder(self, record, inputs, params, binding, frame):
         """Check mode's hook: copies each node's value as the entry point computes it (leaves
