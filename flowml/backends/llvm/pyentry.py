@@ -65,6 +65,8 @@ def unavailable(ex) -> str | None:
         return "host steps run between its native segments"
     if any(ex.inplace.get(name) != n for name, n in ex.updates):
         return "an update that is not done in place"
+    if ex.program.world_keys:
+        return "collectives: the process group's slots are read on every call"
     g = ex.graph
     for n in ex.nodes:
         t = g.type(n)
