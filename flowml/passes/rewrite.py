@@ -222,7 +222,7 @@ class Rebuild:
         n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
         key = node_key(self.new, n, operands)
         if not op.lazy and key in self._keys:
-            self.new.nx.remove_node(n)
+            self.new.remove(n)
             found = self._keys[key]
             if name:
                 self.new.set_name(found, name)
