@@ -15,6 +15,12 @@ can't say.
 topological order: each copied node is merged with an identical one if it exists (common
 subexpressions), then the phase's rules are tried on it; the first that fires replaces it.
 What no root needs is never copied (dead code). A phase reruns `rebuild` until no rule fires.
+
+A rerun only tries the rules where something changed. Whether a rule fires on a node depends
+only on the node and what lies below it (ops, attrs, types, operands: rules never look up at
+users), so a node the last round tried without a rule firing, whose operands come through this
+round unchanged (copied, not rewritten), cannot fire now either: the round copies it and moves
+on. A phase over a deep model thus matches every node once, then only the nodes above a change.
 """
 
 from __future__ import annotations
@@ -206,9 +212,10 @@ def node_key(graph: Graph, n: int, operands: list[int]) -> tuple:
 
 
 class Rebuild:
-    """One copy of `old` into a fresh graph, applying `rules` at each node."""
+    """One copy of `old` into a fresh graph, applying `rules` at each node. `settled`: nodes of
+    `old` on which these rules were tried without one firing (the previous round's `settled_new`)."""
 
-    def __init__(self, old: Graph, rules: list[Rule], stats: Counter):
+    def __init__(self, old: Graph, rules: list[Rule], stats: Counter, settled: set[int] | frozenset = frozenset()):
         self.old = old
         self.new = Graph()
         self.rules = rules
@@ -216,35 +223,54 @@ class Rebuild:
         self.fired = 0
         self.map: dict[int, int] = {}
         self._keys: dict[tuple, int] = {}
+        self._by_op: dict[str, list[Rule]] = {}  # op name -> the rules whose root can match it
+        self._settled = settled
+        self._unchanged: set[int] = set()  # nodes of `old` copied as they were, all the way down
+        self.settled_new: set[int] = set()  # nodes of `new` tried without a rule firing
 
     def add(self, op, operands, attrs, type, loc=None, name=None) -> int:
         """Add a node to the new graph, or return the identical one already there."""
-        n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
-        key = node_key(self.new, n, operands)
-        if not op.lazy and key in self._keys:
-            self.new.remove(n)
-            found = self._keys[key]
+        operands = tuple(operands)
+        key = (op.name, _freeze(attrs), operands, type.dtype.str, type.shape, type.weak)
+        found = None if op.lazy else self._keys.get(key)
+        if found is not None:
             if name:
                 self.new.set_name(found, name)
             return found
+        n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
         self._keys[key] = n
         return n
 
     def copy(self, n: int) -> int:
         old = self.old
-        operands = [self.map[o] for o in old.operands(n)]
+        old_operands = old.operands(n)
+        operands = [self.map[o] for o in old_operands]
         d = old.data(n)
         m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"])
+        unchanged = all(o in self._unchanged for o in old_operands)
         if self.rules and not d["op"].leaf:
-            m = self.rewrite(m, d["type"], d["loc"], d["name"])
+            if unchanged and n in self._settled:
+                self.settled_new.add(m)  # tried last round below an identical subgraph: skip
+            else:
+                fired = self.fired
+                m = self.rewrite(m, d["type"], d["loc"], d["name"])
+                if self.fired != fired:
+                    return m
+                self.settled_new.add(m)
+        if unchanged:
+            self._unchanged.add(n)
         return m
+
+    def _rules_for(self, opname: str) -> list[Rule]:
+        rules = self._by_op.get(opname)
+        if rules is None:
+            rules = self._by_op[opname] = [r for r in self.rules if r.root is None or r.root == opname]
+        return rules
 
     def rewrite(self, m: int, type, loc, name) -> int:
         opname = self.new.op(m).name
         with at(loc):
-            for r in self.rules:
-                if r.root is not None and r.root != opname:
-                    continue
+            for r in self._rules_for(opname):
                 try:
                     out = r.apply(self.new, m)
                 except Exception as e:  # a rule that crashes is a bug in flowml: say which
@@ -371,10 +397,11 @@ MAX_ROUNDS = 30
 def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
               rederive_first: bool = False) -> tuple[Graph, list[int]]:
     """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots."""
+    settled: set[int] = set()
     for round_ in range(MAX_ROUNDS):
-        rb = Rebuild(graph, rules, stats)
+        rb = Rebuild(graph, rules, stats, settled)
         rb.run(roots + _record_nodes(graph), rederive=rederive_first and round_ == 0)
-        graph, roots = rb.new, [rb.map[r] for r in roots]
+        graph, roots, settled = rb.new, [rb.map[r] for r in roots], rb.settled_new
         if rb.fired == 0 and not (rederive_first and round_ == 0):
             break
     return graph, roots
