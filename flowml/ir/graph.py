@@ -13,7 +13,6 @@ topological order.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 import linecache
@@ -27,13 +26,19 @@ from .types import TensorType
 _loc_stack: list[Loc | None] = []
 
 
-@contextlib.contextmanager
-def at(loc: Loc | None):
-    """Nodes created inside this block get `loc` as their source location."""
-    _loc_stack.append(loc)
-    try:
-        yield
-    finally:
+class at:
+    """`with at(loc):` nodes created inside the block get `loc` as their source location.
+    (A class, not a generator context manager: the rewrite engine enters one per node.)"""
+
+    __slots__ = ("loc",)
+
+    def __init__(self, loc: Loc | None):
+        self.loc = loc
+
+    def __enter__(self) -> None:
+        _loc_stack.append(self.loc)
+
+    def __exit__(self, *exc) -> None:
         _loc_stack.pop()
 
 
