@@ -86,15 +86,32 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
 
     `key_parts` are added to the key (backend options...). The IR text itself is always part of
     the key. Bind the module's external symbols (vecmath/blas/parallel `ensure_symbols`) first.
+    A module of kernels is split into its distinct kernels (`split.py`), each compiled once and
+    cached under its own key, so that a kernel seen before -- in another layer, another model,
+    another process -- is loaded, not compiled.
     """
-    from .jit import JitModule
+    from .jit import JitModule, Part
+    from .split import split_kernels
 
     cache = cache or _default
-    key = cache_key(ir_text, *key_parts)
-    obj = cache.get(key)
-    if obj is not None:
-        return JitModule(ir_text, cached_object=obj, name=name)
-    jm = JitModule(ir_text, name=name)
-    if jm.object_code is not None:
-        cache.put(key, jm.object_code)
+    split = split_kernels(ir_text)
+    if split is None:
+        key = cache_key(ir_text, *key_parts)
+        obj = cache.get(key)
+        if obj is not None:
+            return JitModule(ir_text, cached_object=obj, name=name)
+        jm = JitModule(ir_text, name=name)
+        if jm.object_code is not None:
+            cache.put(key, jm.object_code)
+        return jm
+    texts = [(kname, text, 3) for kname, text in split.kernels.items()] + [(name, split.wrappers, None)]
+    keys, parts = [], []
+    for pname, text, level in texts:
+        key = cache_key(text, *key_parts, "split-v1", level)
+        keys.append(key)
+        parts.append(Part(pname, text, cache.get(key), level))
+    jm = JitModule.linked(parts, ir_text, split.defined, name=name)
+    for key, p in zip(keys, parts):
+        if p.cached_object is None and p.object_code is not None:
+            cache.put(key, p.object_code)
     return jm

@@ -18,6 +18,7 @@ import functools
 import os
 import struct
 import threading
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
@@ -173,14 +174,28 @@ def undefined_object_symbols(obj: bytes) -> list[str]:
             if not n.startswith("_GLOBAL_OFFSET_TABLE_") and llvm.address_of_symbol(n) is None]
 
 
+@dataclass
+class Part:
+    """One module of a `JitModule`: its IR, the object code a cache had for it (None: compile
+    it), and the optimization level (None: no IR optimization, e.g. for wrappers)."""
+
+    name: str
+    ir_text: str
+    cached_object: bytes | None = None
+    speed_level: int | None = 3
+    object_code: bytes | None = None  # set once loaded
+
+
 class JitModule:
-    """One LLVM module compiled to native code and kept loaded as long as this object lives.
+    """LLVM module(s) compiled to native code and kept loaded as long as this object lives.
 
     `JitModule(ir_text)` parses, verifies, optimizes (O3 + loop/SLP vectorization) and compiles.
     `JitModule(ir_text, cached_object=obj)` skips optimization and code generation and loads the
     object code `obj` (a previous instance's `object_code`) instead (the IR text is still parsed:
     MCJIT wants a module, ~1 ms). The caller (see `cache.py`) is responsible for making the
-    cache key cover everything that changes the object code.
+    cache key cover everything that changes the object code. `JitModule.linked(parts, ir_text)`
+    loads several modules into one engine, where they call each other by name (see `split.py`:
+    a module split into its distinct kernels); `ir_text` is the module they came from.
 
     Before anything can run, every symbol the code needs from outside is looked up -- in the IR
     (fresh compiles) and in the object's ELF symbol table (always) -- and a missing one raises
@@ -188,53 +203,69 @@ class JitModule:
     """
 
     def __init__(self, ir_text: str, cached_object: bytes | None = None, *, name: str = "flowml_module",
-                 speed_level: int = 3):
+                 speed_level: int = 3, _parts: list[Part] | None = None, _defined: set[str] = frozenset()):
         self.ir_text = ir_text
         self.name = name
         self._speed_level = speed_level
         self._optimized_ir: str | None = None
-        self.object_code: bytes | None = None
-        self.from_cache = cached_object is not None
+        self.parts = _parts if _parts is not None else [Part(name, ir_text, cached_object, speed_level)]
+        self.from_cache = all(p.cached_object is not None for p in self.parts)
         with _LOCK:
             _init_native()
-            mod = _parse(ir_text, name)
-            if cached_object is None:
-                optimize(mod, speed_level)
-                self._optimized_ir = str(mod)
-            # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
-            # (A cached object is checked below, on its own symbol table, which is exact.)
-            missing = undefined_externals(mod) if cached_object is None else []
-            if missing:
-                raise FlowInternalError(
-                    f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
-                    f"{', '.join(missing)}",
-                    notes=["vecmath.ensure_symbols() / blas.ensure_symbols() bind flowml's helper names; "
-                           "an unresolved symbol would crash the process at the first call"])
-            self._ee = llvm.create_mcjit_compiler(mod, _new_target_machine())
-            self._module = mod
+            mods = []
+            for p in self.parts:
+                mod = _parse(p.ir_text, p.name)
+                if p.cached_object is None and p.speed_level is not None:
+                    optimize(mod, p.speed_level)
+                    if _parts is None:
+                        self._optimized_ir = str(mod)
+                # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve
+                # too. (A cached object is checked below, on its own symbol table, which is exact.)
+                missing = [] if p.cached_object is not None else \
+                    [s for s in undefined_externals(mod) if s not in _defined]
+                if missing:
+                    raise FlowInternalError(
+                        f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
+                        f"{', '.join(missing)}",
+                        notes=["vecmath.ensure_symbols() / blas.ensure_symbols() bind flowml's helper names; "
+                               "an unresolved symbol would crash the process at the first call"])
+                mods.append(mod)
+            self._ee = llvm.create_mcjit_compiler(mods[0], _new_target_machine())
+            for mod in mods[1:]:
+                self._ee.add_module(mod)
+            self._modules = mods
+            by_module = {id(mod): p for mod, p in zip(mods, self.parts)}
 
-            def notify(_module, buf: bytes) -> None:  # called once code generation has run
-                self.object_code = bytes(buf)
+            def notify(module, buf: bytes) -> None:  # called once code generation has run
+                by_module[id(module)].object_code = bytes(buf)
 
-            def getbuffer(_module):  # None -> MCJIT compiles the module itself
-                return cached_object
+            def getbuffer(module):  # None -> MCJIT compiles the module itself
+                return by_module[id(module)].cached_object
 
             self._ee.set_object_cache(notify, getbuffer)
             self._ee.finalize_object()
-            if cached_object is not None:
-                self.object_code = bytes(cached_object)
-            # The callbacks reference `self` through closures; drop them to avoid a cycle that
+            # The callbacks reference the parts through closures; drop them to avoid a cycle that
             # would delay freeing the engine (and its executable memory).
             self._ee.set_object_cache(None, None)
-            # Second check, on the machine code: catches helpers the code generator introduced
-            # (and anything a cached object needs). Nothing has run yet, so raising is safe.
-            missing = undefined_object_symbols(self.object_code or b"")
-            if missing:
-                raise FlowInternalError(
-                    f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "
-                    f"{', '.join(missing)}",
-                    notes=["calling it would crash the process; these usually come from compiler "
-                           "runtime helpers (libgcc_s) or a library that is not loaded"])
+            for p in self.parts:
+                if p.cached_object is not None:
+                    p.object_code = bytes(p.cached_object)
+                # Second check, on the machine code: catches helpers the code generator introduced
+                # (and anything a cached object needs). Nothing has run yet, so raising is safe.
+                missing = [s for s in undefined_object_symbols(p.object_code or b"") if s not in _defined]
+                if missing:
+                    raise FlowInternalError(
+                        f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "
+                        f"{', '.join(missing)}",
+                        notes=["calling it would crash the process; these usually come from compiler "
+                               "runtime helpers (libgcc_s) or a library that is not loaded"])
+        self.object_code = self.parts[0].object_code if len(self.parts) == 1 else None
+
+    @classmethod
+    def linked(cls, parts: list[Part], ir_text: str, defined: set[str], *, name: str = "flowml_module"):
+        """`parts` loaded into one engine; `defined`: the function names the parts define (they
+        resolve within the engine, not in the process)."""
+        return cls(ir_text, name=name, _parts=parts, _defined=set(defined))
 
     def address(self, name: str) -> int:
         """The address of function `name` in the compiled code."""

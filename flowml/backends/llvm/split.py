@@ -1,0 +1,141 @@
+"""One module per distinct kernel: compile each kernel body once, however often it repeats.
+
+The backend emits one LLVM function per kernel, `define void @kN(ptr noalias %ctx, i64 %start,
+i64 %end)`, which reads its buffers' addresses and dims from fixed slots of a table shared by
+the whole function (`getelementptr i64, ptr %ctx, i64 <slot>`, then a load). The layers of a
+deep model give kernels that differ only in those slot numbers, and LLVM's O3 pipeline plus
+code generation costs ~20 ms per kernel: the bulk of compiling a deep model, all of it repeated
+work. So a module is split:
+
+  * each kernel's body with its slots renumbered 0, 1, ... in order of first use is its
+    *canonical* form, named by a hash (`flowml_kernel_<hash>`) and compiled (O3) once, in a
+    module of its own (with the original module's declarations and attributes), which the
+    object cache keys on its own: editing one layer recompiles that layer's kernel only;
+  * each original kernel becomes a wrapper of a few loads that copies its slots into a small
+    table on its stack and calls the canonical kernel with it; the wrappers are one module,
+    not optimized (straight-line code, nothing for O3 to improve).
+
+A function that does not have this shape (another signature, a slot that is written or
+passed on, a call to another function of the module) stays in the wrappers' module as it is.
+A module whose header defines a global with external linkage is not split (each part would
+define it again). `split_kernels` returns None when nothing would be gained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+_DEFINE = re.compile(r"^define (?P<pre>[^@\n]*)@(?P<name>[\w.$]+)\((?P<args>[^)\n]*)\)(?P<post>[^{\n]*)\{\n"
+                     r"(?P<body>.*?)^\}\n?", re.M | re.S)
+_SLOT = re.compile(r"(?P<res>%[\w.]+) = getelementptr (?P<ib>inbounds )?i64, ptr %ctx, i64 (?P<slot>\d+)(?![\w.])")
+_CTX = re.compile(r"%ctx(?![\w.])")
+_GLOBAL_DEF = re.compile(r"^@(?P<name>[\w.$]+) = (?P<rest>.*)$", re.M)
+_SYMBOL = re.compile(r"@([\w.$]+)")
+_LOCAL_LINKAGE = ("private ", "internal ")
+
+
+@dataclass
+class Split:
+    kernels: dict[str, str]  # canonical name -> a module holding that kernel (header + define)
+    wrappers: str  # a module: one wrapper per original kernel, and the functions left as they were
+    defined: set[str]  # every function name the parts define (resolved within the engine)
+
+
+def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
+    """(the define with its slots renumbered and the name `@__kernel__`, the original slots),
+    or None when the function is not a kernel of the usual shape."""
+    args = [a.strip() for a in m["args"].split(",")]
+    if not args or not args[0].startswith("ptr") or args[0].split()[-1] != "%ctx":
+        return None
+    body = m["body"]
+    geps = list(_SLOT.finditer(body))
+    if len(geps) != len(_CTX.findall(body)):
+        return None  # %ctx used some other way (passed on, stored, indexed by a variable)
+    for g in geps:  # each slot address may only be loaded from
+        res = re.escape(g["res"])
+        uses = len(re.findall(res + r"(?![\w.])", body))
+        loads = len(re.findall(r"= load [^,\n]+, ptr " + res + r"(?![\w.])", body))
+        if uses != loads + 1:
+            return None
+    slots: list[int] = []
+    index: dict[int, int] = {}
+
+    def renumber(g: re.Match) -> str:
+        s = int(g["slot"])
+        if s not in index:
+            index[s] = len(slots)
+            slots.append(s)
+        return f"{g['res']} = getelementptr {g['ib'] or ''}i64, ptr %ctx, i64 {index[s]}"
+
+    canon = _SLOT.sub(renumber, body)
+    return f"define {m['pre']}@__kernel__({m['args']}){m['post']}{{\n{canon}}}\n", slots
+
+
+def _wrapper(m: re.Match, target: str, slots: list[int]) -> str:
+    """`@name` with the original signature: copy its slots into a table, call `target` with it."""
+    ret = m["pre"].split()[-1]
+    args = [a.strip() for a in m["args"].split(",")]
+    lines = [f"define {m['pre']}@{m['name']}({m['args']}){m['post']}{{", "entry:"]
+    table = "%ctx"
+    if slots:
+        table = "%table"
+        lines.append(f"  %table = alloca [{len(slots)} x i64], align 8")
+        for j, s in enumerate(slots):
+            lines += [f"  %from{j} = getelementptr i64, ptr %ctx, i64 {s}",
+                      f"  %v{j} = load i64, ptr %from{j}, align 8",
+                      f"  %to{j} = getelementptr i64, ptr %table, i64 {j}",
+                      f"  store i64 %v{j}, ptr %to{j}, align 8"]
+    passed = ", ".join([f"ptr {table}"] + [f"{a.split()[0]} {a.split()[-1]}" for a in args[1:]])
+    if ret == "void":
+        lines += [f"  call void @{target}({passed})", "  ret void"]
+    else:
+        lines += [f"  %r = call {ret} @{target}({passed})", f"  ret {ret} %r"]
+    return "\n".join(lines) + "\n}\n"
+
+
+def _declaration(m: re.Match, target: str) -> str:
+    types = ", ".join(a.split()[0] for a in m["args"].split(","))
+    return f"declare {m['pre'].split()[-1]} @{target}({types})\n"
+
+
+def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
+    """The module `ir_text` as distinct kernels plus wrappers; None when it does not split, or
+    when no kernel body occurs at least `min_repeats` times (then splitting gains nothing)."""
+    defines = list(_DEFINE.finditer(ir_text))
+    if not defines:
+        return None
+    header = _DEFINE.sub("", ir_text)
+    for g in _GLOBAL_DEF.finditer(header):
+        if not g["name"].startswith("llvm.") and not g["rest"].startswith(_LOCAL_LINKAGE):
+            return None
+    names = {m["name"] for m in defines}
+    canon: dict[str, str] = {}  # canonical text -> canonical name
+    plan = []
+    for m in defines:
+        c = _canonical(m)
+        if c is not None and names & set(_SYMBOL.findall(m["body"])):
+            c = None  # calls a function of this module: keep it with them
+        if c is None:
+            plan.append((m, None, None))
+            continue
+        text, slots = c
+        if text not in canon:
+            canon[text] = "flowml_kernel_" + hashlib.sha256((header + text).encode()).hexdigest()[:24]
+        plan.append((m, canon[text], slots))
+    repeats = len([p for p in plan if p[1] is not None]) - len(canon)
+    if len(canon) == 0 or repeats < min_repeats - 1:
+        return None
+    kernels = {name: header + text.replace("@__kernel__(", f"@{name}(", 1) for text, name in canon.items()}
+    declared: set[str] = set()
+    parts = [header]
+    for m, target, slots in plan:
+        if target is None:
+            parts.append(m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n")
+            continue
+        if target not in declared:
+            declared.add(target)
+            parts.append(_declaration(m, target))
+        parts.append(_wrapper(m, target, slots))
+    return Split(kernels, "".join(parts), names | set(kernels))
