@@ -104,13 +104,15 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
         if jm.object_code is not None:
             cache.put(key, jm.object_code)
         return jm
-    texts = [(kname, text, 3) for kname, text in split.kernels.items()] + [(name, split.wrappers, None)]
-    keys, parts = [], []
-    for pname, text, level in texts:
-        key = cache_key(text, *key_parts, "split-v1", level)
-        keys.append(key)
-        parts.append(Part(pname, text, cache.get(key), level))
-    jm = JitModule.linked(parts, ir_text, split.defined, name=name)
+    parts = [Part(kname, text, exports=(kname,)) for kname, text in split.kernels.items()]
+    if split.rest is not None:
+        parts.append(Part(name + "_rest", split.rest))
+    parts.append(Part(name, split.wrappers, speed_level=None, codegen_level=0))
+    keys = []
+    for p in parts:
+        keys.append(cache_key(p.ir_text, *key_parts, "split-v1", p.speed_level, p.codegen_level))
+        p.cached_object = cache.get(keys[-1])
+    jm = JitModule.linked(parts, ir_text, name=name)
     for key, p in zip(keys, parts):
         if p.cached_object is None and p.object_code is not None:
             cache.put(key, p.object_code)

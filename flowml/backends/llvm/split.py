@@ -13,12 +13,14 @@ work. So a module is split:
     object cache keys on its own: editing one layer recompiles that layer's kernel only;
   * each original kernel becomes a wrapper of a few loads that copies its slots into a small
     table on its stack and calls the canonical kernel with it; the wrappers are one module,
-    not optimized (straight-line code, nothing for O3 to improve).
+    neither optimized nor given the full code generator (straight-line code: nothing for O3
+    to improve, and fast instruction selection makes it ~8x cheaper to compile).
 
 A function that does not have this shape (another signature, a slot that is written or
-passed on, a call to another function of the module) stays in the wrappers' module as it is.
-A module whose header defines a global with external linkage is not split (each part would
-define it again). `split_kernels` returns None when nothing would be gained.
+passed on) goes, as it is, into a module of its own (`rest`, compiled at O3). A module with a
+function that calls another function of the module, or whose header defines a global with
+external linkage (each part would define it again), is not split. Neither is one in which no
+kernel body repeats: `split_kernels` returns None when nothing would be gained.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ _LOCAL_LINKAGE = ("private ", "internal ")
 @dataclass
 class Split:
     kernels: dict[str, str]  # canonical name -> a module holding that kernel (header + define)
-    wrappers: str  # a module: one wrapper per original kernel, and the functions left as they were
-    defined: set[str]  # every function name the parts define (resolved within the engine)
+    rest: str | None  # a module of the functions left as they were (None: there are none)
+    wrappers: str  # a module: one wrapper per original kernel, calling its canonical kernel
 
 
 def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
@@ -114,9 +116,9 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
     canon: dict[str, str] = {}  # canonical text -> canonical name
     plan = []
     for m in defines:
+        if names & set(_SYMBOL.findall(m["body"])):
+            return None  # calls a function of this module: the parts could not call each other
         c = _canonical(m)
-        if c is not None and names & set(_SYMBOL.findall(m["body"])):
-            c = None  # calls a function of this module: keep it with them
         if c is None:
             plan.append((m, None, None))
             continue
@@ -124,18 +126,16 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
         if text not in canon:
             canon[text] = "flowml_kernel_" + hashlib.sha256((header + text).encode()).hexdigest()[:24]
         plan.append((m, canon[text], slots))
-    repeats = len([p for p in plan if p[1] is not None]) - len(canon)
-    if len(canon) == 0 or repeats < min_repeats - 1:
+    canonical = [p for p in plan if p[1] is not None]
+    if len(canonical) - len(canon) < min_repeats - 1 or not canon:
         return None
     kernels = {name: header + text.replace("@__kernel__(", f"@{name}(", 1) for text, name in canon.items()}
+    rest = [m.group(0).rstrip("\n") + "\n" for m, target, _ in plan if target is None]
     declared: set[str] = set()
-    parts = [header]
-    for m, target, slots in plan:
-        if target is None:
-            parts.append(m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n")
-            continue
+    wrappers = [header]
+    for m, target, slots in canonical:
         if target not in declared:
             declared.add(target)
-            parts.append(_declaration(m, target))
-        parts.append(_wrapper(m, target, slots))
-    return Split(kernels, "".join(parts), names | set(kernels))
+            wrappers.append(_declaration(m, target))
+        wrappers.append(_wrapper(m, target, slots))
+    return Split(kernels, header + "".join(rest) if rest else None, "".join(wrappers))
