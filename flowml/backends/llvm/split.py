@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 _DEFINE = re.compile(r"^define (?P<pre>[^@\n]*)@(?P<name>[\w.$]+)\((?P<args>[^)\n]*)\)(?P<post>[^{\n]*)\{\n"
@@ -35,6 +36,8 @@ _SLOT = re.compile(r"(?P<res>%[\w.]+) = getelementptr (?P<ib>inbounds )?i64, ptr
 _CTX = re.compile(r"%ctx(?![\w.])")
 _GLOBAL_DEF = re.compile(r"^@(?P<name>[\w.$]+) = (?P<rest>.*)$", re.M)
 _SYMBOL = re.compile(r"@([\w.$]+)")
+_LOCAL = re.compile(r"%[\w.]+")
+_LOAD = re.compile(r"= load [^,\n]+, ptr (%[\w.]+)")
 _LOCAL_LINKAGE = ("private ", "internal ")
 
 
@@ -55,11 +58,10 @@ def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
     geps = list(_SLOT.finditer(body))
     if len(geps) != len(_CTX.findall(body)):
         return None  # %ctx used some other way (passed on, stored, indexed by a variable)
+    uses = Counter(_LOCAL.findall(body))
+    loads = Counter(_LOAD.findall(body))
     for g in geps:  # each slot address may only be loaded from
-        res = re.escape(g["res"])
-        uses = len(re.findall(res + r"(?![\w.])", body))
-        loads = len(re.findall(r"= load [^,\n]+, ptr " + res + r"(?![\w.])", body))
-        if uses != loads + 1:
+        if uses[g["res"]] != loads[g["res"]] + 1:
             return None
     slots: list[int] = []
     index: dict[int, int] = {}
