@@ -12,6 +12,7 @@ The plan is data for the native backends; the reference backend ignores it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,11 +98,12 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     outs = set(outputs)
     # params whose old value is returned, or written to another param, after the updates ran
     read_at_end = {root_of.get(n, n) for n in outputs + [u for _, u in updates]}
+    writes = Counter(u for _, u in updates)
     for name, v in updates:
         p = param_nodes.get(name)
         if graph.op(v).name != "fused" or graph.attrs(v)["reduce"] is not None or v in outs:
             continue  # only an elementwise kernel can write over what it reads, element by element
-        if [u for _, u in updates].count(v) != 1:
+        if writes[v] != 1:
             continue  # two params get the same value: it needs its own buffer
         if p is None:
             plan.inplace[name] = v  # the function doesn't read the param at all

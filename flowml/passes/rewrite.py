@@ -235,11 +235,15 @@ def node_sig(graph: Graph, n: int) -> tuple:
     return (graph.op(n).name, _freeze(graph.attrs(n)), t.dtype.str, t.shape, t.weak)
 
 
-class Rebuild:
-    """One copy of `old` into a fresh graph, applying `rules` at each node. `settled`: nodes of
-    `old` on which these rules were tried without one firing (the previous round's `settled_new`)."""
+_NONE: frozenset = frozenset()  # (no rule known not to fire)
 
-    def __init__(self, old: Graph, rules: list[Rule], stats: Counter, settled: set[int] | frozenset = frozenset(),
+
+class Rebuild:
+    """One copy of `old` into a fresh graph, applying `rules` at each node. `settled`: for nodes
+    of `old`, the ids of rules tried on them without firing (the previous round's, or phase's,
+    `settled_new`)."""
+
+    def __init__(self, old: Graph, rules: list[Rule], stats: Counter, settled: dict[int, frozenset] | None = None,
                  old_sigs: dict[int, tuple] | None = None):
         self.old = old
         self.new = Graph()
@@ -248,12 +252,14 @@ class Rebuild:
         self.fired = 0
         self.map: dict[int, int] = {}
         self._keys: dict[tuple, int] = {}
-        self._by_op: dict[str, list[Rule]] = {}  # op name -> the rules whose root can match it
-        self._settled = settled
+        self._by_op: dict[tuple, list[Rule]] = {}  # (op name, rules known not to fire) -> rules to try
+        self._all = frozenset(id(r) for r in rules)
+        self._unions: dict[int, frozenset] = {}  # id(known) -> known | self._all
+        self._settled = settled or {}
         self._old_sigs = old_sigs or {}  # node of `old` -> its key without operands (attrs frozen once)
         self.sigs: dict[int, tuple] = {}  # the same for `new`
         self._unchanged: set[int] = set()  # nodes of `old` copied as they were, all the way down
-        self.settled_new: set[int] = set()  # nodes of `new` tried without a rule firing
+        self.settled_new: dict[int, frozenset] = {}  # node of `new` -> ids of rules that don't fire on it
 
     def add(self, op, operands, attrs, type, loc=None, name=None, sig=None) -> int:
         """Add a node to the new graph, or return the identical one already there."""
@@ -279,28 +285,36 @@ class Rebuild:
         m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"], self._old_sigs.get(n))
         unchanged = all(o in self._unchanged for o in old_operands)
         if self.rules and not d["op"].leaf:
-            if unchanged and n in self._settled:
-                self.settled_new.add(m)  # tried last round below an identical subgraph: skip
+            # rules tried on n below an identical subgraph need not be tried again
+            known = self._settled.get(n, _NONE) if unchanged else _NONE
+            if self._all <= known:
+                self.settled_new.setdefault(m, known)
             else:
                 fired = self.fired
-                m = self.rewrite(m, d["type"], d["loc"], d["name"])
+                m = self.rewrite(m, d["type"], d["loc"], d["name"], self._rules_for(d["op"].name, known))
                 if self.fired != fired:
                     return m
-                self.settled_new.add(m)
+                union = self._unions.get(id(known))
+                if union is None:
+                    union = self._unions[id(known)] = known | self._all
+                self.settled_new[m] = union
         if unchanged:
             self._unchanged.add(n)
         return m
 
-    def _rules_for(self, opname: str) -> list[Rule]:
-        rules = self._by_op.get(opname)
+    def _rules_for(self, opname: str, known: frozenset = frozenset()) -> list[Rule]:
+        """The rules whose root can match `opname`, less those in `known`, in their order (the
+        first that fires wins, and a rule left out would not have fired)."""
+        rules = self._by_op.get((opname, known))
         if rules is None:
-            rules = self._by_op[opname] = [r for r in self.rules if r.roots is None or opname in r.roots]
+            rules = self._by_op[opname, known] = [r for r in self.rules if (r.roots is None or opname in r.roots)
+                                                  and id(r) not in known]
         return rules
 
-    def rewrite(self, m: int, type, loc, name) -> int:
+    def rewrite(self, m: int, type, loc, name, rules: list[Rule] | None = None) -> int:
         opname = self.new.op(m).name
         with at(loc):
-            for r in self._rules_for(opname):
+            for r in self._rules_for(opname) if rules is None else rules:
                 try:
                     out = r.apply(self.new, m)
                 except Exception as e:  # a rule that crashes is a bug in flowml: say which
@@ -427,16 +441,22 @@ MAX_ROUNDS = 30
 
 
 def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
-              rederive_first: bool = False) -> tuple[Graph, list[int]]:
-    """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots."""
-    settled: set[int] = set()
+              rederive_first: bool = False, carry: dict | None = None) -> tuple[Graph, list[int]]:
+    """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots.
+    `carry` (a dict, updated): what one phase knows of its result graph for the next one that
+    starts from it (the rules that did not fire on each node, the node signatures)."""
+    settled: dict[int, frozenset] = {}
     sigs: dict[int, tuple] = {}
+    if carry and carry.get("graph") is graph:
+        settled, sigs = carry["settled"], carry["sigs"]
     for round_ in range(MAX_ROUNDS):
         rb = Rebuild(graph, rules, stats, settled, sigs)
         rb.run(roots + _record_nodes(graph), rederive=rederive_first and round_ == 0)
         graph, roots, settled, sigs = rb.new, [rb.map[r] for r in roots], rb.settled_new, rb.sigs
         if rb.fired == 0 and not (rederive_first and round_ == 0):
             break
+    if carry is not None:
+        carry.update(graph=graph, settled=settled, sigs=sigs)
     return graph, roots
 
 
