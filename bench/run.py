@@ -56,6 +56,7 @@ def parse_args(argv=None):
     w.add_argument("--fallback", help="flowml backend to use when --backend is unavailable")
     w.add_argument("--partial", help="write the results so far to this file after each workload")
     w.add_argument("--w6-child", choices=sorted(REGISTRY), help=argparse.SUPPRESS)
+    w.add_argument("--rss-child", choices=sorted(REGISTRY), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     bad = [w for w in args.only if w not in config.WORKLOADS]
     bad += [x for x in args.peers if x not in REGISTRY or x in ("flowml", "machine")]
@@ -66,11 +67,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.w6_child or args.peer:
+    if args.w6_child or args.rss_child or args.peer:
         args.threads = args.threads[0]
     if args.w6_child:
         from bench.worker import w6_child
         return w6_child(args)
+    if args.rss_child:
+        from bench.worker import rss_child
+        return rss_child(args)
     if args.peer:
         from bench.worker import main as worker_main
         return worker_main(args)

@@ -142,12 +142,47 @@ def run_w6(peer, sizes, args):
     return res
 
 
+def run_r(peer, sizes, args):
+    """Peak memory of W4's batch-256 training in a fresh process: its peak RSS, and the peak
+    above the RSS right after the imports (what the model itself costs)."""
+    cmd = [sys.executable, os.path.join(REPO, "bench", "run.py"), "--rss-child", args.peer,
+           "--threads", str(peer.threads)] + _peer_opts_argv(peer)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=sizes.workload_timeout_s)
+    if p.returncode != 0:
+        raise RuntimeError(f"memory child failed (rc {p.returncode}): " + _tail(p.stderr))
+    child = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"R": _metric(child["peak_mb"], "MB"),
+            "R.model": _metric(child["peak_mb"] - child["imported_mb"], "MB")}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_child(args) -> int:
+    """Import the peer, then build and run 20 steps of W4 at batch 256; report RSS in MB."""
+    import resource
+    from . import peers
+    peer = peers.create(args.rss_child, threads=args.threads, **_peer_opts(args.rss_child, args))
+    imported = _rss_mb()
+    step = peer.w4(data.w4(256))
+    for _ in range(20):
+        peer.block(step())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"imported_mb": imported, "peak_mb": peak}))
+    return 0
+
+
 def run_m(peer, sizes, args):
     return {_key(k, peer.threads): v for k, v in peer.machine(sizes).items()}
 
 
 RUNNERS = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W4": run_w4, "W5": run_w5,
-           "W6": run_w6, "W7": run_w7, "M": run_m}
+           "W6": run_w6, "W7": run_w7, "R": run_r, "M": run_m}
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -29,19 +29,21 @@ from .state import SharedState
 
 
 def loads(source: str | bytes, backend: str | None = None, seed: int | None = None,
-          file: str = "<string>", check: bool = False, opt_level: int = 1, exclude=None) -> Model:
+          file: str = "<string>", check: bool = False, opt_level: int = 1, exclude=None, ops=None) -> Model:
     """Parse, build and compile a .flow program given as text. `check=True`: check mode, every
     call is also run on the reference backend and compared node by node. `opt_level=0`: no
     optimizer (the graph as built). `exclude`: names of optimizer phases and rules to switch
-    off (`["stabilize", "fold_constants"]`; docs/optimizer.md)."""
+    off (`["stabilize", "fold_constants"]`; docs/optimizer.md). `ops`: the host's wrapped ops
+    the program may call, by the name it calls them (`{"solve": flowml.op(...)}`); a program
+    calls no other code."""
     from .lang.build import build
     from .lang.parser import parse
-    return Model(build(parse(source, file)), backend=backend, seed=seed, check=check, opt_level=opt_level,
+    return Model(build(parse(source, file), ops), backend=backend, seed=seed, check=check, opt_level=opt_level,
                  exclude=exclude)
 
 
 def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None,
-         check: bool = False, opt_level: int = 1, exclude=None) -> Model:
+         check: bool = False, opt_level: int = 1, exclude=None, ops=None) -> Model:
     """Load a .flow file (see `loads`)."""
     path = os.fspath(path)
     try:
@@ -49,14 +51,47 @@ def load(path: str | os.PathLike, backend: str | None = None, seed: int | None =
             data = f.read()
     except OSError as e:
         raise FlowError(f"{path}: cannot read the file ({e.strerror})") from None
-    return loads(data, backend=backend, seed=seed, file=path, check=check, opt_level=opt_level, exclude=exclude)
+    return loads(data, backend=backend, seed=seed, file=path, check=check, opt_level=opt_level, exclude=exclude,
+                 ops=ops)
 
 
-def parse_program(source: str | bytes, file: str = "<string>") -> Program:
+def parse_program(source: str | bytes, file: str = "<string>", ops=None) -> Program:
     """Parse and build without compiling (what `flowml check` and `compile` use)."""
     from .lang.build import build
     from .lang.parser import parse
-    return build(parse(source, file))
+    return build(parse(source, file), ops)
+
+
+def op(fn, out_type, vjp=None, jvp=None, name: str | None = None):
+    """`fn`, a numpy/scipy function of arrays, as an op (Theano's `as_op`, JAX's
+    `pure_callback`): the result, called on Vars, builds a node that runs `fn` when the model
+    runs, on every backend. `out_type`: the result's type ("f64[N]", a TensorType) or a
+    function of the operands' types (and the call's keyword arguments) giving it. `vjp(g, out,
+    *xs)`: the cotangents of the operands (a list, or one Var for one operand), `jvp(tangents,
+    out, *xs)`: the result's tangent, both built with flowml's functions or wrapped ops;
+    without one, derivatives through the op are an error naming it. `fn` must be pure (see
+    docs/api.md, "Wrapping functions as ops")."""
+    from .ir.ops.wrapped import WrappedOp
+    if not callable(fn):
+        raise FlowTypeError(f"flowml.op wraps a function, not {fn!r:.40}", current_loc())
+    for what, f in (("vjp", vjp), ("jvp", jvp)):
+        if f is not None and not callable(f):
+            raise FlowTypeError(f"flowml.op: {what} must be a function, not {f!r:.40}", current_loc())
+    if name is None:
+        name = getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise FlowTypeError(f"flowml.op: {fn!r:.40} has no usable name; pass name=", current_loc())
+    elif not isinstance(name, str) or not name:
+        raise FlowTypeError(f"flowml.op: name must be a non-empty string, not {name!r}", current_loc())
+    if callable(out_type) and not isinstance(out_type, TensorType):
+        def rule(types, kwargs):
+            return _parse_type(out_type(*types, **kwargs))
+    else:
+        fixed = _parse_type(out_type)
+
+        def rule(types, kwargs):
+            return fixed
+    return WrappedOp(fn, rule, name, vjp=vjp, jvp=jvp)
 
 
 # ----------------------------------------------------------------- the Python builder

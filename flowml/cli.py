@@ -53,7 +53,7 @@ def cmd_compile(args) -> int:
         from .passes.distribute import distribute
         fns = [distribute(program, fn.name).fn for fn in fns]
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
-    native = args.emit in ("llvm", "asm", "opencl")
+    native = args.emit in ("llvm", "asm", "opencl", "plan")
     if native:
         wanted = "opencl" if args.emit == "opencl" else "llvm"
         backend = args.backend or wanted
@@ -72,6 +72,8 @@ def cmd_compile(args) -> int:
                        level=args.O, after=args.after, exclude=exclude)
         if args.emit == "opencl":
             text = _opencl_code(fn, opt, backend)
+        elif args.emit == "plan":
+            text = _plan(program, fn, opt)
         elif native:
             text = _native_code(fn, opt, args.emit)
         elif args.emit == "ir":
@@ -91,11 +93,21 @@ def _native_code(fn, opt, emit: str) -> str:
     from .backends.llvm.backend import LLVMExecutable
     ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan)
     comment = "; " if emit == "llvm" else "# "
-    head = f"{comment}fn {fn.name}: {len(ex.kernels)} native kernel(s)"
+    head = f"{comment}fn {fn.name}: {len(ex.kernels)} native kernel(s), {ex.summary()}"
     if ex._lazy:
         head += " (none: the fn has a lazy `if`, run by the reference evaluator)"
     code = ex.llvm_ir() if emit == "llvm" else ex.assembly()
     return head + ("\n" + code.rstrip() if code else "")
+
+
+def _plan(program, fn, opt) -> str:
+    """`--emit plan`: the steps of one fn on the LLVM backend, in the order they run: what each
+    node became (kernel, BLAS call, view...) and, for every host step, why it is one."""
+    from .backends.llvm.backend import LLVMExecutable
+    from .ir.dump import dump_nodes
+    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan)
+    _, ids = dump_nodes(opt.graph, list(opt.outputs) + [n for _, n in opt.updates])
+    return "\n".join([f"fn {fn.name}: {ex.summary()}"] + ex.plan_text(ids))
 
 
 def _opencl_code(fn, opt, backend: str) -> str:
@@ -406,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT), or its native code")
     c.add_argument("file")
-    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl"], default="ir",
-                   help="what to print: the graph as IR text or DOT, or the LLVM backend's kernels as "
-                   "LLVM IR or assembly (default: ir)")
+    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl", "plan"], default="ir",
+                   help="what to print: the graph as IR text or DOT, the LLVM backend's code as LLVM IR "
+                   "or assembly, its plan (each step: kernel, BLAS call, or host step and why), or the "
+                   "OpenCL kernels (default: ir)")
     c.add_argument("--backend", default=None, help="the backend whose code --emit shows: llvm for "
                    "llvm|asm, opencl or opencl:N for opencl (the defaults)")
     c.add_argument("--fn", help="only this function (default: all)")

@@ -129,6 +129,17 @@ class MPIWorld(World):
             if time.perf_counter() > spin_until:
                 time.sleep(0.0002)
 
+    def take_failure_notice(self) -> "RankFailed":
+        """The failure notice native code saw waiting (`MPI_Iprobe` on the error tag): received,
+        acknowledged and returned as the error to raise."""
+        if self._failed_peer is None:
+            status = self.MPI.Status()
+            self.comm.probe(source=self.MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status)
+            source = status.Get_source()
+            self._failed_peer = RankFailed(source, self.comm.recv(source=source, tag=_ERROR_TAG))
+            self._acknowledge(source)
+        return self._failed_peer
+
     def _acknowledge(self, source: int) -> None:
         try:
             self._pending.append(self.comm.isend(True, dest=source, tag=_ACK_TAG))

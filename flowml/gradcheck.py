@@ -140,16 +140,17 @@ def check_gradient(ev: Evaluator, cost: int, wrt: list[int], grads: list[int], l
 
 
 def verify_grad(fn, point, n_tests: int = 2, rng=None, eps=None, abs_tol=None, rel_tol=None,
-                raise_error: bool = True) -> GradCheckReport:
+                raise_error: bool = True, ops=None) -> GradCheckReport:
     """Check the gradient of `fn` at `point` (Theano's verify_grad).
 
     `fn` is a Python function of Vars (one per array in `point`, a list) returning a Var; or .flow
     source text (then `point` is a dict of input — and optionally param — values, and `fn=` picks
     the entry function via `fn_name`). The output is projected on a random tensor (so any output
     shape works) and its gradient with respect to every float argument is compared entry by entry
-    with central differences. Raises `GradientMismatch` (or returns the report) on failure."""
+    with central differences. Raises `GradientMismatch` (or returns the report) on failure.
+    `ops`: the wrapped ops .flow source may call (as for `flowml.loads`)."""
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    graph, y, wrt, values, env = _setup(fn, point)
+    graph, y, wrt, values, env = _setup(fn, point, ops)
     dtype = np.result_type(*(values[w.id].dtype for w in wrt)) if wrt else np.float64
     eps, abs_tol, rel_tol = _tolerances(dtype, eps, abs_tol, rel_tol)
     report = GradCheckReport()
@@ -168,9 +169,9 @@ def verify_grad(fn, point, n_tests: int = 2, rng=None, eps=None, abs_tol=None, r
     return report
 
 
-def _setup(fn, point):
+def _setup(fn, point, ops=None):
     if isinstance(fn, (str, bytes)):
-        return _setup_source(fn, point)
+        return _setup_source(fn, point, ops=ops)
     if not callable(fn):
         raise FlowError("verify_grad takes a Python function of Vars or .flow source text")
     arrays = [np.asarray(p) for p in (point if isinstance(point, (list, tuple)) else [point])]
@@ -188,10 +189,10 @@ def _setup(fn, point):
     return graph, y, xs, values, {}
 
 
-def _setup_source(source, point, fn_name=None):
+def _setup_source(source, point, fn_name=None, ops=None):
     from .api import parse_program
     from .program import Model, coerce_array
-    program = parse_program(source, "<verify_grad>")
+    program = parse_program(source, "<verify_grad>", ops)
     model = Model(program, backend="reference")
     fns = list(program.functions.values())
     if len(fns) != 1 and fn_name is None:

@@ -7,6 +7,8 @@ array reaches a backend without its dtype and shape checked against the declarat
 
 from __future__ import annotations
 
+import os
+import types
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from .backends import get_backend
-from .errors import FlowCallError, FlowError, FlowNameError, FlowTypeError, Loc, did_you_mean
+from .errors import (FlowCallError, FlowError, FlowNameError, FlowRuntimeError, FlowTypeError, Loc,
+                     did_you_mean)
 from .ir.graph import Graph
 from .ir.indices import first_true
 from .ir.lib import Var
@@ -317,7 +320,9 @@ class Function:
         self.name = decl.name
         self.input_names = list(decl.inputs)
         self.output_names = [n for n, _ in decl.outputs]
-        self.single_output: bool | None = None  # False: always return a tuple (outputs given as a list)
+        self._single_output: bool | None = None
+        self._native = None
+        self.python_calls = 0  # calls that took the Python path (every call but the native entry's)
         self.compiled = self.optimized()
         self._updated = [u.param for u in decl.updates]
         self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
@@ -325,6 +330,23 @@ class Function:
                                                  self.compiled.updates, plan=self.compiled.plan)
         # (an executable whose outputs are fresh arrays the caller may keep says so: no second copy)
         self._owns_outputs = getattr(self._executable, "owns_outputs", False)
+        # the LLVM backend's CPython entries (backends/llvm/pyentry.py), None where calls stay here
+        fastcall = getattr(self._executable, "fastcall", None)
+        if fastcall is not None and not model.check and os.environ.get("FLOWML_FASTCALL", "1") != "0":
+            inputs = [(n, model.program.inputs[n].var.type) for n in self.input_names]
+            self._native = fastcall(inputs, types.MethodType(Function.__call__, self), model._state.values,
+                                    self._stale, model._shared._states, model._shared.lock if self._updated else None)
+
+    @property
+    def single_output(self) -> bool | None:
+        """False: a call always returns a tuple (the outputs were given as a list)."""
+        return self._single_output
+
+    @single_output.setter
+    def single_output(self, value: bool | None) -> None:
+        self._single_output = value
+        if type(self) is not Function:  # a native entry built for the old value: the next call rebuilds
+            type(self).__call__ = Function.__call__
 
     def optimized(self, after: str | None = None, level: int | None = None):
         """This function through the optimizer's phases up to `after` (all by default) at
@@ -426,6 +448,11 @@ class Function:
         return arrays, env
 
     def __call__(self, *args, **kwargs):
+        """The Python path of a call. On the LLVM backend, once a call has bound the dims, a
+        native entry checking and unboxing the arguments becomes the fn's `__call__` (its own
+        class's): it takes the calls it can and passes the others (keywords, other dims, other
+        types, errors to report) back here with the same arguments."""
+        self.python_calls += 1
         fast = None if kwargs else self._fast_inputs(args)
         if fast is not None:
             arrays, env = fast
@@ -438,21 +465,40 @@ class Function:
                 arrays[name] = coerce_array(bound[name], decl.var.type, f"{self.name}(): input '{name}'", decl.loc,
                                             env)
         model = self.model
-        if self._updated or model.check:  # one at a time per state (docs/backends.md, "Threads")
-            with model._shared.lock:
-                outs = self._run(arrays, env)
-        else:
-            if self._stale:
+        try:
+            if self._updated or model.check:  # one at a time per state (docs/backends.md, "Threads")
                 with model._shared.lock:
-                    model._shared.acquire(model.backend.name)
-            outs = self._executable(arrays, model._state, env)
+                    outs = self._run(arrays, env)
+            else:
+                if self._stale:
+                    with model._shared.lock:
+                        model._shared.acquire(model.backend.name)
+                outs = self._executable(arrays, model._state, env)
+        except FlowRuntimeError:  # (the inputs were right: the next calls of these dims go native too)
+            if self._native is not None:
+                self._use_native(env, bound_only=True)
+            raise
         if not self._owns_outputs:
             outs = [np.array(o) for o in outs]
+        if self._native is not None:
+            self._use_native(env)
         if not outs:
             return None
         if len(outs) == 1 and self.single_output is not False:
             return outs[0]
         return tuple(outs)
+
+    def _use_native(self, env: dict[str, int], bound_only: bool = False) -> None:
+        """Make the native entry for the dims `env` this fn's `__call__` (on a class of its own);
+        `bound_only`: only if the executable has set up these dims already."""
+        entry = self._native.entry(env, self.single_output is not False, bound_only)
+        if entry is None:
+            return
+        cls = type(self)
+        if cls is Function:
+            cls = self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
+        if cls.__dict__.get("__call__") is not entry:
+            cls.__call__ = entry
 
     def _run(self, arrays, env):
         model = self.model
@@ -503,6 +549,9 @@ class Model:
         self.params = Params(self)
         self.functions: dict[str, Function] = {
             name: Function(self, fn) for name, fn in program.functions.items()}
+        for name, f in self.functions.items():  # found by one dict lookup, not through __getattr__
+            if not hasattr(type(self), name):
+                self.__dict__.setdefault(name, f)
 
     def _set_param(self, name: str, value: np.ndarray) -> None:
         self._shared.set(name, value, self.backend.name)

@@ -259,11 +259,29 @@ declare void @helper(ptr)
 """
     s = split_kernels(_kernel("k1", (0, 1, 2)) + _kernel("k2", (2, 3, 4)) + passed_on)
     assert len(s.kernels) == 1 and "call void @helper(ptr %ctx)" in s.rest
-    calling = "define void @k4(ptr %ctx, i64 %s, i64 %e) {\nentry:\n  call void @k1(ptr %ctx, i64 %s, i64 %e)\n  ret void\n}\n"
-    assert split_kernels(_kernel("k1", (0, 1, 2)) + _kernel("k2", (2, 3, 4)) + calling) is None
     shared = "@table = global [2 x i64] zeroinitializer\n"
     assert split_kernels(shared + _kernel("k1", (0, 1, 2)) + _kernel("k2", (2, 3, 4))) is None
     assert split_kernels(_kernel("k1", (0, 1, 2)) + _kernel("k2", (0, 1, 2), "3.0")) is None  # nothing repeats
+
+
+def test_an_entry_that_calls_the_kernels_reaches_their_wrappers(tmp_path):
+    """The backend's entry function calls every kernel: it stays whole, in the last engine,
+    and calls the wrappers through the aliases they export."""
+    entry = """define void @entry(ptr noalias %ctx) {
+entry:
+  call void @k1(ptr %ctx, i64 0, i64 4)
+  call void @k2(ptr %ctx, i64 0, i64 4)
+  ret void
+}
+"""
+    text = _kernel("k1", (0, 1, 3)) + _kernel("k2", (1, 2, 3)) + entry
+    split = split_kernels(text)
+    assert len(split.kernels) == 1 and "@entry(" in split.rest and len(split.exports) == 2
+    jm = cache.compile_cached(text, cache=cache.CompileCache(tmp_path))
+    x, y, z = np.arange(4.0), np.zeros(4), np.zeros(4)
+    ctx = np.array([x.ctypes.data, y.ctypes.data, z.ctypes.data, 4], dtype=np.int64)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jm.address("entry"))(ctx.ctypes.data)
+    np.testing.assert_array_equal(z, 4 * x)
 
 
 def test_a_deep_model_compiles_a_fixed_number_of_distinct_kernels():
@@ -272,7 +290,7 @@ def test_a_deep_model_compiles_a_fixed_number_of_distinct_kernels():
     for n in (4, 12):
         _, opt = _optimized(n)
         ex = LLVMBackend().compile(opt.graph, opt.outputs, opt.updates, plan=opt.plan)
-        counts[n] = len(split_kernels(ex.ir_text).kernels)
+        counts[n] = len(split_kernels(ex.llvm_ir()).kernels)
     assert counts[4] == counts[12]
 
 

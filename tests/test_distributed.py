@@ -289,3 +289,13 @@ def test_mismatched_data_is_reported_at_start_up(tmp_path):
     assert done.returncode == 1 and seconds < 60, done.stdout + done.stderr
     assert done.stderr.count("error: rank 1 does not agree with rank 0 about the data: X: uint8[1797, 64] on rank 0, "
                              "uint8[1500, 64] on rank 1; y: ") == 2, done.stderr
+
+
+def test_native_collectives_on_two_ranks():
+    done, _ = launch("tests/mpi/native_collectives.py")
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 2, done.stdout + done.stderr
+    for r in results:
+        assert r["host steps"] == 0 and r["wrong"] == [], r
+        assert r["mismatch"] == ("collectives.flow:3:76: allgather needs the same shape on every rank, "
+                                 "got rank 0: float64[2], rank 1: float64[3]"), r

@@ -35,12 +35,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ----------------------------------------------------------------- the generator
 
 
-@pytest.mark.parametrize("counter, key, expected", [
+# Random123's kat_vectors for philox4x32-10: (counter, key, words); tests/test_llvm_philox.py
+# runs them through the native kernel too.
+KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), "6627e8d5 e169c58d bc57ac4c 9b00dbd8"),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, "408f276d 41c83b0e a20bc7c6 6d5451fd"),
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      "d16cfe09 94fdcceb 5001e420 24126ea1"),
-], ids=["zeros", "ones", "pi"])
+]
+KNOWN_ANSWER_IDS = ["zeros", "ones", "pi"]
+
+
+@pytest.mark.parametrize("counter, key, expected", KNOWN_ANSWERS, ids=KNOWN_ANSWER_IDS)
 def test_philox_known_answers(counter, key, expected):
     """Random123's kat_vectors for philox4x32-10."""
     words = philox.philox4x32(counter, key)
@@ -63,6 +69,43 @@ def test_float_conversions_stay_in_the_unit_interval():
     assert philox.uniform(top, top, np.float32).dtype == np.float32
     assert np.isfinite(philox.normal(top, top, np.float64)).all()  # u1 in (0, 1]: no log(0)
     assert np.isfinite(philox.normal(zero, zero, np.float64)).all()
+
+
+def _ulps(got: np.ndarray, exact) -> np.ndarray:
+    """|got - exact| in units of the last place of `exact` rounded to float64."""
+    exact = np.asarray(exact, dtype=np.longdouble)
+    return np.abs((got.astype(np.longdouble) - exact) / np.spacing(np.abs(exact.astype(np.float64))))
+
+
+def test_box_muller_log_is_within_one_ulp():
+    """philox.log_unit (the reference's own log: numpy's np.log is a CPU-dependent SIMD kernel
+    no other backend reproduces) on u1 = (w + 1) 2^-32: random words, every small w (where
+    2^k (1 + f) has its largest k), and around every power of two, against long double logl."""
+    w = np.random.default_rng(0).integers(0, 1 << 32, 1 << 20, dtype=np.uint64)
+    near = [(1 << k) + d - 1 for k in range(33) for d in range(-3, 4) if 0 <= (1 << k) + d - 1 < 1 << 32]
+    w = np.concatenate([w, np.arange(1 << 16, dtype=np.uint64), np.array(near, dtype=np.uint64)])
+    u1 = (w.astype(np.float64) + 1.0) * 2.0 ** -32
+    got = philox.log_unit(u1)
+    assert _ulps(got, np.log(u1.astype(np.longdouble))).max() < 1.0
+    assert got[u1 == 1.0].tolist() == [0.0]
+    assert _ulps(got, np.log(u1)).max() <= 1.0  # numpy's own log: at most its last bit apart
+
+
+def test_box_muller_cos_is_within_two_ulp():
+    """philox.cos_turn(w) = cos(2 pi w / 2^32) against mpmath at 160 bits: random words and
+    the octant boundaries of its exact integer argument reduction; exact zeros at the quarter
+    turns (where np.cos(2 pi u2) is off by its argument's rounding, ~1e-16 absolute)."""
+    import mpmath
+    mpmath.mp.prec = 160
+    w = list(np.random.default_rng(1).integers(0, 1 << 32, 20000))
+    w += [(q * (1 << 29) + d) % (1 << 32) for q in range(8) for d in (-2, -1, 0, 1, 2)]
+    got = philox.cos_turn(np.array(w, dtype=np.uint32))
+    for x, g in zip(w, got):
+        if x % (1 << 30) == 0 and x % (1 << 31):
+            assert g == 0, x
+            continue
+        exact = mpmath.cos(2 * mpmath.pi * int(x) / 2 ** 32)
+        assert float(abs(mpmath.mpf(float(g)) - exact)) < 2.0 * np.spacing(abs(float(exact))), x
 
 
 # ----------------------------------------------------------------- distributions

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "R")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ REGISTRY: dict[str, PeerSpec] = {
     "pytensor.numba": PeerSpec("pytensor_peer", "PytensorPeer", ALL, {"linker": "numba"}),
     "jax": PeerSpec("jax_peer", "JaxPeer", ALL),
     "torch": PeerSpec("torch_peer", "TorchPeer", ALL),
-    "torch.compile": PeerSpec("torch_peer", "TorchCompilePeer", ("W4",)),
+    "torch.compile": PeerSpec("torch_peer", "TorchCompilePeer", ("W4", "R")),
     "flowml": PeerSpec("flowml_peer", "FlowmlPeer", ALL),
     "machine": PeerSpec("machine", "MachinePeer", ("M",)),
 }

@@ -40,6 +40,8 @@ class Peer:
     def supports(self, workload: str) -> bool:
         if workload == "W6":                      # W6 times building W3's step
             return hasattr(self, "w3")
+        if workload == "R":                       # R measures W4's training memory
+            return hasattr(self, "w4")
         return hasattr(self, workload.lower())
 
 

@@ -62,7 +62,9 @@ def node_line(graph, n: int, ids: dict[int, str], bodies: dict | None = None) ->
     elif op.name == "fused":
         body = f"fused[{fused_formula(attrs['body'], attrs['reduce'], [ids[o] for o in graph.operands(n)])}]"
     else:
-        shown = ", ".join(f"{k}={_fmt_value(v, bodies)}" for k, v in attrs.items())
+        # (a wrapped op's result_type is the node's type, shown anyway)
+        shown = ", ".join(f"{k}={_fmt_value(v, bodies)}" for k, v in attrs.items()
+                          if not (op.wrapped and k == "result_type"))
         body = op.name + (f" {args}" if args else "") + (f" {{{shown}}}" if shown else "")
     line = f"{ids[n]} = {body} : {graph.type(n)}"
     comment = " ".join(x for x in (_fmt_loc(graph.loc(n)), f"({graph.name(n)})" if graph.name(n) else "") if x)

@@ -8,6 +8,8 @@ silently broadcasts with a different symbol or int, so shape errors surface at b
 
 from __future__ import annotations
 
+import ast
+
 from dataclasses import dataclass
 from typing import Union
 
@@ -51,9 +53,16 @@ class Sym:
         return body if self.coeff == 1 else f"{self.coeff}*{body}"
 
     def resolve(self, env: dict[str, int]) -> int:
+        """The size in `env`; a derived name (N-1) not bound there is computed from the dims it
+        is derived from (`resolve_name`), else KeyError."""
         value = self.coeff
         for n in self.names:
-            value *= env[n]
+            v = env.get(n)
+            if v is None:
+                v = resolve_name(n, env)
+                if v is None:
+                    raise KeyError(n)
+            value *= v
         return value
 
 
@@ -110,6 +119,42 @@ def bound_by_inputs(shape) -> bool:
 
 def resolve_dim(d: Dim, env: dict[str, int]) -> int:
     return d.resolve(env) if isinstance(d, Sym) else d
+
+
+def resolve_name(name: str, env: dict[str, int]) -> int | None:
+    """The size a dim's name stands for in `env`: a declared dim's value, or a derived one's
+    (`N-1`, `K+K`, `N[::2]`, `arange(1,N,2)`: names that `offset_dim`, concatenation, arange
+    and the slice rule of `ops.indexing` write as arithmetic on other dims) computed from the dims it is derived
+    from; None when it cannot be known before the value is computed."""
+    if name in env:
+        return env[name]
+    try:
+        tree = ast.parse(name, mode="eval").body
+        value = _evaluate(tree, env)
+    except (SyntaxError, KeyError, ValueError, TypeError):
+        return None
+    return max(int(value), 0)
+
+
+def _evaluate(node, env: dict[str, int]) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name):
+        return env[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand, env)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+        return _ARITH[type(node.op)](_evaluate(node.left, env), _evaluate(node.right, env))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "arange":
+        return len(range(*(_evaluate(a, env) for a in node.args)))  # the length of arange(a, b, c)
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+        base = _evaluate(node.value, env)
+        bounds = [None if v is None else _evaluate(v, env) for v in (node.slice.lower, node.slice.upper, node.slice.step)]
+        return len(range(*slice(*bounds).indices(base)))
+    raise ValueError(f"not a dim expression: {ast.dump(node)}")
+
+
+_ARITH = {ast.Add: lambda a, b: max(a + b, 0), ast.Sub: lambda a, b: max(a - b, 0), ast.Mult: lambda a, b: a * b}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def verify_graph(graph: Graph, roots: list[int], where: str) -> None:
 def _verify_node(graph: Graph, n: int, where: str) -> None:
     d = graph.data(n)
     op = d.get("op")
-    if not isinstance(op, P.Op) or P.OPS.get(op.name) is not op:
+    if not isinstance(op, P.Op) or (P.OPS.get(op.name) is not op and not op.wrapped):
         raise _fail(graph, where, None, f"%{n} has no registered op ({op!r})")
     t = d.get("type")
     if not isinstance(t, TensorType) or t.dtype not in DTYPE_NAMES:

@@ -64,8 +64,9 @@ _BINOPS = {
 
 
 class Builder:
-    def __init__(self, module: A.Module):
+    def __init__(self, module: A.Module, ops: dict | None = None):
         self.module = module
+        self.ops = _host_ops(ops)  # the wrapped ops the host passed in, by the name the program calls
         self.graph = Graph()
         self.program = Program(self.graph, file=module.file)
         self.globals = Scope()
@@ -91,6 +92,8 @@ class Builder:
             raise FlowNameError(f"'{name}' is already defined{where}", loc)
         if name in BUILTINS or name in DTYPES:
             raise FlowNameError(f"'{name}' is the name of a built-in; choose another name", loc)
+        if name in self.ops:
+            raise FlowNameError(f"'{name}' is the name of an op the host passes in (ops=); choose another name", loc)
         scope.names[name] = binding
 
     def statement(self, stmt: A.Stmt, scope: Scope, fn: FnDecl | None) -> None:
@@ -340,9 +343,9 @@ class Builder:
                 return None
             if e.name in DTYPES:
                 return e.name
-            if e.name in BUILTINS:
+            if e.name in BUILTINS or e.name in self.ops:
                 raise FlowNameError(f"'{e.name}' is a function; call it: {e.name}(...)", e.loc)
-            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS) | set(DTYPES))
+            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS) | set(DTYPES) | set(self.ops))
             raise FlowNameError(f"unknown name '{e.name}'" + (f"; {hint}" if hint else ""), e.loc)
         if b.kind == "def":
             raise FlowNameError(f"'{e.name}' is a def; call it: {e.name}(...)", e.loc)
@@ -394,9 +397,11 @@ class Builder:
             return self.loop_call(e, scope)
         if e.func in DERIVATIVES:
             return self.derivative_call(e, scope)
+        if e.func in self.ops:
+            return self.wrapped_call(e, scope)
         if e.func not in BUILTINS:
             hint = did_you_mean(e.func, {n for n in scope.visible() if (scope.lookup(n).kind == "def")}
-                                | set(BUILTINS))
+                                | set(BUILTINS) | set(self.ops))
             raise FlowNameError(f"unknown function '{e.func}'" + (f"; {hint}" if hint else ""), e.func_loc)
         fn = BUILTINS[e.func]
         args = [self.expr(a, scope) for a in e.args]
@@ -412,6 +417,24 @@ class Builder:
             raise FlowTypeError(f"{e.func}{_signature(fn)}: {_arg_error(err, fn)}", e.loc) from None
         _check_dtype_arg(e.func, fn, graph_arg + tuple(args), kwargs, e.loc)
         return fn(*graph_arg, *args, **kwargs)
+
+    def wrapped_call(self, e: A.Call, scope: Scope):
+        """A call of a wrapped op the host passed in: its operands are values (numbers become
+        constants), its keyword arguments static values passed to the function."""
+        op = self.ops[e.func]
+        args = []
+        for a in e.args:
+            v = self.expr(a, scope)
+            if not isinstance(v, (Var, bool, int, float)):
+                raise FlowTypeError(f"{e.func}: an operand must be a value, not {_kind_of(v)}", a.loc)
+            args.append(self.to_var(v))
+        kwargs = self.keywords(e, scope)
+        for k, v in kwargs.items():
+            if isinstance(v, Var):
+                raise FlowTypeError(f"{e.func}: keyword argument '{k}' must be a constant (a number, string or "
+                                    "tuple), not a model value; pass values positionally", e.loc)
+        with at(e.loc):
+            return op(*args, **kwargs)
 
     def keywords(self, e: A.Call, scope: Scope) -> dict:
         kwargs = {}
@@ -659,8 +682,26 @@ def _arg_error(err: TypeError, fn) -> str:
     return text.replace("missing a required argument", "missing argument")
 
 
-def build(module: A.Module) -> Program:
+def _host_ops(ops) -> dict:
+    """`ops=` of flowml.load(s): names (not those of built-ins) to wrapped ops (flowml.op)."""
+    from ..ir.ops.wrapped import WrappedOp
+    if ops is None:
+        return {}
+    if not isinstance(ops, dict):
+        raise FlowTypeError(f"ops= maps the names a program calls to ops made by flowml.op, not {ops!r:.40}")
+    for name, op in ops.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise FlowNameError(f"ops=: {name!r} is not a name a program can call")
+        if name in BUILTINS or name in DTYPES or name == "none":
+            raise FlowNameError(f"ops=: '{name}' is the name of a built-in; pass the op under another name")
+        if not isinstance(op, WrappedOp):
+            raise FlowTypeError(f"ops['{name}'] is {op!r:.40}, not an op: wrap the function with "
+                                "flowml.op(fn, out_type) first")
+    return dict(ops)
+
+
+def build(module: A.Module, ops: dict | None = None) -> Program:
     try:
-        return Builder(module).build()
+        return Builder(module, ops).build()
     except RecursionError:
         raise FlowError("the model is nested too deeply to build") from None

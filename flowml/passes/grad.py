@@ -30,15 +30,16 @@ def _carries_gradient(graph, n) -> bool:
     return is_float(graph.type(n).dtype)
 
 
-def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = False) -> set[int]:
+def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = False,
+                forward: bool = False) -> set[int]:
     """The nodes within `limit` that a derivative can reach from `wrt`: float-valued nodes whose
-    op has a VJP, fed by such a node (ids ascend topologically, so one forward scan suffices).
-    With `through_stops`, stop_gradient counts as passing (to tell a deliberate cut from an op
-    that has no derivative)."""
+    op has a VJP (a JVP, `forward`), fed by such a node (ids ascend topologically, so one
+    forward scan suffices). With `through_stops`, stop_gradient counts as passing (to tell a
+    deliberate cut from an op that has no derivative)."""
     reach = {w for w in wrt}
     for n in sorted(limit):
         op = graph.op(n)
-        passes = op.has_vjp or (through_stops and getattr(op, "stops_gradient", False))
+        passes = (op.has_jvp if forward else op.has_vjp) or (through_stops and getattr(op, "stops_gradient", False))
         if n in reach or not _carries_gradient(graph, n) or not passes:
             continue
         if any(o in reach for o in graph.operands(n)):
@@ -46,7 +47,8 @@ def _flows_from(graph, wrt: list[int], limit: set[int], through_stops: bool = Fa
     return reach
 
 
-def _reach_masks(graph, wrt: list[int], limit: set[int], through_stops: bool = False) -> dict[int, int]:
+def _reach_masks(graph, wrt: list[int], limit: set[int], through_stops: bool = False,
+                 forward: bool = False) -> dict[int, int]:
     """`_flows_from` for every w of `wrt` at once, in one scan: node -> a bit mask with bit i set
     when a derivative reaches the node from wrt[i] (a per-w scan is quadratic in a deep model)."""
     masks: dict[int, int] = {}
@@ -54,7 +56,7 @@ def _reach_masks(graph, wrt: list[int], limit: set[int], through_stops: bool = F
         masks[w] = masks.get(w, 0) | (1 << i)
     for n in sorted(limit):
         op = graph.op(n)
-        passes = op.has_vjp or (through_stops and getattr(op, "stops_gradient", False))
+        passes = (op.has_jvp if forward else op.has_vjp) or (through_stops and getattr(op, "stops_gradient", False))
         if not passes or not _carries_gradient(graph, n):
             continue
         m = 0
@@ -63,6 +65,13 @@ def _reach_masks(graph, wrt: list[int], limit: set[int], through_stops: bool = F
         if m:
             masks[n] = masks.get(n, 0) | m
     return masks
+
+
+def _no_derivative_notes(op, forward: bool) -> list[str]:
+    if not op.wrapped:
+        return []
+    return [f"{op.name} is a wrapped op made without {'jvp' if forward else 'vjp'}=: give flowml.op one to "
+            "differentiate through it"]
 
 
 def _blocker(graph, w: int, cost_ancestors: set[int], reach: set[int]) -> int | None:
@@ -88,8 +97,9 @@ def check_connected(graph, y: Var, wrt, disconnected: str, what: str = "grad") -
     if disconnected == "zero":
         return
     y_anc = graph.ancestors([y.id])
+    forward = what == "rop"
     wrt_ids = [w.id for w in wrt]
-    at_y = _reach_masks(graph, wrt_ids, y_anc).get(y.id, 0)
+    at_y = _reach_masks(graph, wrt_ids, y_anc, forward=forward).get(y.id, 0)
     at_y_through_stops = None
     for i, w in enumerate(wrt):
         if w.id not in y_anc:
@@ -98,13 +108,14 @@ def check_connected(graph, y: Var, wrt, disconnected: str, what: str = "grad") -
         if at_y >> i & 1:
             continue
         if at_y_through_stops is None:
-            at_y_through_stops = _reach_masks(graph, wrt_ids, y_anc, through_stops=True).get(y.id, 0)
+            at_y_through_stops = _reach_masks(graph, wrt_ids, y_anc, through_stops=True, forward=forward).get(y.id, 0)
         if not at_y_through_stops >> i & 1:
-            reach = _flows_from(graph, [w.id], y_anc)
+            reach = _flows_from(graph, [w.id], y_anc, forward=forward)
             b = _blocker(graph, w.id, y_anc, reach)
             via = f"{graph.op(b).name} ({graph.loc(b)})" if b is not None else "an op without a derivative"
             raise FlowGradError(f"{_subject(graph, y, what)} depends on {_describe(graph, w.id)} only through "
-                                f"{via}, which has no derivative", loc)
+                                f"{via}, which has no derivative", loc,
+                                _no_derivative_notes(graph.op(b), forward) if b is not None else None)
 
 
 def _subject(graph, y: Var, what: str) -> str:

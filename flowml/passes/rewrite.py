@@ -98,7 +98,7 @@ def _compile_op(opname: str, *args: ast.expr, keywords=()):
 
     def match(graph, n, m):
         op = graph.op(n)
-        if op.name != opname:
+        if op.name != opname or op.wrapped:  # (no pattern is about a user's function)
             return False
         operands = graph.operands(n)
         if len(operands) != arity:
@@ -232,7 +232,13 @@ def node_sig(graph: Graph, n: int) -> tuple:
     """What, besides its operands, makes two nodes compute the same value: nodes with equal
     signatures and operands are merged (common subexpressions)."""
     t = graph.type(n)
-    return (graph.op(n).name, _freeze(graph.attrs(n)), t.dtype.str, t.shape, t.weak)
+    return (_op_key(graph.op(n)), _freeze(graph.attrs(n)), t.dtype.str, t.shape, t.weak)
+
+
+def _op_key(op):
+    """An op as common-subexpression merging knows it: by name; a wrapped op by itself (two
+    users' functions may share a name)."""
+    return op if op.wrapped else op.name
 
 
 _NONE: frozenset = frozenset()  # (no rule known not to fire)
@@ -265,7 +271,7 @@ class Rebuild:
         """Add a node to the new graph, or return the identical one already there."""
         operands = tuple(operands)
         if sig is None:
-            sig = (op.name, _freeze(attrs), type.dtype.str, type.shape, type.weak)
+            sig = (_op_key(op), _freeze(attrs), type.dtype.str, type.shape, type.weak)
         key = (sig, operands)
         found = None if op.lazy else self._keys.get(key)
         if found is not None:
@@ -284,7 +290,7 @@ class Rebuild:
         d = old.data(n)
         m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"], self._old_sigs.get(n))
         unchanged = all(o in self._unchanged for o in old_operands)
-        if self.rules and not d["op"].leaf:
+        if self.rules and not (d["op"].leaf or d["op"].wrapped):  # (nothing is known of a user's function)
             # rules tried on n below an identical subgraph need not be tried again
             known = self._settled.get(n, _NONE) if unchanged else _NONE
             if self._all <= known:

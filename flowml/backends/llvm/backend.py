@@ -1,22 +1,17 @@
-"""The LLVM backend: fused nodes become native loops compiled by llvmlite; the rest of a function
-is a short schedule of steps around them.
+"""The LLVM backend: a compiled function is native entry points (see `entry`) over the memory
+plan's buffers, called through ctypes with the GIL released.
 
-A compiled function is a list of steps in topological order. A step is one of:
-  - a native kernel (one per fused node) called through ctypes — the GIL is released, and large
-    kernels are split across threads by `flowml_parallel_for`;
-  - matmul, through the BLAS numpy links (`numpy.matmul(..., out=buffer)`);
-  - a view (reshape): no copy;
-  - any other op: its numpy reference implementation (softmax, gathers, ...).
-Kernels read and write the buffers of the optimizer's memory plan; a param update the plan
-marks in place is written straight into the param's array. All kernels of a function live in one
-LLVM module, compiled once and kept in the persistent compile cache.
+Per call, only what changes is done in Python: the input and param addresses go into the call
+frame, the entry points run (with any host steps between them), the outputs are copied out and
+the updates not done in place are written back. What depends only on the dims (the frame's dim
+slots, thread count, the buffers) is set up once per binding of the dims (`_Binding`).
 
-Re-entrant: the buffers and the slot table are a call's own (a `_Frame`, taken from a per-binding
-pool and given back when the call returns), so threads may call one function at once; outputs
-are copied out of the frame before it goes back.
+Re-entrant: the buffers and the frame are a call's own (a `_Frame`, taken from a per-binding
+pool and given back when the call returns), so threads may call one function at once with no
+lock; outputs are copied out of the frame before it goes back.
 
 Shapes reach native code only after the call boundary checked every input against its
-declaration; kernels take their sizes from the bound dims.
+declaration; entry points take their sizes from the frame's dim slots.
 """
 
 from __future__ import annotations
@@ -25,38 +20,25 @@ import ctypes
 
 import numpy as np
 
-from ...errors import FlowRuntimeError
+from ...errors import FlowInternalError
 from ...ir import ops as P
-from ...ir.fused import empty_reduction_error
 from ...ir.graph import Graph
-from ...ir.types import Sym, bound_by_inputs, resolve_dim
+from ...ir.types import Sym, resolve_dim, resolve_name
+from ...passes.memory import plan_memory
 from ...sizes import allocation_failed, check_value
-from .. import scalar as S
 from ..reference import ReferenceExecutable, ReferenceState, run_op
-from . import cache, parallel, vecmath
-from .kernels import ITEMSIZE, KernelWriter
+from . import blas, cache, parallel
+from .entry import ERROR_SLOTS, HOOK_SLOT, THREADS_SLOT, NativeProgram, dims_used
 
-_KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-_NATIVE_OPS = set(S.FORMULAS) | {"cast", "where", "const"}
-MIN_ITEMS_PER_THREAD = 1 << 15
+_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
-
-def _native_fused(graph: Graph, n: int) -> bool:
-    """Native code takes its sizes from the dims the inputs bind (not derived ones like N-1)."""
-    a = graph.attrs(n)
-    types = [graph.type(o) for o in graph.operands(n)] + [graph.type(n)]
-    if not all(bound_by_inputs(t.shape) and t.dtype.name in ITEMSIZE for t in types):
-        return False
-    if not bound_by_inputs(a["shape"]):
-        return False
-    return all(ins.op in _NATIVE_OPS and ins.dtype in ITEMSIZE for ins in a["body"])
-
-
-def _size(shape, env) -> int:
-    size = 1
-    for d in shape:
-        size *= resolve_dim(d, env)
-    return int(size)
+HOST_REASONS = {
+    "scan": "a loop: its body runs on the reference evaluator, one step at a time",
+    "conv2d": "convolutions run numpy's im2col", "conv2d_backprop_input": "convolutions run numpy's im2col",
+    "conv2d_backprop_filter": "convolutions run numpy's im2col", "max_pool2d": "pooling runs numpy",
+    "max_pool2d_backprop": "pooling runs numpy", "max_pool2d_tangent": "pooling runs numpy",
+}
 
 
 class LLVMState(ReferenceState):
@@ -66,15 +48,8 @@ class LLVMState(ReferenceState):
         self.values[name] = np.array(value, order="C")
 
 
-class _Kernel:
-    """One compiled fused node: its loop's facts (`info`), where its output's address goes in the
-    slot table, and its entry point."""
-
-    def __init__(self, info, slot_out):
-        self.info = info
-        self.slot_out = slot_out
-        self.fn = None
-        self.address = 0
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
 
 
 class LLVMExecutable:
@@ -84,108 +59,93 @@ class LLVMExecutable:
         self.graph = graph
         self.outputs = outputs
         self.updates = updates
-        self.plan = plan
         targets = list(outputs) + [n for _, n in updates]
         self.nodes = sorted(graph.ancestors(targets))
         # `if` picks one branch: a function with one runs on the reference evaluator
         self._lazy = any(graph.op(n).lazy for n in self.nodes)
         self._reference = ReferenceExecutable(graph, outputs, updates) if self._lazy else None
         self._has_scan = any(graph.op(n).name == "scan" for n in self.nodes)
-        self.inplace = dict(plan.inplace) if plan is not None else {}
+        self.plan = plan if plan is not None else plan_memory(graph, list(outputs), list(updates))
+        self.inplace = dict(self.plan.inplace)
         self._inplace_nodes = {v: name for name, v in self.inplace.items()}
-        self.slot: dict[object, int] = {}
-        self.kernels: dict[int, _Kernel] = {}
-        self.ir_text = ""
-        self.module = None
+        self.alias = {}
+        for v in self.plan.alias:
+            root = v
+            while root in self.plan.alias:
+                root = self.plan.alias[root]
+            self.alias[v] = root
+        self.results = set(targets)
         self._bindings: dict[tuple, _Binding] = {}
+        self.program = None
+        self.module = None
         if not self._lazy:
-            self._build()
+            self.program = self._lower()
 
     # ------------------------------------------------------------ compile
 
-    def _slot(self, key) -> int:
-        if key not in self.slot:
-            self.slot[key] = len(self.slot)
-        return self.slot[key]
+    def _lower(self) -> NativeProgram:
+        program = NativeProgram(self.graph, self.nodes, self.results, self.alias)
+        for step in program.steps:
+            if step.kind == "host" and step.detail == "no LLVM lowering":
+                op = self.graph.op(step.node)
+                step.detail = ("a wrapped Python function (flowml.op)" if getattr(op, "wrapped", False)
+                               else HOST_REASONS.get(op.name, step.detail))
+        program.entries = {}
+        program.module = None
+        names = [s.name for s in program.segments if s.name]
+        if names:
+            program.text = program.module_text()
+            if program.blas:
+                blas.ensure_symbols(sorted(program.blas))
+            if program.uses_parallel:
+                parallel.ensure_symbols()
+            program.module = cache.compile_cached(program.text, "llvm-entry-v1", name="flowml_fn")
+            for name in names:
+                program.entries[name] = _ENTRY(program.module.address(name))
+        else:
+            program.text = ""
+        self.module = program.module
+        return program
 
-    def _build(self) -> None:
+    @property
+    def kernels(self) -> dict[int, str]:
+        """The fused nodes that became kernels: node -> the kernel's function name."""
+        if self.program is None:
+            return {}
+        return {s.node: f"k{s.node}" for s in self.program.steps if s.detail.startswith(f"kernel k{s.node}")}
+
+    def host_steps(self) -> dict[int, str]:
+        """The nodes run on the host: node -> why (`--emit plan` lists them)."""
+        if self.program is None:
+            return {n: "the fn has a lazy `if`: it runs on the reference evaluator" for n in self.nodes
+                    if not self.graph.op(n).leaf}
+        return {s.node: s.detail for s in self.program.steps if s.kind == "host"}
+
+    def plan_text(self, ids: dict[int, str]) -> list[str]:
+        """The steps as `--emit plan` lists them; `ids` names the nodes as the IR dump does."""
         g = self.graph
-        mathlib = vecmath.MathLib()
-        functions, intrinsics = [], set()
-        for n in self.nodes:
-            if g.op(n).name != "fused" or not _native_fused(g, n):
+        if self.program is None:
+            return ["  (the whole fn runs on the reference evaluator: it has a lazy `if`)"]
+        rows = []
+        for s in self.program.steps:
+            if s.kind == "leaf":
                 continue
-            a = g.attrs(n)
-            operands = g.operands(n)
-            slots = {k: self._slot(("ptr", o)) for k, o in enumerate(operands)}
-            slots["out"] = self._slot(("ptr", n))
-            dims = {name: self._slot(("dim", name)) for t in [g.type(o) for o in operands] + [g.type(n)]
-                    for d in t.shape if isinstance(d, Sym) for name in d.names}
-            for d in a["shape"]:
-                if isinstance(d, Sym):
-                    for name in d.names:
-                        dims[name] = self._slot(("dim", name))
-            writer = KernelWriter(f"k{n}", g.type(n), [g.type(o) for o in operands], a["body"], a["reduce"],
-                                  a["shape"], slots, dims, mathlib)
-            text, info = writer.write()
-            functions.append(text)
-            intrinsics |= writer.b.intrinsics
-            self.kernels[n] = _Kernel(info, slots["out"])
-        if not functions:
-            return
-        self.ir_text = "\n\n".join(functions + sorted(intrinsics) + [mathlib.declarations()]) + "\n"
-        self.module = cache.compile_cached(self.ir_text, "llvm-kernels-v1", name="flowml_fn")
-        for k in self.kernels.values():
-            k.address = self.module.address(k.info.name)
-            k.fn = _KERNEL(k.address)
+            kind = {"native": "native", "host": "HOST", "view": "view", "none": "folded"}[s.kind]
+            detail = s.detail if s.kind != "none" else "read by its matmuls with a transpose flag"
+            loc = g.loc(s.node)
+            rows.append((ids.get(s.node, f"%?{s.node}"), g.op(s.node).name, kind, detail, str(loc) if loc else ""))
+        widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+        return ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+
+    def summary(self) -> str:
+        """`N native call(s), M host step(s)` per call of the fn."""
+        if self.program is None:
+            return "no native code (a lazy `if`: the reference evaluator runs the fn)"
+        native = sum(1 for s in self.program.segments if s.host is None)
+        host = sum(1 for s in self.program.segments if s.host is not None)
+        return f"{native} native call(s), {host} host step(s) per call"
 
     # ------------------------------------------------------------ run
-    #
-    # Per call only what changes is done in Python: input and param addresses go into the slot
-    # table, then the steps run. What depends only on the dims (buffers, their addresses, each
-    # kernel's extent and thread count) is set up once per binding of the dims (`_Binding`).
-
-    def _prepare_steps(self) -> None:
-        g = self.graph
-        # An output that is an updated param, or may be a view of one (reshape, and numpy's
-        # slices, transposes... of the reference steps), must keep the old value, but the
-        # param's array is overwritten by the update (in place, or by copyto below): such a
-        # param is read as a copy.
-        updated = {name for name, _ in self.updates}
-        keep_old = set()
-        stack, seen = list(self.outputs), set()
-        while stack:
-            n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            op = g.op(n)
-            if op is P.param and g.attrs(n)["name"] in updated:
-                keep_old.add(n)
-            elif not (op.leaf or n in self.kernels or op is P.matmul):  # (those make new arrays)
-                stack.extend(g.operands(n))
-        steps = []
-        for n in self.nodes:
-            op = g.op(n)
-            operands = g.operands(n)
-            slot = self.slot.get(("ptr", n))
-            if op is P.input_:
-                steps.append(("input", n, g.attrs(n)["name"], slot))
-            elif op is P.param:
-                steps.append(("param_copy" if n in keep_old else "param", n, g.attrs(n)["name"], slot))
-            elif op is P.const:
-                steps.append(("const", n, g.attrs(n)["value"], slot))
-            elif op is P.dim:
-                steps.append(("dim", n, g.attrs(n)["dim"], slot))
-            elif n in self.kernels:
-                steps.append(("kernel", n, self.kernels[n], slot))
-            elif op is P.reshape:
-                steps.append(("view", n, (operands[0], g.type(n).shape), slot))
-            elif op is P.matmul:
-                steps.append(("matmul", n, tuple(operands), slot))
-            else:
-                steps.append(("ref", n, tuple(operands), slot))
-        self.steps = steps
 
     def _binding(self, env: dict[str, int]) -> "_Binding":
         key = tuple(sorted(env.items()))
@@ -198,21 +158,18 @@ class LLVMExecutable:
 
     def __call__(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
                  record: dict[int, np.ndarray] | None = None):
+        """Run the function. `record` (check mode): a dict that receives a copy of every node's
+        value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
+        if self._lazy:
+            return [np.array(v) for v in self._reference(inputs, state, env)]
         if not self._has_scan:
             return self._call(inputs, state, env, record)
         from ...ir.scan import scan_runs
         with scan_runs():  # the nodes of one loop share its run
             return self._call(inputs, state, env, record)
 
-    def _call(self, inputs: dict[str, np.ndarray], state: LLVMState, env: dict[str, int],
-              record: dict[int, np.ndarray] | None = None):
-        """Run the function. `record` (check mode): a dict that receives a copy of every node's
-        value, keyed by node id (none for a lazy graph, which the reference evaluator runs)."""
-        if self._lazy:
-            return [np.array(v) for v in self._reference(inputs, state, env)]
-        if not hasattr(self, "steps"):
-            self._prepare_steps()
-        env = dict(env)
+    def _call(self, inputs, state, env, record):
+        program = self.program
         binding = self._binding(env)
         frames = binding.frames
         try:
@@ -220,62 +177,123 @@ class LLVMExecutable:
         except IndexError:
             frame = _Frame(binding)  # every frame of the binding is in use: one more
         try:
-            return self._run(inputs, state.values, env, binding, frame, record)
+            return self._run(program, inputs, state.values, binding, frame, record)
         finally:
             frames.append(frame)
 
-    def _run(self, inputs, params, env, binding: "_Binding", frame: "_Frame", record):
-        ctx = frame.ctx
-        values: dict[int, np.ndarray] = {}
-        with np.errstate(all="ignore"):
-            for kind, n, data, slot in self.steps:
-                if kind == "kernel":
-                    v = binding.run_kernel(n, data, params, frame)
-                elif kind == "input":
-                    v = inputs[data]
-                elif kind == "param":
-                    v = params[data]
-                elif kind == "param_copy":
-                    v = params[data].copy()
-                elif kind == "const":
-                    v = data
-                elif kind == "view":
-                    v = values[data[0]].reshape(tuple(resolve_dim(d, env) for d in data[1]))
-                elif kind == "matmul":
-                    v = np.matmul(values[data[0]], values[data[1]])
-                elif kind == "dim":
-                    v = np.int64(resolve_dim(data, env))
-                else:
-                    v = self._reference_step(n, [values[o] for o in data], env)
-                values[n] = v
-                if slot is not None and kind != "kernel":
-                    if not (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned):
-                        v = values[n] = np.require(v, requirements="CA") if np.ndim(v) else np.array(v)
-                    ctx[slot] = v.__array_interface__["data"][0]
-                if record is not None:  # a copy: buffers are reused, params updated in place
-                    record[n] = np.array(v, copy=True)
+    def _run(self, program: NativeProgram, inputs, params, binding: "_Binding", frame: "_Frame", record):
         g = self.graph
+        ctx = frame.ctx
+        env = binding.env
+        for name, n in binding.input_nodes:
+            a = inputs[name]
+            if not (a.flags.c_contiguous and a.flags.aligned):
+                a = inputs[name] = np.ascontiguousarray(a)
+            ctx[binding.slot[n]] = _address(a)
+        for name, n in binding.param_nodes:
+            a = params[name]
+            if not (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+                a = params[name] = np.array(a, order="C")
+            ctx[binding.slot[n]] = _address(a)
+        for name, n in binding.inplace_nodes:
+            a = params.get(name)
+            if a is None or a.shape != binding.shapes[n] or not a.flags.writeable or not a.flags.c_contiguous:
+                a = params[name] = np.empty(binding.shapes[n], dtype=g.type(n).dtype)
+            ctx[binding.slot[n]] = _address(a)
+        if program.world_keys:  # the process group (collectives): read on every call
+            from .lowering.collective import world_slots
+            for key, value in world_slots(program.world_keys).items():
+                ctx[binding.slot_keys[key]] = value
+        hook = None
+        if record is not None:
+            hook = self._recorder(record, inputs, params, binding, frame)
+            ctx[HOOK_SLOT] = ctypes.cast(hook, ctypes.c_void_p).value
+        try:
+            for seg in program.segments:
+                if seg.host is None:
+                    rc = program.entries[seg.name](frame.ctx_ptr)
+                    if rc:
+                        raise self.native_error(rc, ctx, env)
+                    continue
+                n = seg.host
+                args = [self._value(o, inputs, params, binding, frame) for o in g.operands(n)]
+                with np.errstate(all="ignore"):
+                    value = run_op(g, n, args, dict(env))
+                np.copyto(frame.arrays[n], value)
+                if record is not None:
+                    record[n] = np.array(value, copy=True)
+        finally:
+            ctx[HOOK_SLOT] = 0
+        if record is not None:  # views and folded transposes: from what they view, as it was
+            for n in self.nodes:
+                if n not in record:
+                    src = record[g.operands(n)[0]]
+                    record[n] = (np.transpose(src, g.attrs(n)["axes"]) if n in binding.folded
+                                 else src.reshape(binding.shapes[n])).copy()
+        outs = [np.array(self._value(n, inputs, params, binding, frame)) for n in self.outputs]
         new_values = {}
         for name, n in self.updates:
             if self.inplace.get(name) != n:
-                new_values[name] = np.array(values[n], dtype=g.type(n).dtype)
+                new_values[name] = np.array(self._value(n, inputs, params, binding, frame), dtype=g.type(n).dtype)
         for name, v in new_values.items():
             old = params.get(name)
             if old is not None and old.shape == v.shape and old.flags.writeable:
                 np.copyto(old, v)  # keep the param's array (and address) for the next call
             else:
                 params[name] = v
-        # copies: the frame's buffers are the next call's, and an output may be an input or a
-        # param (or a view of one)
-        return [np.array(values[n]) for n in self.outputs]
+        return outs
 
-    def _reference_step(self, n, args, env):
-        return run_op(self.graph, n, args, env)
+    def native_error(self, rc: int, ctx: np.ndarray, env: dict[str, int]):
+        """The located error of an entry point's return code `rc`, its details in frame `ctx`."""
+        node, describe = self.program.errors[rc - 1]
+        return describe(self.graph, node, tuple(int(ctx[s]) for s in ERROR_SLOTS), env)
+
+    def fastcall(self, inputs, fallback, values, stale, states, lock):
+        """The fn's CPython entries (`pyentry.FastCall`: argument checks and unboxing in native
+        code), or None where its calls stay on the Python path (`pyentry.unavailable`)."""
+        from . import pyentry
+        if pyentry.unavailable(self) is not None:
+            return None
+        return pyentry.FastCall(self, inputs, fallback, values, stale, states, lock)
+
+    def _recorder(self, record, inputs, params, binding, frame):
+        """Check mode's hook: copies each node's value as the entry point computes it (leaves
+        first, before any in-place update changes a param)."""
+        for n in self.nodes:
+            if self.graph.op(n).leaf:
+                record[n] = np.array(self._value(n, inputs, params, binding, frame), copy=True)
+
+        def hook(_ctx, n):
+            record[n] = np.array(self._value(n, inputs, params, binding, frame), copy=True)
+        return _HOOK(hook)
+
+    def _value(self, n: int, inputs, params, binding: "_Binding", frame: "_Frame") -> np.ndarray:
+        """Node n's value after the steps ran (a view of where it lives)."""
+        g = self.graph
+        root = self.alias.get(n, n)
+        op = g.op(root)
+        if op is P.input_:
+            v = inputs[g.attrs(root)["name"]]
+        elif op is P.param:
+            v = params[g.attrs(root)["name"]]
+        elif op is P.const:
+            v = np.asarray(g.attrs(root)["value"])
+        elif op is P.dim:
+            v = binding.dim_values[root]
+        elif root in self._inplace_nodes:
+            v = params[self._inplace_nodes[root]]
+        elif root in binding.folded:  # a transpose that its matmuls read with a transpose flag
+            v = np.transpose(self._value(g.operands(root)[0], inputs, params, binding, frame),
+                             g.attrs(root)["axes"])
+        else:
+            v = frame.arrays[root]
+        shape = binding.shapes[n]
+        return v if v.shape == shape else v.reshape(shape)
 
     # ------------------------------------------------------------ inspection
 
     def llvm_ir(self) -> str:
-        return self.ir_text
+        return self.program.text if self.program is not None else ""
 
     def optimized_llvm_ir(self) -> str:
         return self.module.optimized_ir() if self.module is not None else ""
@@ -284,79 +302,82 @@ class LLVMExecutable:
         return self.module.assembly() if self.module is not None else ""
 
 
+def _dim_value(name: str, env: dict[str, int]) -> int:
+    if name in env:
+        return env[name]
+    value = resolve_name(name, env)
+    if value is None:
+        raise FlowInternalError(f"the size {name} cannot be computed from {env}")
+    return value
+
+
 class _Binding:
-    """What one binding of the dims fixes: each kernel's loop extent and thread count, the slot
-    table's dims, the buffers' sizes (by the memory plan), and a pool of frames (`_Frame`) that
-    calls of these dims take their buffers from, one frame per call running at once."""
+    """What one binding of the dims fixes: the frame's dim slots and thread count, every value's
+    shape (checked to fit in memory), the constants' addresses, and a pool of frames
+    (`_Frame`) that calls of these dims take their buffers from, one per call running at once."""
 
     def __init__(self, ex: LLVMExecutable, env: dict[str, int]):
         g = ex.graph
+        program = ex.program
         self.ex = ex
-        self.env = env
-        self.ctx = np.zeros(len(ex.slot) + 1, dtype=np.int64)  # the template: dims only
-        for key, s in ex.slot.items():
-            if key[0] == "dim":
-                self.ctx[s] = env[key[1]]
-        self.launch: dict[int, tuple[int, int, bool]] = {}
-        self.errors: dict[int, FlowRuntimeError] = {}  # kernels that raise when run (extent -1)
-        nthreads = parallel.num_threads()
+        self.env = env = dict(env)
+        for name in sorted(dims_used(g, ex.nodes), key=len):
+            env[name] = _dim_value(name, env)
         for n in ex.nodes:  # every value of these dims fits in memory, or a located error now
             if not g.op(n).leaf:
                 check_value(g, n, env)
-        for n, k in ex.kernels.items():
-            a = g.attrs(n)
-            err = empty_reduction_error(a["reduce"], tuple(resolve_dim(d, env) for d in a["shape"]), g.loc(n))
-            if err is not None:
-                self.launch[n] = (-1, 0, False)  # raises when run, as numpy does
-                self.errors[n] = err
-            else:
-                extent = _size(k.info.parallel_axis_extent, env) if k.info.parallel_axis_extent else 1
-                threads = 1
-                if k.info.splittable and extent > 1:
-                    total = _size(a["shape"], env)
-                    threads = max(1, min(nthreads, extent, total // MIN_ITEMS_PER_THREAD))
-                self.launch[n] = (extent, threads, k.info.atomic_sum)  # chunks add into a zeroed output
+        self.shapes = {n: tuple(resolve_dim(d, env) for d in g.type(n).shape) for n in ex.nodes}
+        self.slot = {n: program.slot_of(("ptr", n)) for n in ex.nodes}
+        self.slot_keys = {key: program.slot_of(key) for key in program.world_keys}
+        self.ctx = np.zeros(len(program.slot) + 8, dtype=np.int64)  # the template of every frame
+        self.ctx[THREADS_SLOT] = parallel.num_threads()
+        for key, s in program.slot.items():
+            if key[0] == "dim":
+                self.ctx[s] = env[key[1]]
+        self.dim_values = {}
+        self.consts = []
+        self.input_nodes, self.param_nodes, self.inplace_nodes = [], [], []
+        for n in ex.nodes:
+            op = g.op(n)
+            if op is P.input_:
+                self.input_nodes.append((g.attrs(n)["name"], n))
+            elif op is P.param:
+                self.param_nodes.append((g.attrs(n)["name"], n))
+            elif op is P.const:
+                c = np.ascontiguousarray(g.attrs(n)["value"])
+                self.consts.append(c)  # (kept alive: the frame holds its address)
+                self.ctx[self.slot[n]] = _address(c)
+            elif op is P.dim:
+                d = g.attrs(n)["dim"]
+                v = self.dim_values[n] = np.array(resolve_dim(d, env), dtype=np.int64)
+                self.ctx[self.slot[n]] = _address(v)
+            elif n in ex._inplace_nodes:
+                self.inplace_nodes.append((ex._inplace_nodes[n], n))
+        self.folded = {s.node for s in program.steps if s.kind == "none"}
         self.frames: list[_Frame] = [_Frame(self)]  # the free ones
-
-    def run_kernel(self, n: int, k: "_Kernel", params: dict[str, np.ndarray], frame: "_Frame") -> np.ndarray:
-        extent, threads, zero_first = self.launch[n]
-        name = self.ex._inplace_nodes.get(n)
-        if name is not None:
-            out = params[name]
-            frame.ctx[k.slot_out] = out.__array_interface__["data"][0]
-        else:
-            out = frame.buffers[n]
-        if extent < 0:
-            raise self.errors[n]
-        if zero_first:
-            out.fill(0)
-        # (ctypes releases the GIL during both calls: other threads run meanwhile)
-        if threads > 1:
-            parallel.parallel_for(k.address, frame.ctx_ptr, extent, threads)
-        else:
-            k.fn(frame.ctx_ptr, 0, extent)
-        return out
 
 
 class _Frame:
-    """One call's own memory: the kernels' output buffers (shared between nodes as the memory
-    plan says) and the slot table holding their addresses, the dims, and (set per call) the
-    input and param addresses."""
+    """One call's own memory: the buffers of the memory plan (shared between nodes as the plan
+    says) and the call frame holding their addresses, the dims, and (set per call) the input and
+    param addresses."""
 
     def __init__(self, binding: _Binding):
         ex, env = binding.ex, binding.env
         g = ex.graph
         self.ctx = binding.ctx.copy()
         self.ctx_ptr = self.ctx.ctypes.data
-        self.buffers: dict[int, np.ndarray] = {}
+        self.arrays: dict[int, np.ndarray] = {}
         by_buffer: dict[int, np.ndarray] = {}
-        assign = ex.plan.assign if ex.plan is not None else {}
-        for n, k in ex.kernels.items():
-            if n in ex._inplace_nodes:
+        assign = ex.plan.assign
+        skip = binding.folded
+        for n in ex.nodes:
+            op = g.op(n)
+            if op.leaf or n in ex.alias or n in ex._inplace_nodes or n in skip:
                 continue
             t = g.type(n)
-            shape = tuple(resolve_dim(d, env) for d in t.shape)
-            nbytes = _size(t.shape, env) * t.dtype.itemsize
+            shape = binding.shapes[n]
+            nbytes = int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize
             b = assign.get(n)
             try:
                 if b is None:
@@ -367,8 +388,8 @@ class _Frame:
                     arr = by_buffer[b][:nbytes].view(t.dtype).reshape(shape)
             except MemoryError:
                 raise allocation_failed(g, n, env) from None
-            self.buffers[n] = arr
-            self.ctx[k.slot_out] = arr.ctypes.data
+            self.arrays[n] = arr
+            self.ctx[binding.slot[n]] = _address(arr)
 
 
 class LLVMBackend:
@@ -379,3 +400,6 @@ class LLVMBackend:
 
     def compile(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
         return LLVMExecutable(graph, outputs, updates, plan)
+
+
+_ = Sym

@@ -17,10 +17,11 @@ work. So a module is split:
     to improve, and fast instruction selection makes it ~8x cheaper to compile).
 
 A function that does not have this shape (another signature, a slot that is written or
-passed on) goes, as it is, into a module of its own (`rest`, compiled at O3). A module with a
-function that calls another function of the module, or whose header defines a global with
-external linkage (each part would define it again), is not split. Neither is one in which no
-kernel body repeats: `split_kernels` returns None when nothing would be gained.
+passed on) or that refers to another function of the module (the entry that calls the
+kernels) goes, as it is, into a module of its own (`rest`, compiled at O3, last); it reaches
+the wrappers through aliases that the wrappers' module exports. A module whose header defines a
+global with external linkage (each part would define it again) is not split. Neither is one in
+which no kernel body repeats: `split_kernels` returns None when nothing would be gained.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _CTX = re.compile(r"%ctx(?![\w.])")
 _GLOBAL_DEF = re.compile(r"^@(?P<name>[\w.$]+) = (?P<rest>.*)$", re.M)
 _SYMBOL = re.compile(r"@([\w.$]+)")
 _LOCAL = re.compile(r"%[\w.]+")
+_REFERENCE = re.compile(r"@([\w.$]+)(?![\w.$])")
 _LOAD = re.compile(r"= load [^,\n]+, ptr (%[\w.]+)")
 _LOCAL_LINKAGE = ("private ", "internal ")
 
@@ -46,6 +48,7 @@ class Split:
     kernels: dict[str, str]  # canonical name -> a module holding that kernel (header + define)
     rest: str | None  # a module of the functions left as they were (None: there are none)
     wrappers: str  # a module: one wrapper per original kernel, calling its canonical kernel
+    exports: tuple[str, ...] = ()  # the wrappers' aliases `rest` calls (process symbols)
 
 
 def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
@@ -118,9 +121,9 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
     canon: dict[str, str] = {}  # canonical text -> canonical name
     plan = []
     for m in defines:
-        if names & set(_SYMBOL.findall(m["body"])):
-            return None  # calls a function of this module: the parts could not call each other
-        c = _canonical(m)
+        # a function that refers to another of the module (an entry that calls the kernels)
+        # stays whole, in `rest`
+        c = None if names & set(_SYMBOL.findall(m["body"])) else _canonical(m)
         if c is None:
             plan.append((m, None, None))
             continue
@@ -132,7 +135,6 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
     if len(canonical) - len(canon) < min_repeats - 1 or not canon:
         return None
     kernels = {name: header + text.replace("@__kernel__(", f"@{name}(", 1) for text, name in canon.items()}
-    rest = [m.group(0).rstrip("\n") + "\n" for m, target, _ in plan if target is None]
     declared: set[str] = set()
     wrappers = [header]
     for m, target, slots in canonical:
@@ -140,4 +142,26 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
             declared.add(target)
             wrappers.append(_declaration(m, target))
         wrappers.append(_wrapper(m, target, slots))
-    return Split(kernels, header + "".join(rest) if rest else None, "".join(wrappers))
+    rest = [m.group(0).rstrip("\n") + "\n" for m, target, _ in plan if target is None]
+    exported: dict[str, str] = {}  # a wrapped kernel `rest` refers to -> the alias it exports
+    if rest:
+        # `rest` is compiled after the wrappers, in another engine: it reaches a wrapper through
+        # an alias named for this module (a process symbol, so never one another module uses)
+        tag = hashlib.sha256(ir_text.encode()).hexdigest()[:16]
+        wrapped = {m["name"]: m for m, target, _ in canonical}
+
+        def refer(g: re.Match) -> str:
+            name = g.group(1)
+            if name not in wrapped:
+                return g.group(0)
+            exported.setdefault(name, f"flowml_w{tag}_{name}")
+            return "@" + exported[name]
+
+        rest = [_REFERENCE.sub(refer, text) for text in rest]
+        for name, alias in exported.items():
+            m = wrapped[name]
+            types = ", ".join(a.split()[0] for a in m["args"].split(","))
+            ftype = f"{m['pre'].split()[-1]} ({types})"
+            wrappers.append(f"@{alias} = alias {ftype}, ptr @{name}\n")
+            rest.insert(0, f"declare {m['pre'].split()[-1]} @{alias}({types})\n")
+    return Split(kernels, header + "".join(rest) if rest else None, "".join(wrappers), tuple(exported.values()))

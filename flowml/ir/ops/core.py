@@ -35,6 +35,9 @@ class Op:
     # a shape op that is the identity on each element inside a fused kernel (broadcast_to: the
     # kernel's iteration broadcasts; reshape, of a one-element value only)
     kernel_identity = False
+    # a user's function wrapped as an op (`flowml.op`, flowml/ir/ops/wrapped.py): not in OPS,
+    # run on the host by every backend, never rewritten, matched by a rule or fused
+    wrapped = False
 
     def __init__(self, name, infer=None, impl=None, vjp=None, verb=None, jvp=None, **props):
         self.name = name
@@ -49,7 +52,8 @@ class Op:
         self._vjp = vjp
         self._jvp = jvp
         self.verb = verb or name
-        OPS[name] = self
+        if not self.wrapped:  # (a user's op lives as long as the graphs that use it)
+            OPS[name] = self
 
     def vjp(self, g, out, *operands, **attrs):
         if self._vjp is None:
@@ -66,6 +70,11 @@ class Op:
     @property
     def has_vjp(self) -> bool:
         return self._vjp is not None
+
+    @property
+    def has_jvp(self) -> bool:
+        """Whether tangents pass through (forward mode): every built-in op with a VJP has a JVP."""
+        return self.has_vjp
 
     @property
     def bool_result(self) -> bool:

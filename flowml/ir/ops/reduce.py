@@ -92,9 +92,12 @@ def _logsumexp_jvp(tangents, y, x, axis, keepdims):
 
 def _np_logsumexp(x, axis, keepdims):
     x = as_float(x)
-    if x.size == 0 or not axis:
+    if not axis:
         import scipy.special
         out = scipy.special.logsumexp(x, axis=axis, keepdims=keepdims)
+    elif x.size == 0:  # a sum of no terms is 0: log gives -inf (scipy fails on several empty axes)
+        with np.errstate(divide="ignore"):
+            out = np.log(np.sum(np.exp(x), axis=axis, keepdims=True))
     else:
         # max-shifted, as scipy does, in plain numpy (scipy's array-API layer costs ~40 us a call);
         # an infinite or NaN max shifts by 0, so rows of -inf give -inf, and inf and NaN propagate
