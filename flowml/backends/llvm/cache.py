@@ -107,7 +107,8 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
     parts = [Part(kname, text, exports=(kname,)) for kname, text in split.kernels.items()]
     parts.append(Part(name, split.wrappers, speed_level=None, codegen_level=0, exports=split.exports))
     if split.rest is not None:
-        parts.append(Part(name + "_rest", split.rest))
+        glue = dict(speed_level=None, codegen_level=0) if split.rest_is_glue else {}
+        parts.append(Part(name + "_rest", split.rest, **glue))
     keys = []
     for p in parts:
         keys.append(cache_key(p.ir_text, *key_parts, "split-v1", p.speed_level, p.codegen_level))

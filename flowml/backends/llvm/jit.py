@@ -233,6 +233,7 @@ class JitModule:
     def _load(self, parts: list[Part]) -> None:
         """Compile (or load from their objects) `parts` into one engine, checked and finalized."""
         name = self.name
+        local = {sym for p in parts for sym in p.exports}  # defined by a module of this engine
         mods = []
         for p in parts:
             mod = _parse(p.ir_text, p.name)
@@ -242,7 +243,7 @@ class JitModule:
                     self._optimized_ir = str(mod)
             # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
             # (A cached object is checked below, on its own symbol table, which is exact.)
-            missing = undefined_externals(mod) if p.cached_object is None else []
+            missing = [s for s in undefined_externals(mod) if s not in local] if p.cached_object is None else []
             if missing:
                 raise FlowInternalError(
                     f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
@@ -272,7 +273,7 @@ class JitModule:
                 p.object_code = bytes(p.cached_object)
             # Second check, on the machine code: catches helpers the code generator introduced
             # (and anything a cached object needs). Nothing has run yet, so raising is safe.
-            missing = undefined_object_symbols(p.object_code or b"")
+            missing = [s for s in undefined_object_symbols(p.object_code or b"") if s not in local]
             if missing:
                 raise FlowInternalError(
                     f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "

@@ -19,7 +19,9 @@ work. So a module is split:
 A function that does not have this shape (another signature, a slot that is written or
 passed on) or that refers to another function of the module (the entry that calls the
 kernels) goes, as it is, into a module of its own (`rest`, compiled at O3, last); it reaches
-the wrappers through aliases that the wrappers' module exports. A module whose header defines a
+the wrappers through aliases that the wrappers' module exports. When `rest` holds only such
+callers (glue: the entry sets slots and calls kernels, straight-line code as long as the model
+is deep), it is compiled as the wrappers are: O3 costs a 640-layer entry seconds. A module whose header defines a
 global with external linkage (each part would define it again) is not split. Neither is one in
 which no kernel body repeats: `split_kernels` returns None when nothing would be gained.
 """
@@ -49,6 +51,7 @@ class Split:
     rest: str | None  # a module of the functions left as they were (None: there are none)
     wrappers: str  # a module: one wrapper per original kernel, calling its canonical kernel
     exports: tuple[str, ...] = ()  # the wrappers' aliases `rest` calls (process symbols)
+    rest_is_glue: bool = False  # every function of `rest` calls the module's others (an entry)
 
 
 def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
@@ -164,4 +167,6 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
             ftype = f"{m['pre'].split()[-1]} ({types})"
             wrappers.append(f"@{alias} = alias {ftype}, ptr @{name}\n")
             rest.insert(0, f"declare {m['pre'].split()[-1]} @{alias}({types})\n")
-    return Split(kernels, header + "".join(rest) if rest else None, "".join(wrappers), tuple(exported.values()))
+    glue = all(names & set(_SYMBOL.findall(m["body"])) for m, target, _ in plan if target is None)
+    return Split(kernels, header + "".join(rest) if rest else None, "".join(wrappers), tuple(exported.values()),
+                 glue)
