@@ -16,12 +16,13 @@ work. So a module is split:
     neither optimized nor given the full code generator (straight-line code: nothing for O3
     to improve, and fast instruction selection makes it ~8x cheaper to compile).
 
-A function that does not have this shape (another signature, a slot that is written or
-passed on) or that refers to another function of the module (the entry that calls the
-kernels) goes, as it is, into a module of its own (`rest`, compiled at O3, last); it reaches
-the wrappers through aliases that the wrappers' module exports. When `rest` holds only such
-callers (glue: the entry sets slots and calls kernels, straight-line code as long as the model
-is deep), it is compiled as the wrappers are: O3 costs a 640-layer entry seconds. A module whose header defines a
+A function that refers to another function of the module (the entry that calls the kernels)
+goes, as it is, into a module of its own (`rest`, compiled last); it reaches the wrappers
+through aliases that the wrappers' module exports. Such glue (the entry sets slots and calls
+kernels: straight-line code as long as the model is deep) is compiled as the wrappers are: O3
+costs a 640-layer entry seconds. A module with a function of another shape (another
+signature, a slot that is written or passed on) that is not glue is not split: the
+data-parallel models' modules are like that, and split they left a kernel unresolved (open). A module whose header defines a
 global with external linkage (each part would define it again) is not split. Neither is one in
 which no kernel body repeats: `split_kernels` returns None when nothing would be gained.
 """
@@ -137,6 +138,8 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
     canonical = [p for p in plan if p[1] is not None]
     if len(canonical) - len(canon) < min_repeats - 1 or not canon:
         return None
+    if any(target is None and not names & set(_SYMBOL.findall(m["body"])) for m, target, _ in plan):
+        return None  # a function of another shape that is not glue: compile the module whole (see above)
     kernels = {name: header + text.replace("@__kernel__(", f"@{name}(", 1) for text, name in canon.items()}
     declared: set[str] = set()
     wrappers = [header]
