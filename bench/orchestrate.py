@@ -134,7 +134,8 @@ class Runner:
             if res.get("unavailable"):
                 self.console.print(f"  [yellow]not run[/]: {escape(res['unavailable'].splitlines()[-1])}")
                 break
-            todo = [w for w in todo if w not in res["done"]]
+            # (a workload the peer skipped is finished too: relaunching would skip it again)
+            todo = [w for w in todo if w not in res["done"] and w not in res["skipped"]]
             if todo and died:
                 current = res.get("current") or todo[0]
                 merged["errors"][current] = died

@@ -104,4 +104,4 @@ class TorchCompilePeer(TorchPeer):
         return self._step(torch.compile(mlp_loss, dynamic=False), d)
 
     def supports(self, workload):
-        return workload == "W4"
+        return workload in ("W4", "R")  # R: W4's memory
