@@ -311,3 +311,15 @@ def test_where_calls_stay_on_the_python_path():
         assert type(fn) is flowml.Function
     checked = flowml.loads("input a : f64\nfn f(a) -> a + 1\n", backend="llvm", check=True)
     assert checked.f._native is None
+
+
+def test_a_fn_with_hundreds_of_params_gets_its_native_entry():
+    """Labels of the entry's per-param blocks never meet a register's name (the IR was invalid
+    once a fn had more params than the entry had registers of one kind before them)."""
+    k = 200
+    src = "input x : f64\n" + "".join(f"param p{i} : f64 = {i}\n" for i in range(k))
+    src += "fn f(x) -> x + " + " + ".join(f"p{i}" for i in range(k)) + "\n"
+    model = flowml.loads(src, backend="llvm")
+    assert model.f(1.0) == 1 + k * (k - 1) / 2
+    calls = model.f.python_calls
+    assert model.f(2.0) == 2 + k * (k - 1) / 2 and model.f.python_calls == calls  # the native entry ran

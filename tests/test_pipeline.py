@@ -259,7 +259,7 @@ def test_the_verifier_finds_a_wrong_stored_type():
 
 def test_the_verifier_finds_a_cycle_and_a_missing_root():
     g, x, y = _small_graph()
-    g.nx.add_edge(y.id, x.id, key=0)  # x now "consumes" y: a cycle
+    g.set_operands(x.id, [y.id])  # x now "consumes" y: a cycle
     with pytest.raises(FlowInternalError, match="does not come before it|a leaf with operands"):
         verify_graph(g, [y.id], "phase x")
     g, x, y = _small_graph()

@@ -1,15 +1,18 @@
-"""The IR graph: a networkx MultiDiGraph of typed op nodes.
+"""The IR graph: typed op nodes with their operands stored on each node.
 
 Nodes are ints; a node's data is `op` (an `Op`), `attrs` (a dict of static arguments), `type`
 (a `TensorType`), `loc` (the source `Loc` it came from) and `name` (the user's name for it, if
-any). An edge `u -> v` with key `i` says that `u` is operand `i` of `v`; a MultiDiGraph keeps
-both edges of `x * x`. Node ids grow as nodes are added and a node only ever consumes nodes that
-existed before it, so ascending ids are a topological order.
+any). Each node keeps its operands as an ordered tuple (`x * x` has operands `(x, x)`) and
+each node the list of its users, so walking the graph is a dict lookup per step: the passes
+read operands tens of thousands of times per compile, which networkx's edge views made the
+largest cost of a compile. `Graph.nx` builds a networkx MultiDiGraph (edge `u -> v` with key
+`i`: `u` is operand `i` of `v`) on demand, for analysis and drawing. Node ids grow as nodes are
+added and a node only ever consumes nodes that existed before it, so ascending ids are a
+topological order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 import linecache
@@ -17,21 +20,25 @@ import os
 import sys
 from typing import Iterable
 
-import networkx as nx
-
 from ..errors import FlowInternalError, FlowTypeError, Loc
 from .types import TensorType
 
 _loc_stack: list[Loc | None] = []
 
 
-@contextlib.contextmanager
-def at(loc: Loc | None):
-    """Nodes created inside this block get `loc` as their source location."""
-    _loc_stack.append(loc)
-    try:
-        yield
-    finally:
+class at:
+    """`with at(loc):` nodes created inside the block get `loc` as their source location.
+    (A class, not a generator context manager: the rewrite engine enters one per node.)"""
+
+    __slots__ = ("loc",)
+
+    def __init__(self, loc: Loc | None):
+        self.loc = loc
+
+    def __enter__(self) -> None:
+        _loc_stack.append(self.loc)
+
+    def __exit__(self, *exc) -> None:
         _loc_stack.pop()
 
 
@@ -99,7 +106,9 @@ class DerivativeRecord:
 
 class Graph:
     def __init__(self) -> None:
-        self.nx = nx.MultiDiGraph()
+        self._data: dict[int, dict] = {}  # insertion order is ascending ids
+        self._operands: dict[int, tuple[int, ...]] = {}
+        self._users: dict[int, list[int]] = {}  # one entry per use: x * x lists the product twice
         self._next_id = 0
         self.derivatives: list[DerivativeRecord] = []
 
@@ -108,67 +117,84 @@ class Graph:
     def add(self, op, operands: Iterable[int] = (), attrs: dict | None = None,
             loc: Loc | None = None, name: str | None = None, type: TensorType | None = None) -> int:
         """Add a node applying `op`; infers its type (raising a located FlowTypeError)."""
-        operands = list(operands)
-        attrs = dict(attrs or {})
+        operands = tuple(operands)
+        attrs = dict(attrs) if attrs else {}
         if loc is None:
             loc = current_loc()
+        data = self._data
         if type is None:
             try:
-                type = op.infer([self.type(o) for o in operands], attrs)
+                type = op.infer([data[o]["type"] for o in operands], attrs)
             except ShapeError as e:
                 raise FlowTypeError(str(e), loc) from None
         n = self._next_id
         self._next_id += 1
-        self.nx.add_node(n, op=op, attrs=attrs, type=type, loc=loc, name=name)
-        for i, o in enumerate(operands):
-            self.nx.add_edge(o, n, key=i)
+        users = self._users
+        for o in operands:
+            users[o].append(n)  # (a KeyError here: an operand that is not a node)
+        data[n] = {"op": op, "attrs": attrs, "type": type, "loc": loc, "name": name}
+        self._operands[n] = operands
+        users[n] = []
         return n
+
+    def remove(self, n: int) -> None:
+        """Remove node `n`, which nothing may use (a duplicate a rebuild merged away)."""
+        if self._users[n]:
+            raise FlowInternalError(f"cannot remove %{n}: it has users {self.users(n)}")
+        for o in self._operands.pop(n):
+            self._users[o].remove(n)
+        del self._data[n], self._users[n]
+
+    def set_operands(self, n: int, operands: Iterable[int]) -> None:
+        """Replace `n`'s operands (its type is not inferred again: the caller keeps it right)."""
+        for o in self._operands[n]:
+            self._users[o].remove(n)
+        self._operands[n] = tuple(operands)
+        for o in self._operands[n]:
+            self._users[o].append(n)
 
     # ------------------------------------------------------------ reading
 
     def __contains__(self, n: int) -> bool:
-        return n in self.nx
+        return n in self._data
 
     def __len__(self) -> int:
-        return self.nx.number_of_nodes()
+        return len(self._data)
 
     def data(self, n: int) -> dict:
-        return self.nx.nodes[n]
+        return self._data[n]
 
     def op(self, n: int):
-        return self.nx.nodes[n]["op"]
+        return self._data[n]["op"]
 
     def type(self, n: int) -> TensorType:
-        return self.nx.nodes[n]["type"]
+        return self._data[n]["type"]
 
     def attrs(self, n: int) -> dict:
-        return self.nx.nodes[n]["attrs"]
+        return self._data[n]["attrs"]
 
     def loc(self, n: int) -> Loc | None:
-        return self.nx.nodes[n]["loc"]
+        return self._data[n]["loc"]
 
     def name(self, n: int) -> str | None:
-        return self.nx.nodes[n]["name"]
+        return self._data[n]["name"]
 
     def set_name(self, n: int, name: str) -> None:
-        if self.nx.nodes[n]["name"] is None:
-            self.nx.nodes[n]["name"] = name
+        if self._data[n]["name"] is None:
+            self._data[n]["name"] = name
 
-    def operands(self, n: int) -> list[int]:
-        edges = sorted(self.nx.in_edges(n, keys=True), key=lambda e: e[2])
-        ops = [u for u, _, _ in edges]
-        if [k for _, _, k in edges] != list(range(len(ops))):
-            raise FlowInternalError(f"node %{n} has broken operand edges")
-        return ops
+    def operands(self, n: int) -> tuple[int, ...]:
+        return self._operands[n]
 
     def users(self, n: int) -> list[int]:
-        return sorted({v for _, v in self.nx.out_edges(n)})
+        return sorted(set(self._users[n]))
 
     def nodes(self) -> list[int]:
-        return sorted(self.nx.nodes)
+        return list(self._data)  # ascending: nodes are only ever appended
 
     def ancestors(self, roots: Iterable[int]) -> set[int]:
         """`roots` and every node they depend on (iterative: graphs can be deep)."""
+        operands = self._operands
         seen: set[int] = set()
         stack = list(roots)
         while stack:
@@ -176,10 +202,11 @@ class Graph:
             if n in seen:
                 continue
             seen.add(n)
-            stack.extend(u for u, _ in self.nx.in_edges(n))
+            stack.extend(operands[n])
         return seen
 
     def descendants(self, roots: Iterable[int]) -> set[int]:
+        users = self._users
         seen: set[int] = set()
         stack = list(roots)
         while stack:
@@ -187,7 +214,7 @@ class Graph:
             if n in seen:
                 continue
             seen.add(n)
-            stack.extend(v for _, v in self.nx.out_edges(n))
+            stack.extend(users[n])
         return seen
 
     def topo(self, nodes: Iterable[int]) -> list[int]:
@@ -195,4 +222,17 @@ class Graph:
         return sorted(nodes)
 
     def find(self, opname: str) -> list[int]:
-        return [n for n in self.nodes() if self.op(n).name == opname]
+        return [n for n, d in self._data.items() if d["op"].name == opname]
+
+    @property
+    def nx(self):
+        """A networkx MultiDiGraph of this graph (built on each access: a copy for analysis and
+        drawing; changing it does not change the graph)."""
+        import networkx as nx
+        g = nx.MultiDiGraph()
+        for n, d in self._data.items():
+            g.add_node(n, **d)
+        for n, ops in self._operands.items():
+            for i, o in enumerate(ops):
+                g.add_edge(o, n, key=i)
+        return g

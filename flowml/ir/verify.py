@@ -4,8 +4,8 @@ backend. The optimizer runs it after every phase under `FLOWML_VERIFY=1` (or `ve
 
 A well-formed graph:
   - every root (output or update value) is a node of the graph;
-  - every node has a registered op, a `TensorType` of one of flowml's dtypes, and operand edges
-    numbered 0..k-1 from nodes that exist and come before it (ascending ids are a topological
+  - every node has a registered op, a `TensorType` of one of flowml's dtypes, and operands
+    that are nodes of the graph and come before it (ascending ids are a topological
     order, which every pass relies on; it also rules out cycles);
   - every node's type, inferred again from its operands' types and its attrs, is its stored
     type (leaves and fused nodes are typed when created: for a fused node, its body refers
@@ -48,11 +48,10 @@ def _verify_node(graph: Graph, n: int, where: str) -> None:
     t = d.get("type")
     if not isinstance(t, TensorType) or t.dtype not in DTYPE_NAMES:
         raise _fail(graph, where, n, f"its type {t!r} is not a flowml tensor type")
-    edges = sorted(graph.nx.in_edges(n, keys=True), key=lambda e: e[2])
-    if [k for _, _, k in edges] != list(range(len(edges))):
-        raise _fail(graph, where, n, f"its operand edges are numbered {[k for _, _, k in edges]}")
-    operands = [u for u, _, _ in edges]
+    operands = list(graph.operands(n))
     for o in operands:
+        if o not in graph:
+            raise _fail(graph, where, n, f"operand %{o} is not a node of the graph")
         if o >= n:
             raise _fail(graph, where, n, f"operand %{o} does not come before it (a cycle, or ids out of order)")
     if op.leaf:

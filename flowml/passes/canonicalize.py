@@ -69,10 +69,10 @@ def _power_rule(text: str, exponent: float, build, floats_only: bool = False) ->
         if floats_only and graph.type(x).dtype.kind != "f":
             return None
         return build(Var(graph, x))
-    return Rule(text, fn=fn)
+    return Rule(text, fn=fn, roots=("pow",))
 
 
-@rule("transpose(transpose(x)) -> transpose(x) with composed axes (or x)")
+@rule("transpose(transpose(x)) -> transpose(x) with composed axes (or x)", roots=("transpose",))
 def transpose_of_transpose(graph: Graph, n: int):
     if graph.op(n) is not P.transpose:
         return None
@@ -90,7 +90,7 @@ def transpose_of_transpose(graph: Graph, n: int):
     return L.transpose(Var(graph, x), composed)
 
 
-@rule("reshape(reshape(x)) -> reshape(x); reshape to x's own shape -> x")
+@rule("reshape(reshape(x)) -> reshape(x); reshape to x's own shape -> x", roots=("reshape",))
 def reshape_chain(graph: Graph, n: int):
     if graph.op(n) is not P.reshape:
         return None
@@ -103,7 +103,7 @@ def reshape_chain(graph: Graph, n: int):
     return None
 
 
-@rule("broadcast_to(x) of x's own shape -> x; broadcast_to(broadcast_to(x)) -> broadcast_to(x)")
+@rule("broadcast_to(x) of x's own shape -> x; broadcast_to(broadcast_to(x)) -> broadcast_to(x)", roots=("broadcast_to",))
 def broadcast_chain(graph: Graph, n: int):
     if graph.op(n) is not P.broadcast_to:
         return None
@@ -134,7 +134,7 @@ def elementwise_of_broadcast(graph: Graph, n: int):
     return None
 
 
-@rule("sum(broadcast_to(x)) over only broadcast axes -> x * count")
+@rule("sum(broadcast_to(x)) over only broadcast axes -> x * count", roots=("sum",))
 def sum_of_broadcast(graph: Graph, n: int):
     if graph.op(n) is not P.sum_:
         return None
@@ -171,7 +171,7 @@ def empty_reduction(graph: Graph, n: int):
     return None
 
 
-@rule("if c then a else b with a constant c -> a or b")
+@rule("if c then a else b with a constant c -> a or b", roots=("ifelse", "where"))
 def constant_condition(graph: Graph, n: int):
     op = graph.op(n)
     if op not in (P.ifelse, P.where):
@@ -187,7 +187,7 @@ def constant_condition(graph: Graph, n: int):
     return None
 
 
-@rule("cast(x) to x's own dtype -> x")
+@rule("cast(x) to x's own dtype -> x", roots=("cast",))
 def cast_to_same(graph: Graph, n: int):
     if graph.op(n) is P.cast and graph.type(graph.operands(n)[0]).dtype == graph.type(n).dtype:
         return Var(graph, graph.operands(n)[0])

@@ -12,6 +12,7 @@ The plan is data for the native backends; the reference backend ignores it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,10 +84,12 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
         plan.values.append(n)
     # last use of each buffer-owning value (a view's readers keep its source alive)
     last = {}
+    readers: dict[int, list[int]] = {}  # buffer owner -> the nodes that read it (one pass, not one per param)
     for n in order:
         for o in graph.operands(n):
             owner = root_of.get(o, o)
             last[owner] = max(last.get(owner, -1), position[n])
+            readers.setdefault(owner, []).append(n)
     for n in outputs + [v for _, v in updates]:
         owner = root_of.get(n, n)
         last[owner] = end  # returned or written back: alive to the end
@@ -95,30 +98,31 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     outs = set(outputs)
     # params whose old value is returned, or written to another param, after the updates ran
     read_at_end = {root_of.get(n, n) for n in outputs + [u for _, u in updates]}
+    writes = Counter(u for _, u in updates)
     for name, v in updates:
         p = param_nodes.get(name)
         if graph.op(v).name != "fused" or graph.attrs(v)["reduce"] is not None or v in outs:
             continue  # only an elementwise kernel can write over what it reads, element by element
-        if [u for _, u in updates].count(v) != 1:
+        if writes[v] != 1:
             continue  # two params get the same value: it needs its own buffer
         if p is None:
             plan.inplace[name] = v  # the function doesn't read the param at all
             continue
         if p in read_at_end:
             continue  # e.g. `fn f() -> w { w <- w + 1 }` returns the old w: keep it
-        readers = [u for u in order if any(root_of.get(o, o) == p for o in graph.operands(u))]
         same_shape = all(graph.type(o).shape == graph.type(v).shape
                          for o in graph.operands(v) if root_of.get(o, o) == p)
-        if same_shape and all(position[u] <= position[v] for u in readers):
+        if same_shape and all(position[u] <= position[v] for u in readers.get(p, ())):
             plan.inplace[name] = v
     # greedy buffer reuse by exact size
     free: dict[tuple, list[int]] = {}
     releases: dict[int, list[int]] = {}
+    written_inplace = set(plan.inplace.values())
     for n in plan.values:
         i = position[n]
         for b in releases.pop(i, []):
             free.setdefault(plan_key(plan.buffers[b]), []).append(b)
-        if n in plan.alias or any(v == n for v in plan.inplace.values()):
+        if n in plan.alias or n in written_inplace:
             continue
         t = graph.type(n)
         key = _size_key(t) + (t.dtype.str,)

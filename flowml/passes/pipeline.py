@@ -58,6 +58,7 @@ class _Run:
         self.graph, self.roots, self.stats, self.exclude = graph, roots, stats, exclude
         self.n_outputs, self.update_names = n_outputs, update_names
         self.plan: MemoryPlan | None = None
+        self.carry: dict = {}  # what a rewrite phase knows of its result, for the next (run_phase)
 
     @property
     def outputs(self) -> list[int]:
@@ -74,7 +75,8 @@ class _Run:
 
     def rewrite(self, phase: str, rules: list[Rule], rederive: bool = False) -> None:
         counts: Counter = Counter()
-        self.graph, self.roots = run_phase(self.graph, self.roots, rules, counts, rederive_first=rederive)
+        self.graph, self.roots = run_phase(self.graph, self.roots, rules, counts, rederive_first=rederive,
+                                           carry=self.carry)
         for rule_name, count in counts.items():
             self.stats[f"{phase}: {rule_name}"] += count
 

@@ -15,6 +15,12 @@ can't say.
 topological order: each copied node is merged with an identical one if it exists (common
 subexpressions), then the phase's rules are tried on it; the first that fires replaces it.
 What no root needs is never copied (dead code). A phase reruns `rebuild` until no rule fires.
+
+A rerun only tries the rules where something changed. Whether a rule fires on a node depends
+only on the node and what lies below it (ops, attrs, types, operands: rules never look up at
+users), so a node the last round tried without a rule firing, whose operands come through this
+round unchanged (copied, not rewritten), cannot fire now either: the round copies it and moves
+on. A phase over a deep model thus matches every node once, then only the nodes above a change.
 """
 
 from __future__ import annotations
@@ -47,46 +53,65 @@ def _const_equals(graph: Graph, n: int, value) -> bool:
     if graph.op(n) is not P.const:
         return False
     arr = graph.attrs(n)["value"]
+    if arr.size == 1:
+        return arr.item() == value  # (as np.all(arr == value), without numpy's per-call cost)
     return arr.size > 0 and bool(np.all(arr == value))
 
 
-def _match(pat: ast.expr, graph: Graph, n: int, m: _Match) -> bool:
+def _compile(pat: ast.expr):
+    """`pat` as a matcher `f(graph, n, m) -> bool`, the pattern's syntax decided
+    once, when the rule is made, instead of at every node it is tried on. Captures are bound
+    in `m` directly; only a commutative op's first order binds into a trial copy (a failed
+    match is thrown away whole by its caller, or by the nearest commutative op above it)."""
     if isinstance(pat, ast.Name):
-        if pat.id in m.nodes:
-            return m.nodes[pat.id] == n
-        m.nodes[pat.id] = n
-        return True
+        name = pat.id
+
+        def capture(graph, n, m):
+            bound = m.nodes.get(name)
+            if bound is None:
+                m.nodes[name] = n
+                return True
+            return bound == n
+        return capture
     if isinstance(pat, ast.Constant):
-        return _const_equals(graph, n, pat.value)
+        value = pat.value
+        return lambda graph, n, m: _const_equals(graph, n, value)
     if isinstance(pat, ast.UnaryOp) and isinstance(pat.op, ast.USub):
         if isinstance(pat.operand, ast.Constant):
-            return _const_equals(graph, n, -pat.operand.value)
-        return graph.op(n) is P.neg and _match(pat.operand, graph, graph.operands(n)[0], m)
+            value = -pat.operand.value
+            return lambda graph, n, m: _const_equals(graph, n, value)
+        inner = _compile(pat.operand)
+
+        def negation(graph, n, m):
+            return graph.op(n) is P.neg and inner(graph, graph.operands(n)[0], m)
+        return negation
     if isinstance(pat, ast.BinOp):
-        return _match_op(_BINOPS[type(pat.op)], [pat.left, pat.right], [], graph, n, m)
+        return _compile_op(_BINOPS[type(pat.op)], pat.left, pat.right)
     if isinstance(pat, ast.Call):
-        name = pat.func.id
-        return _match_op(_CALL_NAMES.get(name, name), pat.args, pat.keywords, graph, n, m)
+        return _compile_op(_CALL_NAMES.get(pat.func.id, pat.func.id), *pat.args, keywords=pat.keywords)
     raise FlowInternalError(f"unsupported pattern syntax: {ast.dump(pat)}")
 
 
-def _match_op(opname, args, keywords, graph, n, m) -> bool:
-    op = graph.op(n)
-    if op.name != opname or op.wrapped:  # (no pattern is about a user's function)
-        return False
-    operands = graph.operands(n)
-    if len(operands) != len(args):
-        return False
-    orders = [operands]
-    if op.commutative and len(operands) == 2:
-        orders.append(operands[::-1])
-    for order in orders:
-        trial = _Match(graph)
-        trial.nodes, trial.attrs = dict(m.nodes), dict(m.attrs)
-        if all(_match(a, graph, o, trial) for a, o in zip(args, order)) and _match_attrs(keywords, graph, n, trial):
-            m.nodes, m.attrs = trial.nodes, trial.attrs
-            return True
-    return False
+def _compile_op(opname: str, *args: ast.expr, keywords=()):
+    subs = tuple(_compile(a) for a in args)
+    arity = len(subs)
+
+    def match(graph, n, m):
+        op = graph.op(n)
+        if op.name != opname or op.wrapped:  # (no pattern is about a user's function)
+            return False
+        operands = graph.operands(n)
+        if len(operands) != arity:
+            return False
+        if op.commutative and arity == 2:
+            trial = _Match(graph)
+            trial.nodes, trial.attrs = dict(m.nodes), dict(m.attrs)
+            if all(f(graph, o, trial) for f, o in zip(subs, operands)) and _match_attrs(keywords, graph, n, trial):
+                m.nodes, m.attrs = trial.nodes, trial.attrs
+                return True
+            operands = operands[::-1]
+        return all(f(graph, o, m) for f, o in zip(subs, operands)) and _match_attrs(keywords, graph, n, m)
+    return match
 
 
 def _match_attrs(keywords, graph, n, m) -> bool:
@@ -117,18 +142,21 @@ class Rule:
     fn: Callable[[Graph, int], Var | None] | None = None
     env: dict | None = None  # extra functions the replacement may call
     ident: str | None = None  # a short name to switch the rule off by (a function rule's name)
+    roots: tuple[str, ...] | None = None  # the ops a node must be for the rule to fire (None: any)
     _pattern: ast.expr | None = field(default=None, init=False, repr=False)
+    _matcher: Callable | None = field(default=None, init=False, repr=False)
     _replacement: object = field(default=None, init=False, repr=False)
-    root: str | None = field(default=None, init=False)  # the op a pattern's root must be (None: any)
 
     def __post_init__(self):
         if self.fn is None:
             before, after = (s.strip() for s in self.text.split("->"))
             self._pattern = ast.parse(before, mode="eval").body
+            self._matcher = _compile(self._pattern)
             replacement = ast.parse(after, mode="eval")
             self._check_names(replacement)
             self._replacement = compile(replacement, f"<rule {self.text}>", "eval")
-            self.root = _root_op(self._pattern)
+            root = _root_op(self._pattern)
+            self.roots = None if root is None else (root,)
 
     def _check_names(self, replacement: ast.Expression) -> None:
         """Every function the replacement calls must exist: a rule naming one that doesn't is a
@@ -157,7 +185,7 @@ class Rule:
         if self.fn is not None:
             return self.fn(graph, n)
         m = _Match(graph)
-        if not _match(self._pattern, graph, n, m):
+        if not self._matcher(graph, n, m):
             return None
         captures = {k: Var(graph, v) for k, v in m.nodes.items()}
         captures.update(m.attrs)
@@ -177,10 +205,11 @@ def _root_op(pat: ast.expr) -> str | None:
     return None
 
 
-def rule(text: str):
-    """Decorator form: a function rule named by its `before -> after` text."""
+def rule(text: str, roots: tuple[str, ...] | None = None):
+    """Decorator form: a function rule named by its `before -> after` text. `roots`: the op
+    names it can fire on (the rebuild tries it on no other node); None: any op."""
     def wrap(fn):
-        return Rule(text, fn=fn, ident=fn.__name__)
+        return Rule(text, fn=fn, ident=fn.__name__, roots=roots)
     return wrap
 
 
@@ -199,18 +228,29 @@ def _freeze(v):
     return v
 
 
-def node_key(graph: Graph, n: int, operands: list[int]) -> tuple:
-    """Nodes with equal keys compute the same value (common-subexpression merging)."""
+def node_sig(graph: Graph, n: int) -> tuple:
+    """What, besides its operands, makes two nodes compute the same value: nodes with equal
+    signatures and operands are merged (common subexpressions)."""
     t = graph.type(n)
-    op = graph.op(n)
-    # (a wrapped op by itself: two users' functions may share a name)
-    return (op if op.wrapped else op.name, _freeze(graph.attrs(n)), tuple(operands), t.dtype.str, t.shape, t.weak)
+    return (_op_key(graph.op(n)), _freeze(graph.attrs(n)), t.dtype.str, t.shape, t.weak)
+
+
+def _op_key(op):
+    """An op as common-subexpression merging knows it: by name; a wrapped op by itself (two
+    users' functions may share a name)."""
+    return op if op.wrapped else op.name
+
+
+_NONE: frozenset = frozenset()  # (no rule known not to fire)
 
 
 class Rebuild:
-    """One copy of `old` into a fresh graph, applying `rules` at each node."""
+    """One copy of `old` into a fresh graph, applying `rules` at each node. `settled`: for nodes
+    of `old`, the ids of rules tried on them without firing (the previous round's, or phase's,
+    `settled_new`)."""
 
-    def __init__(self, old: Graph, rules: list[Rule], stats: Counter):
+    def __init__(self, old: Graph, rules: list[Rule], stats: Counter, settled: dict[int, frozenset] | None = None,
+                 old_sigs: dict[int, tuple] | None = None):
         self.old = old
         self.new = Graph()
         self.rules = rules
@@ -218,35 +258,69 @@ class Rebuild:
         self.fired = 0
         self.map: dict[int, int] = {}
         self._keys: dict[tuple, int] = {}
+        self._by_op: dict[tuple, list[Rule]] = {}  # (op name, rules known not to fire) -> rules to try
+        self._all = frozenset(id(r) for r in rules)
+        self._unions: dict[int, frozenset] = {}  # id(known) -> known | self._all
+        self._settled = settled or {}
+        self._old_sigs = old_sigs or {}  # node of `old` -> its key without operands (attrs frozen once)
+        self.sigs: dict[int, tuple] = {}  # the same for `new`
+        self._unchanged: set[int] = set()  # nodes of `old` copied as they were, all the way down
+        self.settled_new: dict[int, frozenset] = {}  # node of `new` -> ids of rules that don't fire on it
 
-    def add(self, op, operands, attrs, type, loc=None, name=None) -> int:
+    def add(self, op, operands, attrs, type, loc=None, name=None, sig=None) -> int:
         """Add a node to the new graph, or return the identical one already there."""
-        n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
-        key = node_key(self.new, n, operands)
-        if not op.lazy and key in self._keys:
-            self.new.nx.remove_node(n)
-            found = self._keys[key]
+        operands = tuple(operands)
+        if sig is None:
+            sig = (_op_key(op), _freeze(attrs), type.dtype.str, type.shape, type.weak)
+        key = (sig, operands)
+        found = None if op.lazy else self._keys.get(key)
+        if found is not None:
             if name:
                 self.new.set_name(found, name)
             return found
+        n = self.new.add(op, operands, attrs, loc=loc, name=name, type=type)
         self._keys[key] = n
+        self.sigs[n] = sig
         return n
 
     def copy(self, n: int) -> int:
         old = self.old
-        operands = [self.map[o] for o in old.operands(n)]
+        old_operands = old.operands(n)
+        operands = [self.map[o] for o in old_operands]
         d = old.data(n)
-        m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"])
+        m = self.add(d["op"], operands, d["attrs"], d["type"], d["loc"], d["name"], self._old_sigs.get(n))
+        unchanged = all(o in self._unchanged for o in old_operands)
         if self.rules and not (d["op"].leaf or d["op"].wrapped):  # (nothing is known of a user's function)
-            m = self.rewrite(m, d["type"], d["loc"], d["name"])
+            # rules tried on n below an identical subgraph need not be tried again
+            known = self._settled.get(n, _NONE) if unchanged else _NONE
+            if self._all <= known:
+                self.settled_new.setdefault(m, known)
+            else:
+                fired = self.fired
+                m = self.rewrite(m, d["type"], d["loc"], d["name"], self._rules_for(d["op"].name, known))
+                if self.fired != fired:
+                    return m
+                union = self._unions.get(id(known))
+                if union is None:
+                    union = self._unions[id(known)] = known | self._all
+                self.settled_new[m] = union
+        if unchanged:
+            self._unchanged.add(n)
         return m
 
-    def rewrite(self, m: int, type, loc, name) -> int:
+    def _rules_for(self, opname: str, known: frozenset = frozenset()) -> list[Rule]:
+        """The rules whose root can match `opname`, less those in `known`, in their order (the
+        first that fires wins, and a rule left out would not have fired)."""
+        rules = self._by_op.get((opname, known))
+        if rules is None:
+            rules = self._by_op[opname, known] = [r for r in self.rules if (r.roots is None or opname in r.roots)
+                                                  and id(r) not in known]
+        return rules
+
+    def rewrite(self, m: int, type, loc, name, rules: list[Rule] | None = None) -> int:
         opname = self.new.op(m).name
         with at(loc):
-            for r in self.rules:
-                if r.root is not None and r.root != opname:
-                    continue
+            for r in self._rules_for(opname) if rules is None else rules:
                 try:
                     out = r.apply(self.new, m)
                 except Exception as e:  # a rule that crashes is a bug in flowml: say which
@@ -267,11 +341,13 @@ class Rebuild:
 
     def _canonical_id(self, n: int) -> int:
         """A node a rule built may duplicate an existing one: merge it."""
-        key = node_key(self.new, n, self.new.operands(n))
+        sig = self.sigs.get(n) or node_sig(self.new, n)
+        key = (sig, self.new.operands(n))
         found = self._keys.get(key)
         if found is not None and found != n and not self.new.op(n).lazy:
             return found
-        self._keys.setdefault(key, n)
+        if self._keys.setdefault(key, n) == n:
+            self.sigs[n] = sig
         return n
 
     def run(self, roots: list[int], rederive: bool = False) -> None:
@@ -371,14 +447,22 @@ MAX_ROUNDS = 30
 
 
 def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
-              rederive_first: bool = False) -> tuple[Graph, list[int]]:
-    """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots."""
+              rederive_first: bool = False, carry: dict | None = None) -> tuple[Graph, list[int]]:
+    """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots.
+    `carry` (a dict, updated): what one phase knows of its result graph for the next one that
+    starts from it (the rules that did not fire on each node, the node signatures)."""
+    settled: dict[int, frozenset] = {}
+    sigs: dict[int, tuple] = {}
+    if carry and carry.get("graph") is graph:
+        settled, sigs = carry["settled"], carry["sigs"]
     for round_ in range(MAX_ROUNDS):
-        rb = Rebuild(graph, rules, stats)
+        rb = Rebuild(graph, rules, stats, settled, sigs)
         rb.run(roots + _record_nodes(graph), rederive=rederive_first and round_ == 0)
-        graph, roots = rb.new, [rb.map[r] for r in roots]
+        graph, roots, settled, sigs = rb.new, [rb.map[r] for r in roots], rb.settled_new, rb.sigs
         if rb.fired == 0 and not (rederive_first and round_ == 0):
             break
+    if carry is not None:
+        carry.update(graph=graph, settled=settled, sigs=sigs)
     return graph, roots
 
 

@@ -11,7 +11,7 @@ from ..ir.lib import Var
 from .rewrite import Rule, rule
 
 
-@rule("stop_gradient(x) -> x")
+@rule("stop_gradient(x) -> x", roots=("stop_gradient",))
 def drop_stop_gradient(graph: Graph, n: int):
     if graph.op(n) is P.stop_gradient:
         return Var(graph, graph.operands(n)[0])

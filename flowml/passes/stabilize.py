@@ -52,7 +52,7 @@ def _not_clamped(x: Var) -> bool:
     return not (x.graph.op(cond) is P.lt and x.graph.operands(cond)[0] == a and x.graph.op(c) is P.const)
 
 
-@rule("-log(softmax(x))[arange(N), y] -> categorical_crossentropy(x, y)")
+@rule("-log(softmax(x))[arange(N), y] -> categorical_crossentropy(x, y)", roots=("index",))
 def categorical_crossentropy(graph: Graph, n: int):
     if graph.op(n) is not P.index:
         return None
@@ -75,7 +75,7 @@ def categorical_crossentropy(graph: Graph, n: int):
     return -L.categorical_crossentropy(Var(graph, x), Var(graph, labels))
 
 
-@rule("log(softmax(x)[i...]) -> log_softmax(x)[i...]")
+@rule("log(softmax(x)[i...]) -> log_softmax(x)[i...]", roots=("log",))
 def log_of_picked_softmax(graph: Graph, n: int):
     if graph.op(n) is not P.log:
         return None

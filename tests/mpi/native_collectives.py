@@ -2,6 +2,7 @@
 numpy, and a rank whose batch differs from the other's is a located error on both ranks."""
 
 import json
+import sys
 
 import numpy as np
 
@@ -26,4 +27,7 @@ try:
     model.f(np.arange(2.0 + w.rank))
 except flowml.FlowRuntimeError as e:
     result["mismatch"] = str(e).splitlines()[0]
-print("RESULT " + json.dumps(result))
+# one write of the whole line: the ranks share mpiexec's stdout, and a print's text and its
+# newline written apart can interleave with the other rank's line
+sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+sys.stdout.flush()

@@ -18,6 +18,7 @@ import functools
 import os
 import struct
 import threading
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
@@ -87,12 +88,12 @@ def host_has_features(*features: str) -> bool:
     return set(features) <= _enabled(host_cpu()[1])
 
 
-def _new_target_machine():
+def _new_target_machine(codegen_level: int = 3):
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     cpu, features = host_cpu()
     return llvm.Target.from_default_triple().create_target_machine(
-        cpu=cpu, features=features, opt=3, jit=True)
+        cpu=cpu, features=features, opt=codegen_level, jit=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,8 +174,23 @@ def undefined_object_symbols(obj: bytes) -> list[str]:
             if not n.startswith("_GLOBAL_OFFSET_TABLE_") and llvm.address_of_symbol(n) is None]
 
 
+@dataclass
+class Part:
+    """One module of a `JitModule`: its IR, the object code a cache had for it (None: compile
+    it), the IR optimization level (None: none) and the code generator's (0: fast instruction
+    selection, for straight-line glue), and the functions it exports to the parts after it."""
+
+    name: str
+    ir_text: str
+    cached_object: bytes | None = None
+    speed_level: int | None = 3
+    codegen_level: int = 3
+    exports: tuple[str, ...] = ()
+    object_code: bytes | None = None  # set once loaded
+
+
 class JitModule:
-    """One LLVM module compiled to native code and kept loaded as long as this object lives.
+    """LLVM module(s) compiled to native code and kept loaded as long as this object lives.
 
     `JitModule(ir_text)` parses, verifies, optimizes (O3 + loop/SLP vectorization) and compiles.
     `JitModule(ir_text, cached_object=obj)` skips optimization and code generation and loads the
@@ -182,63 +198,105 @@ class JitModule:
     MCJIT wants a module, ~1 ms). The caller (see `cache.py`) is responsible for making the
     cache key cover everything that changes the object code.
 
+    `JitModule.linked(parts, ir_text)` loads several modules (see `split.py`: a module split into
+    its distinct kernels and the wrappers that call them); `ir_text` is the module they came
+    from. Consecutive parts with the same code-generation level share an MCJIT engine (the
+    level belongs to the engine's target machine); a part's `exports` are registered as process
+    symbols once its engine is finalized, so that the later engines' code can call them.
+
     Before anything can run, every symbol the code needs from outside is looked up -- in the IR
     (fresh compiles) and in the object's ELF symbol table (always) -- and a missing one raises
     FlowInternalError naming it, instead of the segfault MCJIT would give at the first call.
     """
 
     def __init__(self, ir_text: str, cached_object: bytes | None = None, *, name: str = "flowml_module",
-                 speed_level: int = 3):
+                 speed_level: int = 3, _parts: list[Part] | None = None):
         self.ir_text = ir_text
         self.name = name
         self._speed_level = speed_level
         self._optimized_ir: str | None = None
-        self.object_code: bytes | None = None
-        self.from_cache = cached_object is not None
+        self.parts = _parts if _parts is not None else [Part(name, ir_text, cached_object, speed_level)]
+        self.from_cache = all(p.cached_object is not None for p in self.parts)
+        self._engines = []
         with _LOCK:
             _init_native()
-            mod = _parse(ir_text, name)
-            if cached_object is None:
-                optimize(mod, speed_level)
-                self._optimized_ir = str(mod)
+            groups: list[list[Part]] = []
+            for p in self.parts:
+                if groups and groups[-1][0].codegen_level == p.codegen_level:
+                    groups[-1].append(p)
+                else:
+                    groups.append([p])
+            for group in groups:
+                self._load(group)
+        self.object_code = self.parts[0].object_code if len(self.parts) == 1 else None
+
+    def _load(self, parts: list[Part]) -> None:
+        """Compile (or load from their objects) `parts` into one engine, checked and finalized."""
+        name = self.name
+        local = {sym for p in parts for sym in p.exports}  # defined by a module of this engine
+        mods = []
+        for p in parts:
+            mod = _parse(p.ir_text, p.name)
+            if p.cached_object is None and p.speed_level is not None:
+                optimize(mod, p.speed_level)
+                if len(self.parts) == 1:
+                    self._optimized_ir = str(mod)
             # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
             # (A cached object is checked below, on its own symbol table, which is exact.)
-            missing = undefined_externals(mod) if cached_object is None else []
+            missing = [s for s in undefined_externals(mod) if s not in local] if p.cached_object is None else []
             if missing:
                 raise FlowInternalError(
                     f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
                     f"{', '.join(missing)}",
                     notes=["vecmath.ensure_symbols() / blas.ensure_symbols() bind flowml's helper names; "
                            "an unresolved symbol would crash the process at the first call"])
-            self._ee = llvm.create_mcjit_compiler(mod, _new_target_machine())
-            self._module = mod
+            mods.append(mod)
+        ee = llvm.create_mcjit_compiler(mods[0], _new_target_machine(parts[0].codegen_level))
+        for mod in mods[1:]:
+            ee.add_module(mod)
+        by_module = {id(mod): p for mod, p in zip(mods, parts)}
 
-            def notify(_module, buf: bytes) -> None:  # called once code generation has run
-                self.object_code = bytes(buf)
+        def notify(module, buf: bytes) -> None:  # called once code generation has run
+            by_module[id(module)].object_code = bytes(buf)
 
-            def getbuffer(_module):  # None -> MCJIT compiles the module itself
-                return cached_object
+        def getbuffer(module):  # None -> MCJIT compiles the module itself
+            return by_module[id(module)].cached_object
 
-            self._ee.set_object_cache(notify, getbuffer)
-            self._ee.finalize_object()
-            if cached_object is not None:
-                self.object_code = bytes(cached_object)
-            # The callbacks reference `self` through closures; drop them to avoid a cycle that
-            # would delay freeing the engine (and its executable memory).
-            self._ee.set_object_cache(None, None)
+        ee.set_object_cache(notify, getbuffer)
+        ee.finalize_object()
+        # The callbacks reference the parts through closures; drop them to avoid a cycle that
+        # would delay freeing the engine (and its executable memory).
+        ee.set_object_cache(None, None)
+        self._engines.append((ee, mods))
+        for p in parts:
+            if p.cached_object is not None:
+                p.object_code = bytes(p.cached_object)
             # Second check, on the machine code: catches helpers the code generator introduced
             # (and anything a cached object needs). Nothing has run yet, so raising is safe.
-            missing = undefined_object_symbols(self.object_code or b"")
+            missing = [s for s in undefined_object_symbols(p.object_code or b"") if s not in local]
             if missing:
                 raise FlowInternalError(
                     f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "
                     f"{', '.join(missing)}",
                     notes=["calling it would crash the process; these usually come from compiler "
                            "runtime helpers (libgcc_s) or a library that is not loaded"])
+            # (registered again by every module that defines it, just before its callers are
+            # compiled: an export of an engine since freed is never called through)
+            for sym in p.exports:
+                llvm.add_symbol(sym, ee.get_function_address(sym))
+
+    @classmethod
+    def linked(cls, parts: list[Part], ir_text: str, *, name: str = "flowml_module"):
+        """`parts` compiled and loaded in order (see the class docstring)."""
+        return cls(ir_text, name=name, _parts=parts)
 
     def address(self, name: str) -> int:
         """The address of function `name` in the compiled code."""
-        addr = self._ee.get_function_address(name)
+        addr = 0
+        for ee, _ in reversed(self._engines):  # (the last engine holds the entry points)
+            addr = ee.get_function_address(name)
+            if addr:
+                break
         if not addr:
             raise FlowInternalError(f"no function {name!r} in compiled LLVM module {self.name!r}")
         return addr

@@ -370,10 +370,11 @@ def module_text(fc: FastCall) -> str:
     held = []
     for j, (name, t, slots) in enumerate(fc.params):
         a = f.emit(f"call ptr @PyDict_GetItem(ptr {f.word('values')}, ptr {f.word(('key', j))})", "par")
-        f.branch(f.emit(f"icmp ne ptr {a}, null", "c"), f"par.{j}", release_fallback)
-        f.block(f"par.{j}")
-        _array_check(f, a, t, ("pdescr", j), C_CONTIGUOUS | ALIGNED | WRITEABLE, f"par.ok.{j}", release_fallback)
-        f.block(f"par.ok.{j}")
+        # (labels named apart from every register stem: "%par.152" is a register once 152 values exist)
+        f.branch(f.emit(f"icmp ne ptr {a}, null", "c"), f"param{j}.found", release_fallback)
+        f.block(f"param{j}.found")
+        _array_check(f, a, t, ("pdescr", j), C_CONTIGUOUS | ALIGNED | WRITEABLE, f"param{j}.ok", release_fallback)
+        f.block(f"param{j}.ok")
         set_slots(f.field(a, A_DATA, "ptr"), slots)
         held.append(a)
     for a in held:  # (kept alive while the GIL may be released: another thread may replace them)
