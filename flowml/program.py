@@ -311,6 +311,12 @@ def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str
     return np.asarray(arr, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
 
 
+# The native entry (its own small LLVM module) is built once a fn has been called this often on
+# the Python path: a fn called once or twice (a script's evaluation, most tests) never pays its
+# compile; a fn called in a loop goes native from its third call.
+NATIVE_AFTER = int(os.environ.get("FLOWML_NATIVE_AFTER", "2"))
+
+
 class Function:
     """A compiled entry function, called with numpy arrays by position or keyword."""
 
@@ -475,12 +481,12 @@ class Function:
                         model._shared.acquire(model.backend.name)
                 outs = self._executable(arrays, model._state, env)
         except FlowRuntimeError:  # (the inputs were right: the next calls of these dims go native too)
-            if self._native is not None:
+            if self._native is not None and self.python_calls >= NATIVE_AFTER:
                 self._use_native(env, bound_only=True)
             raise
         if not self._owns_outputs:
             outs = [np.array(o) for o in outs]
-        if self._native is not None:
+        if self._native is not None and self.python_calls >= NATIVE_AFTER:
             self._use_native(env)
         if not outs:
             return None

@@ -57,6 +57,15 @@ def models():
     return flowml.loads(SCALARS, backend="llvm"), flowml.loads(SCALARS, backend="reference")
 
 
+
+@pytest.fixture(autouse=True)
+def native_from_the_second_call(monkeypatch):
+    """These tests check the native entry itself: build it after one Python-path call (the
+    default waits for two, see test_the_native_entry_is_built_once_a_fn_is_called_in_a_loop)."""
+    import flowml.program
+    monkeypatch.setattr(flowml.program, "NATIVE_AFTER", 1)
+
+
 def _same(got, want, exact=True):
     if isinstance(want, tuple):
         assert isinstance(got, tuple) and len(got) == len(want)
@@ -323,3 +332,12 @@ def test_a_fn_with_hundreds_of_params_gets_its_native_entry():
     assert model.f(1.0) == 1 + k * (k - 1) / 2
     calls = model.f.python_calls
     assert model.f(2.0) == 2 + k * (k - 1) / 2 and model.f.python_calls == calls  # the native entry ran
+
+
+def test_the_native_entry_is_built_once_a_fn_is_called_in_a_loop(monkeypatch):
+    import flowml.program
+    monkeypatch.setattr(flowml.program, "NATIVE_AFTER", 2)
+    model = flowml.loads("input a : f64\ninput b : f64\nfn f(a, b) -> a + b\n", backend="llvm")
+    for k in range(1, 6):
+        assert model.f(1.5, float(k)) == 1.5 + k
+    assert model.f.python_calls == 2  # calls 1 and 2 on the Python path, then native
