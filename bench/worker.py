@@ -155,24 +155,25 @@ def run_r(peer, sizes, args):
             "R.model": _metric(child["peak_mb"] - child["imported_mb"], "MB")}
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (VmRSS) or its peak (VmHWM), in MB. (Not ru_maxrss: Linux
+    carries it over fork and exec, so a child started by a big worker reports the worker's peak.)"""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
 def rss_child(args) -> int:
     """Import the peer, then build and run 20 steps of W4 at batch 256; report RSS in MB."""
-    import resource
     from . import peers
     peer = peers.create(args.rss_child, threads=args.threads, **_peer_opts(args.rss_child, args))
     imported = _rss_mb()
     step = peer.w4(data.w4(256))
     for _ in range(20):
         peer.block(step())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _rss_mb("VmHWM")
     print(json.dumps({"imported_mb": imported, "peak_mb": peak}))
     return 0
 
