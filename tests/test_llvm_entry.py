@@ -67,7 +67,10 @@ def test_emit_plan_lists_every_step_and_names_host_steps(tmp_path):
     r = run_cli("compile", "examples/mlp.flow", "--emit", "plan", "--fn", "train")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("fn train: ") and "native call(s)" in lines[0]
+    assert lines[0].startswith("fn train: ") and "native call" in lines[0]
+    assert lines[0] == "fn train: 1 native call, nothing on the host"  # every op of mlp.flow is lowered
+    lenet = run_cli("compile", "examples/lenet.flow", "--emit", "plan", "--fn", "train").stdout.splitlines()[0]
+    assert lenet.endswith(" host steps per call") and " native calls and " in lenet  # its convolutions
     assert any("matmul" in line and "BLAS dgemm (TN)" in line for line in lines)
     assert any("transpose" in line and "folded" in line for line in lines)
     for line in lines[1:]:

@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import FlowInternalError
 from ...ir import ops as P
 from ...ir.graph import Graph
-from ...ir.types import Sym, resolve_dim, resolve_name
+from ...ir.types import resolve_dim, resolve_name
 from ...passes.memory import plan_memory
 from ...sizes import allocation_failed, check_value
 from ..reference import ReferenceExecutable, ReferenceState, run_op
@@ -138,12 +138,16 @@ class LLVMExecutable:
         return ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
 
     def summary(self) -> str:
-        """`N native call(s), M host step(s)` per call of the fn."""
+        """What one call of the fn runs: "1 native call, nothing on the host", or
+        "3 native calls and 2 host steps"."""
         if self.program is None:
             return "no native code (a lazy `if`: the reference evaluator runs the fn)"
         native = sum(1 for s in self.program.segments if s.host is None)
         host = sum(1 for s in self.program.segments if s.host is not None)
-        return f"{native} native call(s), {host} host step(s) per call"
+        calls = f"{native} native call{'' if native == 1 else 's'}"
+        if not host:
+            return calls + ", nothing on the host"
+        return f"{calls} and {host} host step{'' if host == 1 else 's'} per call"
 
     # ------------------------------------------------------------ run
 
@@ -401,5 +405,3 @@ class LLVMBackend:
     def compile(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
         return LLVMExecutable(graph, outputs, updates, plan)
 
-
-_ = Sym

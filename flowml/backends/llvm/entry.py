@@ -116,7 +116,7 @@ class Lowerer:
             fn.line(f"call void @{name}(ptr {arg}, i64 0, i64 {extent})")
             return
         work = work or extent
-        nthreads = fn.load_slot_index(THREADS_SLOT)
+        nthreads = fn.load_word(THREADS_SLOT)
         t = fn.emit(f"udiv i64 {work}, {MIN_ITEMS_PER_THREAD}", "nt")
         t = fn.emit(f"call i64 @llvm.smin.i64(i64 {t}, i64 {extent})", "nt")
         t = fn.emit(f"call i64 @llvm.smin.i64(i64 {t}, i64 {nthreads})", "nt")
@@ -152,13 +152,6 @@ def _record_hook(fn: IRFunction, n: int) -> None:
     hook = fn.emit(f"load ptr, ptr {fn.slot_ptr(HOOK_SLOT)}", "hook")
     with fn.if_(fn.emit(f"icmp ne ptr {hook}, null", "c")):
         fn.line(f"call void {hook}(ptr %ctx, i64 {n})")
-
-
-def _load_slot_index(self: IRFunction, slot: int) -> str:
-    return self.emit(f"load i64, ptr {self.slot_ptr(slot)}", "v")
-
-
-IRFunction.load_slot_index = _load_slot_index
 
 
 class NativeProgram:

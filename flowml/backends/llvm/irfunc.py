@@ -76,6 +76,10 @@ class IRFunction:
     def slot_ptr(self, slot: int) -> str:
         return self.emit(f"getelementptr i64, ptr %ctx, i64 {slot}", "s")
 
+    def load_word(self, slot: int) -> str:
+        """The i64 in frame slot `slot` (a reserved slot: thread count, error words...)."""
+        return self.emit(f"load i64, ptr {self.slot_ptr(slot)}", "v")
+
     def load_slot(self, key, typ: str = "ptr") -> str:
         return self.emit(f"load {typ}, ptr {self.slot_ptr(self.slot_of(key))}", "v")
 

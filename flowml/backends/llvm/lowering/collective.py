@@ -20,7 +20,6 @@ import re
 
 from ....errors import FlowError, FlowRuntimeError
 from ....ir.types import resolve_dim
-from ..irfunc import IRFunction
 from . import lowers
 
 _MPI_FUNCTIONS = ("Iallreduce", "Iallgather", "Ibcast", "Test", "Iprobe")
@@ -69,10 +68,6 @@ def _world(w, kind, name=""):
     key = ("world", kind, name)
     w.program.world_keys.add(key)
     return key
-
-
-def _slot_i64(fn: IRFunction, key) -> str:
-    return fn.emit(f"load i64, ptr {fn.slot_ptr(fn.slot_of(key))}", "w")
 
 
 def _i32(fn, value):
@@ -131,7 +126,7 @@ def _wait(w, n, start_call) -> None:
 
 
 def _mpi(fn, w, name):
-    return fn.emit(f"load ptr, ptr {fn.slot_ptr(fn.slot_of(_world(w, 'fn', name)))}", "mpi")
+    return fn.load_slot(_world(w, "fn", name))
 
 
 def _copy(w, dst, src, nbytes):
@@ -143,7 +138,7 @@ def _branch_on_world(w):
     """(then-label code for one process, MPI code): emits `if size == 1 ... else ...` blocks and
     returns a context: the caller emits the one-process code, then calls `mpi()`, then `end()`."""
     fn = w.fn
-    size = _slot_i64(fn, _world(w, "size"))
+    size = fn.load_slot(_world(w, "size"), "i64")
     alone = fn.emit(f"icmp eq i64 {size}, 1", "c")
     one, many, done = fn.label("one"), fn.label("mpi"), fn.label("coll")
     fn.line(f"br i1 {alone}, label %{one}, label %{many}")
@@ -159,14 +154,30 @@ def _branch_on_world(w):
     return size, mpi, end
 
 
+def _mpi_dtype(t) -> str:
+    """The dtype's name, which MPI has a datatype for (else the node is a host step)."""
+    if t.dtype.name not in _MPI_TYPES:
+        from . import HostStep
+        raise HostStep(f"no MPI datatype for {t.dtype}")
+    return t.dtype.name
+
+
+def _iallreduce(w, n, send, recv, count, dt, reduction) -> None:
+    """`MPI_Iallreduce(send, recv, count, dt, reduction)` on the run's communicator, waited for."""
+    fn = w.fn
+    dtype = _i32(fn, fn.load_slot(_world(w, "type", dt), "i64"))
+    op = _i32(fn, fn.load_slot(_world(w, "op", reduction), "i64"))
+    comm = _i32(fn, fn.load_slot(_world(w, "comm"), "i64"))
+    f = _mpi(fn, w, "Iallreduce")
+    _wait(w, n, lambda req: fn.line(f"call i32 {f}(ptr {send}, ptr {recv}, i32 {count}, i32 {dtype}, "
+                                    f"i32 {op}, i32 {comm}, ptr {req})"))
+
+
 @lowers("allreduce")
 def lower_allreduce(w, n):
     (x,) = w.operands(n)
     t = w.type(n)
-    dt = t.dtype.name
-    if dt not in _MPI_TYPES:
-        from . import HostStep
-        raise HostStep(f"no MPI datatype for {t.dtype}")
+    dt = _mpi_dtype(t)
     reduction = w.attrs(n)["reduction"]
     fn = w.fn
     count = w.size(t.shape)
@@ -174,12 +185,7 @@ def lower_allreduce(w, n):
     size, mpi, end = _branch_on_world(w)
     _copy(w, out, src, fn.mul(count, str(t.dtype.itemsize)))
     mpi()
-    dtype = _i32(fn, _slot_i64(fn, _world(w, "type", dt)))
-    op = _i32(fn, _slot_i64(fn, _world(w, "op", reduction)))
-    comm = _i32(fn, _slot_i64(fn, _world(w, "comm")))
-    f = _mpi(fn, w, "Iallreduce")
-    _wait(w, n, lambda req: fn.line(f"call i32 {f}(ptr {src}, ptr {out}, i32 {_i32(fn, count)}, i32 {dtype}, "
-                                    f"i32 {op}, i32 {comm}, ptr {req})"))
+    _iallreduce(w, n, src, out, _i32(fn, count), dt, reduction)
     if reduction == "mean":
         ft = {"float32": "float", "float64": "double"}[dt]
         denom = fn.emit(f"sitofp i64 {size} to {ft}", "m")
@@ -196,12 +202,7 @@ def _same_count(w, n, count, describe):
     send, pair = fn.var("[2 x i64]"), fn.var("[2 x i64]")
     fn.store("i64", count, send, "0")
     fn.store("i64", fn.emit(f"sub i64 0, {count}", "neg"), send, "1")
-    dtype = _i32(fn, _slot_i64(fn, _world(w, "type", "int64")))
-    op = _i32(fn, _slot_i64(fn, _world(w, "op", "max")))
-    comm = _i32(fn, _slot_i64(fn, _world(w, "comm")))
-    f = _mpi(fn, w, "Iallreduce")
-    _wait(w, n, lambda req: fn.line(f"call i32 {f}(ptr {send}, ptr {pair}, i32 2, i32 {dtype}, "
-                                    f"i32 {op}, i32 {comm}, ptr {req})"))
+    _iallreduce(w, n, send, pair, "2", "int64", "max")
     most = fn.load("i64", pair, "0")
     least = fn.emit(f"sub i64 0, {fn.load('i64', pair, '1')}", "neg")
     w.fail_if(fn.emit(f"icmp ne i64 {most}, {least}", "c"), n, describe)
@@ -224,13 +225,10 @@ def _shape_mismatch(what):
 def lower_allgather(w, n):
     (x,) = w.operands(n)
     tx = w.type(x)
-    dt = tx.dtype.name
-    if dt not in _MPI_TYPES:
-        from . import HostStep
-        raise HostStep(f"no MPI datatype for {tx.dtype}")
+    dt = _mpi_dtype(tx)
     fn = w.fn
     built_for = w.attrs(n)["size"]
-    size = _slot_i64(fn, _world(w, "size"))
+    size = fn.load_slot(_world(w, "size"), "i64")
     w.fail_if(fn.emit(f"icmp ne i64 {size}, {built_for}", "c"), n, lambda graph, node, info, env: FlowRuntimeError(
         f"allgather failed: the graph was built for {built_for} rank(s) but runs on {info[0]}", graph.loc(node)),
         size)
@@ -240,8 +238,8 @@ def lower_allgather(w, n):
     _copy(w, out, src, fn.mul(count, str(tx.dtype.itemsize)))
     mpi()
     _same_count(w, n, count, _shape_mismatch("allgather"))
-    dtype = _i32(fn, _slot_i64(fn, _world(w, "type", dt)))
-    comm = _i32(fn, _slot_i64(fn, _world(w, "comm")))
+    dtype = _i32(fn, fn.load_slot(_world(w, "type", dt), "i64"))
+    comm = _i32(fn, fn.load_slot(_world(w, "comm"), "i64"))
     c32 = _i32(fn, count)
     f = _mpi(fn, w, "Iallgather")
     _wait(w, n, lambda req: fn.line(f"call i32 {f}(ptr {src}, i32 {c32}, i32 {dtype}, ptr {out}, i32 {c32}, "
@@ -256,7 +254,7 @@ def lower_broadcast(w, n):
     t = w.type(n)
     fn = w.fn
     root = int(w.attrs(n)["root"])
-    size = _slot_i64(fn, _world(w, "size"))
+    size = fn.load_slot(_world(w, "size"), "i64")
     w.fail_if(fn.emit(f"icmp sle i64 {size}, {root}", "c"), n, lambda graph, node, info, env: FlowRuntimeError(
         f"broadcast failed: root {root} is not a rank of a run with {info[0]} rank(s)", graph.loc(node)), size)
     count = w.size(t.shape)
@@ -266,8 +264,8 @@ def lower_broadcast(w, n):
     _, mpi, end = _branch_on_world(w)
     mpi()
     _same_count(w, n, count, _shape_mismatch("broadcast"))
-    byte = _i32(fn, _slot_i64(fn, _world(w, "type", "byte")))
-    comm = _i32(fn, _slot_i64(fn, _world(w, "comm")))
+    byte = _i32(fn, fn.load_slot(_world(w, "type", "byte"), "i64"))
+    comm = _i32(fn, fn.load_slot(_world(w, "comm"), "i64"))
     f = _mpi(fn, w, "Ibcast")
     _wait(w, n, lambda req: fn.line(f"call i32 {f}(ptr {out}, i32 {_i32(fn, nbytes)}, i32 {byte}, i32 {root}, "
                                     f"i32 {comm}, ptr {req})"))
@@ -278,7 +276,7 @@ def lower_broadcast(w, n):
 @lowers("rank", "world_size")
 def lower_world_fact(w, n):
     fn = w.fn
-    v = _slot_i64(fn, _world(w, "rank" if w.graph.op(n).name == "rank" else "size"))
+    v = fn.load_slot(_world(w, "rank" if w.graph.op(n).name == "rank" else "size"), "i64")
     fn.store("i64", v, w.ptr(n), "0")
     w.note("read from the frame")
 

@@ -64,7 +64,8 @@ def lower_matmul(w, n):
     out_t = g.type(n)
     dt = out_t.dtype.name
     M, K, N = w.dim(a.rows), w.dim(a.cols), w.dim(b.cols)
-    out_batch = out_t.shape[:len(out_t.shape) - (a_node_ndim(g, a_node) > 1) - (a_node_ndim(g, b_node) > 1)]
+    matrix_dims = sum(g.type(o).ndim > 1 for o in (a_node, b_node))  # M and N, unless a vector's
+    out_batch = out_t.shape[:out_t.ndim - matrix_dims]
     fn = w.fn
     mk, kn, mn = fn.mul(M, K), fn.mul(K, N), fn.mul(M, N)
     count = w.size(out_batch)
@@ -85,10 +86,6 @@ def lower_matmul(w, n):
         return
     _loop_matmul(w, n, a, b, out_batch, M, N, K, mk, kn, mn, count)
     w.note("native loop (no BLAS routine for these dtypes)")
-
-
-def a_node_ndim(g, o) -> int:
-    return len(g.type(o).shape)
 
 
 def _gemm_call(w, dt, trans_a, trans_b, M, N, K):
