@@ -454,8 +454,8 @@ class Function:
         return arrays, env
 
     def __call__(self, *args, **kwargs):
-        """The Python path of a call. On the LLVM backend, once a call has bound the dims, a
-        native entry checking and unboxing the arguments becomes the fn's `__call__` (its own
+        """The Python path of a call. On the LLVM backend, once calls have bound the dims
+        (NATIVE_AFTER of them), a native entry checking and unboxing the arguments becomes the fn's `__call__` (its own
         class's): it takes the calls it can and passes the others (keywords, other dims, other
         types, errors to report) back here with the same arguments."""
         self.python_calls += 1
@@ -481,13 +481,11 @@ class Function:
                         model._shared.acquire(model.backend.name)
                 outs = self._executable(arrays, model._state, env)
         except FlowRuntimeError:  # (the inputs were right: the next calls of these dims go native too)
-            if self._native is not None and self.python_calls >= NATIVE_AFTER:
-                self._use_native(env, bound_only=True)
+            self._use_native(env, bound_only=True)
             raise
         if not self._owns_outputs:
             outs = [np.array(o) for o in outs]
-        if self._native is not None and self.python_calls >= NATIVE_AFTER:
-            self._use_native(env)
+        self._use_native(env)
         if not outs:
             return None
         if len(outs) == 1 and self.single_output is not False:
@@ -495,8 +493,11 @@ class Function:
         return tuple(outs)
 
     def _use_native(self, env: dict[str, int], bound_only: bool = False) -> None:
-        """Make the native entry for the dims `env` this fn's `__call__` (on a class of its own);
-        `bound_only`: only if the executable has set up these dims already."""
+        """Make the native entry for the dims `env` this fn's `__call__` (on a class of its own),
+        once the fn has made NATIVE_AFTER calls here; `bound_only`: only if the executable has
+        set up these dims already."""
+        if self._native is None or self.python_calls < NATIVE_AFTER:
+            return
         entry = self._native.entry(env, self.single_output is not False, bound_only)
         if entry is None:
             return
