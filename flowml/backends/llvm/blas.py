@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
+import importlib.machinery
+import importlib.util
+import os
+import sys
 import threading
 
 import llvmlite.binding as llvm
@@ -58,11 +63,36 @@ def address(name: str) -> int:
     """The address of scipy's BLAS routine `name` (e.g. 'dgemm')."""
     if name not in SIGNATURES:
         raise FlowInternalError(f"blas: unsupported routine {name!r}")
-    from scipy.linalg import cython_blas
-    capsule = cython_blas.__pyx_capi__.get(name)
+    capsule = cython_module("cython_blas").__pyx_capi__.get(name)
     if capsule is None:
         raise FlowInternalError(f"blas: scipy.linalg.cython_blas has no {name!r}")
     return _capsule_pointer(capsule)
+
+
+@functools.lru_cache(maxsize=None)
+def cython_module(name: str):
+    """scipy.linalg's `cython_blas` / `cython_lapack` extension module, loaded from its file.
+
+    `from scipy.linalg import cython_blas` first runs scipy.linalg's package init, which imports
+    most of scipy (~0.35 s, more than the rest of a cold compile); the extension itself needs
+    none of it. Loading it by file registers it under its own name in sys.modules, so a later
+    `import scipy.linalg` finds and reuses this very module."""
+    module_name = f"scipy.linalg.{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    scipy_spec = importlib.util.find_spec("scipy")
+    if scipy_spec is None or scipy_spec.origin is None:
+        raise FlowInternalError("blas: scipy is not installed (flowml calls its BLAS)")
+    folder = os.path.join(os.path.dirname(scipy_spec.origin), "linalg")
+    files = glob.glob(os.path.join(folder, name + ".*"))
+    files = [f for f in files if f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+    if not files:
+        raise FlowInternalError(f"blas: no {module_name} extension in {folder}")
+    loader = importlib.machinery.ExtensionFileLoader(module_name, files[0])
+    spec = importlib.util.spec_from_file_location(module_name, files[0], loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def symbol(name: str) -> str:
