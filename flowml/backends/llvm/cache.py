@@ -95,10 +95,14 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
     from .split import split_kernels
 
     cache = cache or _default
+    manifest_key = cache_key(ir_text, *key_parts, "manifest-v1")
+    found = _from_manifest(cache, manifest_key, ir_text, name)
+    if found is not None:
+        return found
     split = split_kernels(ir_text)
     if split is not None:
         try:
-            return _compile_split(split, ir_text, key_parts, name, cache)
+            return _compile_split(split, ir_text, key_parts, name, cache, manifest_key)
         except FlowInternalError:
             # (known: a split module of the data-parallel models leaves one canonical kernel
             # unresolved; until that is understood, such a module is compiled whole)
@@ -108,12 +112,40 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
     if obj is not None:
         return JitModule(ir_text, cached_object=obj, name=name)
     jm = JitModule(ir_text, name=name)
-    if jm.object_code is not None:
-        cache.put(key, jm.object_code)
+    if jm.object_code is not None and cache.put(key, jm.object_code):
+        _write_manifest(cache, manifest_key, [(name, key, 3, 3, ())])
     return jm
 
 
-def _compile_split(split, ir_text: str, key_parts, name: str, cache: CompileCache):
+# A module's manifest: the parts it was compiled as (name, object key, IR and code-generation
+# levels, exports), stored under the key of its whole text. A module seen before is loaded from
+# its parts' objects without splitting its text again (the split canonicalizes every kernel with
+# regular expressions: most of a warm load of a large model).
+def _from_manifest(cache, manifest_key: str, ir_text: str, name: str):
+    from .jit import JitModule, Part
+    blob = cache.get(manifest_key)
+    if blob is None:
+        return None
+    try:
+        rows = json.loads(blob)
+    except ValueError:
+        return None
+    parts = []
+    for part_name, key, speed_level, codegen_level, exports in rows:
+        obj = cache.get(key)
+        if obj is None:  # an object evicted or corrupt: compile the module again
+            return None
+        parts.append(Part(part_name, "", obj, speed_level, codegen_level, tuple(exports)))
+    if len(parts) == 1 and not parts[0].exports:
+        return JitModule(ir_text, cached_object=parts[0].cached_object, name=name)
+    return JitModule.linked(parts, ir_text, name=name)
+
+
+def _write_manifest(cache, manifest_key: str, rows) -> None:
+    cache.put(manifest_key, json.dumps([list(r) for r in rows]).encode())
+
+
+def _compile_split(split, ir_text: str, key_parts, name: str, cache: CompileCache, manifest_key: str):
     """The parts of a split module, each loaded from the cache or compiled and stored."""
     from .jit import JitModule, Part
 
@@ -127,7 +159,11 @@ def _compile_split(split, ir_text: str, key_parts, name: str, cache: CompileCach
         keys.append(cache_key(p.ir_text, *key_parts, "split-v1", p.speed_level, p.codegen_level))
         p.cached_object = cache.get(keys[-1])
     jm = JitModule.linked(parts, ir_text, name=name)
+    stored = True
     for key, p in zip(keys, parts):
         if p.cached_object is None and p.object_code is not None:
-            cache.put(key, p.object_code)
+            stored = cache.put(key, p.object_code) and stored
+    if stored:
+        _write_manifest(cache, manifest_key, [(p.name, key, p.speed_level, p.codegen_level, p.exports)
+                                              for key, p in zip(keys, parts)])
     return jm

@@ -194,8 +194,8 @@ class JitModule:
 
     `JitModule(ir_text)` parses, verifies, optimizes (O3 + loop/SLP vectorization) and compiles.
     `JitModule(ir_text, cached_object=obj)` skips optimization and code generation and loads the
-    object code `obj` (a previous instance's `object_code`) instead (the IR text is still parsed:
-    MCJIT wants a module, ~1 ms). The caller (see `cache.py`) is responsible for making the
+    object code `obj` (a previous instance's `object_code`) instead, without parsing the IR text
+    (an engine of cached objects starts from an empty module; the text is kept for listings). The caller (see `cache.py`) is responsible for making the
     cache key cover everything that changes the object code.
 
     `JitModule.linked(parts, ir_text)` loads several modules (see `split.py`: a module split into
@@ -234,6 +234,9 @@ class JitModule:
         """Compile (or load from their objects) `parts` into one engine, checked and finalized."""
         name = self.name
         local = {sym for p in parts for sym in p.exports}  # defined by a module of this engine
+        if all(p.cached_object is not None for p in parts):
+            self._load_objects(parts, local)
+            return
         mods = []
         for p in parts:
             mod = _parse(p.ir_text, p.name)
@@ -282,6 +285,29 @@ class JitModule:
                            "runtime helpers (libgcc_s) or a library that is not loaded"])
             # (registered again by every module that defines it, just before its callers are
             # compiled: an export of an engine since freed is never called through)
+            for sym in p.exports:
+                llvm.add_symbol(sym, ee.get_function_address(sym))
+
+    def _load_objects(self, parts: list[Part], local: set[str]) -> None:
+        """Cached object code into one engine, without parsing the IR: the engine starts from
+        an empty module and takes the objects as they are (what makes a warm load cheap)."""
+        for p in parts:
+            p.object_code = bytes(p.cached_object)
+            missing = [s for s in undefined_object_symbols(p.object_code) if s not in local]
+            if missing:  # checked before anything is loaded: calling it would crash the process
+                raise FlowInternalError(
+                    f"compiled LLVM module {self.name!r} needs symbol(s) the JIT cannot resolve: "
+                    f"{', '.join(missing)}",
+                    notes=["these usually come from compiler runtime helpers (libgcc_s) or a library "
+                           "that is not loaded"])
+        empty = llvm.parse_assembly("")
+        empty.triple = target_machine().triple
+        ee = llvm.create_mcjit_compiler(empty, _new_target_machine(parts[0].codegen_level))
+        for p in parts:
+            ee.add_object_file(llvm.ObjectFileRef.from_data(p.object_code))
+        ee.finalize_object()
+        self._engines.append((ee, [empty]))
+        for p in parts:
             for sym in p.exports:
                 llvm.add_symbol(sym, ee.get_function_address(sym))
 

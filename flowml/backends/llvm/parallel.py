@@ -183,10 +183,10 @@ def ensure_symbols() -> int:
     """Compile the shared `flowml_parallel_for` once per process and bind its name for the JIT.
     Returns its address."""
     global _runtime
-    from .jit import JitModule
+    from .cache import compile_cached
     with _lock:
         if _runtime is None:
-            _runtime = JitModule(parallel_for_ir(), name="flowml_parallel_runtime")
+            _runtime = compile_cached(parallel_for_ir(), "parallel-runtime", name="flowml_parallel_runtime")
             llvm.add_symbol(NAME, _runtime.address(NAME))
         return _runtime.address(NAME)
 
