@@ -818,3 +818,30 @@ def test_imports_say_there_are_none(src, where, word):
     assert at(err) == where
     assert err.message == f"'{word}': .flow files have no imports"
     assert "need no import" in err.notes[0]
+
+
+def test_the_shipped_parser_tables_are_made_from_this_grammar(monkeypatch):
+    """grammar.tables (written by `python -m flowml.lang.parser`) must match grammar.lark: after
+    editing the grammar, write them again. With the lark they were made by, a first parse loads
+    them instead of building the LALR tables; with another lark, it builds its own."""
+    import hashlib
+
+    import lark
+
+    from flowml.lang import parser as P
+    shipped = P.SHIPPED_TABLES.read_bytes()
+    assert shipped[:64].decode() == hashlib.sha256(P._grammar().encode()).hexdigest(), \
+        "grammar.lark changed: run `python -m flowml.lang.parser` to write grammar.tables again"
+    made_by_this_lark = shipped.startswith(P._shipped_header(P._grammar()))
+    monkeypatch.setenv("FLOWML_CACHE", "0")  # (not the cache dir's copy: the shipped one or a build)
+    built = []
+    real_lark = P.Lark
+    monkeypatch.setattr(P, "Lark", type("CountingLark", (real_lark,), {
+        "__init__": lambda self, *a, **k: (built.append(1), real_lark.__init__(self, *a, **k))[1]}))
+    P._lark.cache_clear()
+    try:
+        module = P.parse("input x : f64[N]\nfn f(x) -> x * 2\n", "t.flow")
+    finally:
+        P._lark.cache_clear()
+    assert [type(s).__name__ for s in module.stmts] == ["InputDecl", "FnDecl"]
+    assert built == ([] if made_by_this_lark else [1]), (lark.__version__, built)

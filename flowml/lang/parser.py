@@ -60,40 +60,95 @@ _LARK_OPTIONS = dict(
 )
 
 
-@functools.cache
-def _lark() -> Lark:
-    """The parser, shared once built. Building its LALR tables takes 0.1-0.7 s, so they are kept
-    in flowml's cache dir (`parser/`, see flowml.cachefiles), keyed by everything they depend on:
-    a corrupt or stale entry is rebuilt, never used."""
+# The LALR tables as shipped with flowml (written by `python -m flowml.lang.parser`), so that a
+# first parse on a fresh machine does not build them; used when made from this very grammar by
+# this lark, else the cache dir's entry, else built (and cached).
+SHIPPED_TABLES = Path(__file__).with_name("grammar.tables")
+
+
+def _table_key(grammar: str, *, python_version: bool) -> str:
     import hashlib
-    import marshal
     import sys
 
     import lark
-    from ..cachefiles import FileCache
+    parts = (hashlib.sha256(grammar.encode()).hexdigest(), sorted(_LARK_OPTIONS.items()), _Lines.always_accept,
+             lark.__version__) + ((sys.version_info[:2],) if python_version else ())
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
-    grammar = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
-    store = FileCache(subdir="parser", magic=b"FLOWMLP1", suffix=".lark")
-    key = hashlib.sha256(repr((grammar, sorted(_LARK_OPTIONS.items()), _Lines.always_accept, lark.__version__,
-                               sys.version_info[:2])).encode()).hexdigest()
-    blob = store.get(key)
-    if blob is not None:
-        try:
-            d = marshal.loads(blob)  # (plain data, no pickle: a cache file can run no code)
-            return Lark._load_from_dict(d["data"], d["memo"], postlex=_Lines(),
-                                        propagate_positions=True)
-        except Exception:  # noqa: BLE001 - an entry lark cannot load: build the tables again
-            pass
-    parser = Lark(grammar, postlex=_Lines(), **_LARK_OPTIONS)
+
+def _shipped_header(grammar: str) -> bytes:
+    """What `grammar.tables` starts with: the grammar's own digest (a test checks it against
+    grammar.lark), then the key of everything else the tables depend on (the lark version...)."""
+    import hashlib
+    return hashlib.sha256(grammar.encode()).hexdigest().encode() + _table_key(grammar, python_version=False).encode()
+
+
+def _grammar() -> str:
+    return Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
+
+
+def _from_tables(blob: bytes) -> Lark | None:
+    import marshal
     try:
-        from lark.grammar import Rule
-        from lark.lexer import TerminalDef
+        d = marshal.loads(blob)  # (plain data, no pickle: a table file can run no code)
+        return Lark._load_from_dict(d["data"], d["memo"], postlex=_Lines(), propagate_positions=True)
+    except Exception:  # noqa: BLE001 - tables lark cannot load: build them again
+        return None
+
+
+def _tables(parser: Lark) -> bytes | None:
+    import marshal
+
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+    try:
         data, memo = parser.memo_serialize([TerminalDef, Rule])
         data["options"] = {k: v for k, v in data["options"].items() if k != "postlex"}  # passed when loaded
-        store.put(key, marshal.dumps({"data": data, "memo": memo}))
-    except ValueError:  # something marshal cannot write (a lark change): no cache entry
-        pass
+        return marshal.dumps({"data": data, "memo": memo})
+    except ValueError:  # something marshal cannot write (a lark change)
+        return None
+
+
+@functools.cache
+def _lark() -> Lark:
+    """The parser, shared once built. Building its LALR tables takes 0.1-0.7 s, so they are
+    shipped (`grammar.tables`) and kept in flowml's cache dir (`parser/`, see flowml.cachefiles),
+    keyed by everything they depend on: a corrupt or stale entry is rebuilt, never used."""
+    from ..cachefiles import FileCache
+
+    grammar = _grammar()
+    try:
+        shipped = SHIPPED_TABLES.read_bytes()
+    except OSError:
+        shipped = b""
+    head = _shipped_header(grammar)
+    if shipped.startswith(head):
+        parser = _from_tables(shipped[len(head):])
+        if parser is not None:
+            return parser
+    store = FileCache(subdir="parser", magic=b"FLOWMLP1", suffix=".lark")
+    key = _table_key(grammar, python_version=True)
+    blob = store.get(key)
+    if blob is not None:
+        parser = _from_tables(blob)
+        if parser is not None:
+            return parser
+    parser = Lark(grammar, postlex=_Lines(), **_LARK_OPTIONS)
+    blob = _tables(parser)
+    if blob is not None:
+        store.put(key, blob)
     return parser
+
+
+def write_shipped_tables(path: Path = SHIPPED_TABLES) -> None:
+    """Build the tables from the grammar and write them where `_lark` looks first: run
+    `python -m flowml.lang.parser` after editing grammar.lark (a test checks they match it)."""
+    import lark
+    grammar = _grammar()
+    blob = _tables(Lark(grammar, postlex=_Lines(), **_LARK_OPTIONS))
+    if blob is None:
+        raise SystemExit(f"lark {lark.__version__}'s tables cannot be written as plain data")
+    path.write_bytes(_shipped_header(grammar) + blob)
 
 
 def _parse_tree(text: str, file: str, start: str) -> Tree:
@@ -686,3 +741,8 @@ class _Builder(Transformer_NonRecursive):
 
     def false_lit(self, meta, children):
         return ast.Bool(self._loc(meta), False)
+
+
+if __name__ == "__main__":
+    write_shipped_tables()
+    print(f"wrote {SHIPPED_TABLES}")
