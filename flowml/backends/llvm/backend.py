@@ -27,7 +27,7 @@ from ...ir.types import resolve_dim, resolve_name
 from ...passes.memory import plan_memory
 from ...sizes import allocation_failed, check_value
 from ..reference import ReferenceExecutable, ReferenceState, run_op
-from . import blas, cache, parallel
+from . import blas, cache, parallel, vecmath
 from .entry import ERROR_SLOTS, HOOK_SLOT, THREADS_SLOT, NativeProgram, dims_used
 
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
@@ -80,6 +80,7 @@ class LLVMExecutable:
         self.module = None
         if not self._lazy:
             self.program = self._lower()
+        self._direct = self.direct_outputs()
 
     # ------------------------------------------------------------ compile
 
@@ -90,11 +91,17 @@ class LLVMExecutable:
                 op = self.graph.op(step.node)
                 step.detail = ("a wrapped Python function (flowml.op)" if getattr(op, "wrapped", False)
                                else HOST_REASONS.get(op.name, step.detail))
+        program.text = program.module_text() if any(s.name for s in program.segments) else ""
+        self._load(program)
+        return program
+
+    def _load(self, program: NativeProgram) -> None:
+        """The program's module, from the object-code cache or compiled, and its entry points."""
         program.entries = {}
         program.module = None
         names = [s.name for s in program.segments if s.name]
         if names:
-            program.text = program.module_text()
+            vecmath.ensure_symbols()  # (lowering binds them too; a program from the model cache was not lowered here)
             if program.blas:
                 blas.ensure_symbols(sorted(program.blas))
             if program.uses_parallel:
@@ -102,10 +109,40 @@ class LLVMExecutable:
             program.module = cache.compile_cached(program.text, "llvm-entry-v1", name="flowml_fn")
             for name in names:
                 program.entries[name] = _ENTRY(program.module.address(name))
-        else:
-            program.text = ""
         self.module = program.module
-        return program
+
+    # The warm model cache (flowml/modelcache.py) pickles a compiled fn: its graph, plan and
+    # lowered program, not the machine code, which is loaded again from the object-code cache.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for transient in ("module", "_bindings", "_reference"):
+            state.pop(transient, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._bindings = {}
+        self._reference = ReferenceExecutable(self.graph, self.outputs, self.updates) if self._lazy else None
+        self.module = None
+        if self.program is not None:
+            self._load(self.program)
+
+    def direct_outputs(self) -> list[int]:
+        """The outputs (by position) a call's native code writes straight into the array it
+        returns, rather than into the frame and then copied: each is a value of its own (not an
+        input, param or constant, not an update done in place, not a folded transpose, not a
+        value returned twice). (An output is live to the end of the call, so the memory plan
+        gives its buffer to no later value: the frame's buffer is simply not used.)"""
+        if self.program is None:
+            return []
+        folded = {s.node for s in self.program.steps if s.kind == "none"}
+        seen, direct = set(), []
+        for o, n in enumerate(self.outputs):
+            root = self.alias.get(n, n)
+            if not (self.graph.op(root).leaf or root in self._inplace_nodes or root in folded or root in seen):
+                direct.append(o)
+            seen.add(root)
+        return direct
 
     @property
     def kernels(self) -> dict[int, str]:
@@ -208,6 +245,28 @@ class LLVMExecutable:
             from .lowering.collective import world_slots
             for key, value in world_slots(program.world_keys).items():
                 ctx[binding.slot_keys[key]] = value
+        direct = {}  # output position -> (its root, the frame's own array, the fresh one computed into)
+        try:
+            for o in self._direct:
+                root = self.alias.get(self.outputs[o], self.outputs[o])
+                try:
+                    a = np.empty(binding.shapes[root], dtype=g.type(root).dtype)
+                except MemoryError:
+                    raise allocation_failed(g, root, env) from None
+                direct[o] = (root, frame.arrays[root], a)
+                frame.arrays[root] = a  # (this call's: the frame is its own until it returns)
+                ctx[binding.slot[root]] = _address(a)
+            return self._execute(program, inputs, params, binding, frame, record, direct)
+        finally:
+            for root, own, _ in direct.values():  # the frame's own buffers again, for its next call
+                frame.arrays[root] = own
+                ctx[binding.slot[root]] = _address(own)
+
+    def _execute(self, program: NativeProgram, inputs, params, binding: "_Binding", frame: "_Frame", record,
+                 direct: dict):
+        g = self.graph
+        ctx = frame.ctx
+        env = binding.env
         hook = None
         if record is not None:
             hook = self._recorder(record, inputs, params, binding, frame)
@@ -234,7 +293,8 @@ class LLVMExecutable:
                     src = record[g.operands(n)[0]]
                     record[n] = (np.transpose(src, g.attrs(n)["axes"]) if n in binding.folded
                                  else src.reshape(binding.shapes[n])).copy()
-        outs = [np.array(self._value(n, inputs, params, binding, frame)) for n in self.outputs]
+        outs = [direct[o][2].reshape(binding.shapes[n]) if o in direct
+                else np.array(self._value(n, inputs, params, binding, frame)) for o, n in enumerate(self.outputs)]
         new_values = {}
         for name, n in self.updates:
             if self.inplace.get(name) != n:
@@ -398,6 +458,13 @@ class _Frame:
 
 class LLVMBackend:
     name = "llvm"
+
+    def cache_environment(self) -> list:
+        """What a lowered program depends on beyond its graph (the CPU's vector width, libmvec,
+        the compiler): part of the warm model cache's key when it keeps executables."""
+        from .jit import use_avx512
+        from .vecmath import libmvec_available
+        return [*cache._environment(), use_avx512(), libmvec_available()]
 
     def create_state(self, values: dict[str, np.ndarray]) -> LLVMState:
         return LLVMState(values)

@@ -12,7 +12,9 @@ the entry points (which call no Python: tests/test_lowering_registry.py). Per ca
 - takes one of a few call frames (a `_Frame` of the binding, claimed with an atomic flag), puts
   the input and param addresses in it and calls the entry point, with the GIL released when
   the binding's work is large;
-- returns fresh arrays (0-d for scalar outputs), copied out of the frame.
+- returns fresh arrays (0-d for scalar outputs): made before the entry point runs and written
+  by it directly where an output is a value of its own (`LLVMExecutable.direct_outputs`), else
+  copied out of the frame.
 
 Anything else (keywords, other dims, other types, stale params, every frame in use) calls the
 Python path with the same arguments: it raises the located error or does the full work, and
@@ -120,7 +122,8 @@ class FastCall:
         self.inputs = [(name, t, by_name.get(name, [])) for name, t in inputs]
         self.dims = list(dict.fromkeys(d.names[0] for _, t in inputs for d in t.shape if not isinstance(d, int)))
         self.params = [(name, t, slots) for name, (t, slots) in params.items()]
-        self.outputs = [(g.type(n), slot(n)) for n in ex.outputs]
+        direct = ex.direct_outputs()
+        self.outputs = [(g.type(n), slot(n), o in direct) for o, n in enumerate(ex.outputs)]
         self.entry_name = next((s.name for s in program.segments if s.name), None)
         self.words = _Words(self)
         self._module = None
@@ -182,7 +185,7 @@ class FastCall:
             keys.append(sys.intern(name))
             cfg[w.at["key", j]] = id(keys[-1])
             cfg[w.at["pdescr", j]] = id(t.dtype)
-        for o, (t, _) in enumerate(self.outputs):
+        for o, (t, _, _) in enumerate(self.outputs):
             shape = t.concrete_shape(binding.env)
             cfg[w.at["odescr", o]] = id(t.dtype)
             cfg[w.at["odims", o]:w.at["odims", o] + len(shape)] = shape
@@ -230,7 +233,7 @@ class _Words:
         for j in range(len(fc.params)):
             self._add(("key", j))
             self._add(("pdescr", j))
-        for o, (t, _) in enumerate(fc.outputs):
+        for o, (t, _, _) in enumerate(fc.outputs):
             self._add(("odescr", o))
             self._add(("odims", o), max(t.ndim, 1))
             self._add(("onbytes", o))
@@ -380,6 +383,7 @@ def module_text(fc: FastCall) -> str:
     for a in held:  # (kept alive while the GIL may be released: another thread may replace them)
         f.line(f"call void @Py_IncRef(ptr {a})")
     res = f.var("ptr", "null")
+    made = _direct_outputs(f, fc, ctx)
     if fc.entry_name is not None:
         entry = f.word("entry")
         f.branch(f.emit(f"icmp ne i64 {f.word('release_gil', 'i64')}, 0", "c"), "nogil", "gil")
@@ -395,6 +399,8 @@ def module_text(fc: FastCall) -> str:
         rc = f.emit(f"phi i32 [{rc1}, %nogil], [{rc2}, %gil]", "rc")
         f.branch(f.emit(f"icmp eq i32 {rc}, 0", "c"), "outputs", "failed")
         f.block("failed")  # on_error((k << 32) | rc) raises the node's located error
+        for a in made.values():
+            f.line(f"call void @Py_DecRef(ptr {a})")
         code = f.emit(f"or i64 {f.emit(f'shl i64 {k}, 32', 'k')}, {f.emit(f'zext i32 {rc} to i64', 'rc')}", "code")
         lng = f.emit(f"call ptr @PyLong_FromLongLong(i64 {code})", "lng")
         f.branch(f.emit(f"icmp ne ptr {lng}, null", "c"), "raise", "cleanup")
@@ -408,7 +414,7 @@ def module_text(fc: FastCall) -> str:
     else:
         f.goto("outputs")
     f.block("outputs")
-    _outputs(f, fc, ctx, res)
+    _outputs(f, fc, ctx, res, made)
     f.goto("cleanup")
     f.block("cleanup")
     for a in held:
@@ -550,22 +556,44 @@ def _input(f: _Writer, i: int, t, slots, fbase: str, fail: str, set_slots) -> No
     set_slots(f.emit(f"load ptr, ptr {data}", "d"), slots)
 
 
-def _outputs(f: _Writer, fc: FastCall, ctx: str, res: str) -> None:
-    """Fresh arrays copied out of the frame; the fn's result into `res` (null: an error is set)."""
+def _new_output(f: _Writer, fc: FastCall, o: int, t, stem: str, made: list[str]) -> str:
+    """A fresh array for output o; where numpy cannot make it (no memory: it set the error), the
+    arrays already `made` are released and the call goes to cleanup."""
+    descr = f.word(("odescr", o))
+    f.line(f"call void @Py_IncRef(ptr {descr})")  # (PyArray_NewFromDescr steals it)
+    dims = f.emit(f"getelementptr i64, ptr %cfg, i64 {fc.words.at['odims', o]}", "dims")
+    arr = f.emit(f"call ptr {f.word('new_array')}(ptr {f.word('array_type')}, ptr {descr}, i32 {t.ndim}, "
+                 "ptr {}, ptr null, ptr null, i32 0, ptr null)".format(dims), "out")
+    ok, bad = f.label(f"{stem}{o}.ok"), f.label(f"{stem}{o}.bad")
+    f.branch(f.emit(f"icmp ne ptr {arr}, null", "c"), ok, bad)
+    f.block(bad)
+    for a in made:
+        f.line(f"call void @Py_DecRef(ptr {a})")
+    f.goto("cleanup")
+    f.block(ok)
+    return arr
+
+
+def _direct_outputs(f: _Writer, fc: FastCall, ctx: str) -> dict[int, str]:
+    """The arrays of the outputs the entry point writes directly: made now, their addresses in
+    the frame's slots of those values."""
+    made: dict[int, str] = {}
+    for o, (t, slot, direct) in enumerate(fc.outputs):
+        if direct:
+            arr = made[o] = _new_output(f, fc, o, t, "dout", list(made.values()))
+            f.line(f"store ptr {f.field(arr, A_DATA, 'ptr')}, ptr {f.emit(f'getelementptr i64, ptr {ctx}, i64 {slot}', 's')}")
+    return made
+
+
+def _outputs(f: _Writer, fc: FastCall, ctx: str, res: str, direct: dict[int, str]) -> None:
+    """The outputs (those not written directly: fresh arrays copied out of the frame); the fn's
+    result into `res` (null: an error is set)."""
     made = []
-    for o, (t, slot) in enumerate(fc.outputs):
-        descr = f.word(("odescr", o))
-        f.line(f"call void @Py_IncRef(ptr {descr})")  # (PyArray_NewFromDescr steals it)
-        dims = f.emit(f"getelementptr i64, ptr %cfg, i64 {fc.words.at['odims', o]}", "dims")
-        arr = f.emit(f"call ptr {f.word('new_array')}(ptr {f.word('array_type')}, ptr {descr}, i32 {t.ndim}, "
-                     "ptr {}, ptr null, ptr null, i32 0, ptr null)".format(dims), "out")
-        ok, bad = f.label(f"out{o}.ok"), f.label(f"out{o}.bad")
-        f.branch(f.emit(f"icmp ne ptr {arr}, null", "c"), ok, bad)
-        f.block(bad)  # (no memory: numpy set the error)
-        for a in made:
-            f.line(f"call void @Py_DecRef(ptr {a})")
-        f.goto("cleanup")
-        f.block(ok)
+    for o, (t, slot, _) in enumerate(fc.outputs):
+        if o in direct:
+            made.append(direct[o])
+            continue
+        arr = _new_output(f, fc, o, t, "out", made + [direct[p] for p in direct if p > o])
         src = f.emit(f"load ptr, ptr {f.emit(f'getelementptr i64, ptr {ctx}, i64 {slot}', 's')}", "src")
         nbytes = f.word(("onbytes", o), "i64")
         dst = f.field(arr, A_DATA, "ptr")
