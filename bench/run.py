@@ -81,6 +81,16 @@ def main(argv=None) -> int:
     return orchestrate(args)
 
 
+def _byte_compile(python: str) -> None:
+    """Write flowml's bytecode, as installing a package does: with PYTHONDONTWRITEBYTECODE set
+    (or an unwritable tree), every fresh process -- W6's above all -- would compile flowml's
+    sources again, while every peer comes from site-packages with its bytecode."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(root, "flowml")], check=False,
+                   stdout=subprocess.DEVNULL)
+
+
 def orchestrate(args) -> int:
     import time
 
@@ -96,6 +106,7 @@ def orchestrate(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, f"{stamp}.log")
     console.print(f"workers: {args.python}; log: {os.path.relpath(log_path)}")
+    _byte_compile(args.python)
     results = orch.run_all(args, console, log_path)
     console.print()
     report.render_rich(results, console)

@@ -273,7 +273,10 @@ def w6_child(args) -> int:
     """Time import, then build + first call of W3's train step, in this fresh process."""
     t0 = time.perf_counter()
     from . import peers
-    peer = peers.create(args.w6_child, threads=args.threads, **_peer_opts(args.w6_child, args))
+    opts = _peer_opts(args.w6_child, args)
+    if args.w6_child == "flowml":
+        opts["probe"] = False  # import = `import flowml`; loading and compiling count in the build
+    peer = peers.create(args.w6_child, threads=args.threads, **opts)
     t1 = time.perf_counter()
     d = data.w3()
     t2 = time.perf_counter()

@@ -36,10 +36,24 @@ def loads(source: str | bytes, backend: str | None = None, seed: int | None = No
     off (`["stabilize", "fold_constants"]`; docs/optimizer.md). `ops`: the host's wrapped ops
     the program may call, by the name it calls them (`{"solve": flowml.op(...)}`); a program
     calls no other code."""
+    from . import modelcache
+    backend = get_backend(backend) if not hasattr(backend, "compile") else backend
+    key = None
+    if ops is None and not check:  # (a user's Python function is not data: not cached)
+        data = source.encode() if isinstance(source, str) else bytes(source)
+        key = modelcache.model_key(data, file, opt_level, exclude, backend)
+        found = modelcache.lookup(key)
+        if found is not None:
+            program, compiled = found
+            return Model(program, backend=backend, seed=seed, opt_level=opt_level, exclude=exclude,
+                         compiled=compiled)
     from .lang.build import build
     from .lang.parser import parse
-    return Model(build(parse(source, file), ops), backend=backend, seed=seed, check=check, opt_level=opt_level,
-                 exclude=exclude)
+    model = Model(build(parse(source, file), ops), backend=backend, seed=seed, check=check, opt_level=opt_level,
+                  exclude=exclude)
+    if key is not None:
+        modelcache.store(key, model)
+    return model
 
 
 def load(path: str | os.PathLike, backend: str | None = None, seed: int | None = None,

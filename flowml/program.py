@@ -81,6 +81,17 @@ class Program:
     derivatives: list[Derivative] = field(default_factory=list)
 
 
+class _RngStart:
+    """The random streams' initial key: (the program's seed, no calls yet). (An object, not a
+    lambda: a built program is pickled by the warm model cache.)"""
+
+    def __init__(self, program: Program):
+        self.program = program
+
+    def __call__(self, rng) -> np.ndarray:
+        return np.array([self.program.seed, 0], dtype=np.int64)
+
+
 def rng_key(program: Program) -> Var:
     """The key of the model's random streams: the hidden param `__rng__` = (seed, calls so far),
     i64[2], created on first use. Every fn that draws random numbers also advances its call
@@ -90,8 +101,7 @@ def rng_key(program: Program) -> Var:
     if decl is None:
         from .ir import lib as L
         var = L.param(program.graph, RNG_PARAM, TensorType(np.dtype(np.int64), (2,)))
-        decl = program.params[RNG_PARAM] = ParamDecl(RNG_PARAM, var, None,
-                                                     lambda rng: np.array([program.seed, 0], dtype=np.int64))
+        decl = program.params[RNG_PARAM] = ParamDecl(RNG_PARAM, var, None, _RngStart(program))
     return decl.var
 
 
@@ -320,7 +330,7 @@ NATIVE_AFTER = int(os.environ.get("FLOWML_NATIVE_AFTER", "2"))
 class Function:
     """A compiled entry function, called with numpy arrays by position or keyword."""
 
-    def __init__(self, model: "Model", decl: FnDecl):
+    def __init__(self, model: "Model", decl: FnDecl, compiled=None):
         self.model = model
         self.decl = decl
         self.name = decl.name
@@ -329,11 +339,13 @@ class Function:
         self._single_output: bool | None = None
         self._native = None
         self.python_calls = 0  # calls that took the Python path (every call but the native entry's)
-        self.compiled = self.optimized()
+        # (given by the warm model cache: the optimized graph and, on a backend that keeps them,
+        # the compiled fn, whose machine code comes from the backend's own cache)
+        self.compiled, executable = compiled if compiled is not None else (self.optimized(), None)
         self._updated = [u.param for u in decl.updates]
         self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
-        self._executable = model.backend.compile(self.compiled.graph, self.compiled.outputs,
-                                                 self.compiled.updates, plan=self.compiled.plan)
+        self._executable = executable or model.backend.compile(self.compiled.graph, self.compiled.outputs,
+                                                               self.compiled.updates, plan=self.compiled.plan)
         # (an executable whose outputs are fresh arrays the caller may keep says so: no second copy)
         self._owns_outputs = getattr(self._executable, "owns_outputs", False)
         # the LLVM backend's CPython entries (backends/llvm/pyentry.py), None where calls stay here
@@ -533,11 +545,13 @@ class Model:
     off, by name (see `flowml.passes.pipeline`)."""
 
     def __init__(self, program: Program, backend: str | None = None, seed: int | None = None, state=None,
-                 opt_level: int = 1, check: bool = False, exclude=None):
-        from .passes.pipeline import check_exclude
+                 opt_level: int = 1, check: bool = False, exclude=None, compiled: dict | None = None):
         self.program = program
         self.opt_level = opt_level
-        self.exclude = check_exclude(exclude)
+        if exclude:
+            from .passes.pipeline import check_exclude
+            exclude = check_exclude(exclude)
+        self.exclude = frozenset(exclude or ())
         self.check = bool(check)  # check mode: every call is also run on the reference backend
         self.backend = get_backend(backend) if not hasattr(backend, "compile") else backend
         self.seed = program.seed if seed is None else seed
@@ -555,7 +569,7 @@ class Model:
                 self._set_param(name, initial_value(decl, self.seed))
         self.params = Params(self)
         self.functions: dict[str, Function] = {
-            name: Function(self, fn) for name, fn in program.functions.items()}
+            name: Function(self, fn, (compiled or {}).get(name)) for name, fn in program.functions.items()}
         for name, f in self.functions.items():  # found by one dict lookup, not through __getattr__
             if not hasattr(type(self), name):
                 self.__dict__.setdefault(name, f)

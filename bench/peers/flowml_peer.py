@@ -13,12 +13,14 @@ PROBE = "input a : f64\nfn f(a) -> a + 1\n"
 
 
 class FlowmlPeer(Peer):
-    def __init__(self, threads=1, backend="llvm", fallback=None, **opts):
+    def __init__(self, threads=1, backend="llvm", fallback=None, probe=True, **opts):
         super().__init__(threads)
         import flowml
         self.flowml = flowml
         try:
-            flowml.loads(PROBE, backend=backend).f(1.0)
+            if probe:  # (W6's child skips it: its backend was probed by its parent, and the probe
+                # would do in "import" what W6 times as the build)
+                flowml.loads(PROBE, backend=backend).f(1.0)
         except Exception as exc:
             if not fallback:
                 raise RuntimeError(f"flowml backend {backend!r} unavailable: {exc}") from exc

@@ -24,7 +24,7 @@ from ..passes.grad import grad as grad_transform
 from ..passes.rop import hessian, hessian_vector, jacobian, lop, rop
 from ..program import rng_key, Derivative, FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
 from . import ast as A
-from .builtins import BUILTINS, INITIALIZERS
+from .builtins import BUILTINS, INITIALIZERS, Constant, Draw
 
 
 @dataclass
@@ -175,14 +175,14 @@ class Builder:
                 if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
                     raise FlowTypeError(f"initializer {kind}{_signature(draw, skip=2)}: {k} must be a number, "
                                         f"not {_kind_of(v)}", expr.loc)
-            return lambda rng: np.asarray(draw(rng, shape, **b), dtype=t.dtype)
+            return Draw(kind, shape, b, t.dtype)
         value = np.asarray(self.static(expr, self.globals))
         try:
             full = np.broadcast_to(value, shape)
         except ValueError:
             raise FlowTypeError(f"the initial value of {name} has shape {value.shape}, "
                                 f"which does not fit {t}", expr.loc) from None
-        return lambda rng: np.array(full, dtype=t.dtype)
+        return Constant(full, t.dtype)
 
     def static(self, expr: A.Expr, scope: Scope):
         """The value of an expression that must be known when the model is built."""

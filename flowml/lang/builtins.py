@@ -6,6 +6,9 @@ new arrays from nothing (zeros, arange, ...) are marked `needs_graph` and get th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ..ir.ops import collective as C
@@ -101,3 +104,27 @@ def _ones(rng, shape):
 
 # `param w : f64[784, 10] = normal(0, 0.01)`: each draws the param's shape from its seeded stream.
 INITIALIZERS = {"normal": _normal, "uniform": _uniform, "zeros": _zeros, "ones": _ones}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """A param's initializer `normal(...)` / `uniform(...)` / `zeros` / `ones`: rng -> its value.
+    (Data, not a closure: a built program is pickled by the warm model cache, flowml/modelcache.py,
+    and unpickling it imports this light module, not the builder.)"""
+    kind: str
+    shape: tuple
+    kwargs: dict
+    dtype: Any
+
+    def __call__(self, rng) -> np.ndarray:
+        return np.asarray(INITIALIZERS[self.kind](rng, self.shape, **self.kwargs), dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A param's constant initial value, broadcast to its shape."""
+    value: np.ndarray
+    dtype: Any
+
+    def __call__(self, rng) -> np.ndarray:
+        return np.array(self.value, dtype=self.dtype)

@@ -27,27 +27,9 @@ from ..ir.graph import Graph
 from . import canonicalize, specialize, stabilize
 from .fuse import fuse
 from .memory import MemoryPlan, plan_memory
+from .optimized import Optimized
 from .rewrite import Rebuild, Rule, run_phase
 from ..ir.verify import verify_graph
-
-
-@dataclass
-class Optimized:
-    graph: Graph
-    outputs: list[int]
-    updates: list[tuple[str, int]]
-    stats: Counter = field(default_factory=Counter)
-    plan: MemoryPlan | None = None
-    phase: str = "memory"  # the last phase that ran
-
-    def kernels(self) -> int:
-        """Nodes that compute (each a kernel of a native backend): all but leaves and views."""
-        nodes = self.graph.ancestors(self.outputs + [n for _, n in self.updates])
-        return sum(1 for n in nodes if not (self.graph.op(n).leaf or self.graph.op(n).view))
-
-    def fused_kernels(self) -> int:
-        nodes = self.graph.ancestors(self.outputs + [n for _, n in self.updates])
-        return sum(1 for n in nodes if self.graph.op(n).name == "fused")
 
 
 class _Run:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from ...ir.graph import Graph
 from . import blas, parallel, vecmath
 from .irfunc import IRFunction, dim_names
-from .lowering import LOWERINGS, HostStep
 
 THREADS_SLOT = 0
 ERROR_SLOTS = (1, 2, 3)
@@ -180,6 +179,14 @@ class NativeProgram:
         self.segments: list[Segment] = []
         self._lower_all()
 
+    # What a call needs: a pickled program (the warm model cache, flowml/modelcache.py) keeps
+    # these and leaves the lowering's scaffolding (kernels being written, the math library).
+    RUNTIME = ("nodes", "results", "alias", "slot", "blas", "errors", "uses_parallel", "world_keys", "steps",
+               "segments", "text")
+
+    def __getstate__(self):
+        return {k: self.__dict__[k] for k in self.RUNTIME}
+
     # ---- slots and names
     def slot_of(self, key) -> int:
         if key[0] == "ptr":
@@ -198,6 +205,9 @@ class NativeProgram:
 
     # ---- lowering
     def _lower_all(self) -> None:
+        # (imported here: the lowering table imports every family, which a program loaded from
+        # the warm model cache never needs)
+        from .lowering import LOWERINGS, HostStep
         g = self.graph
         w = Lowerer(self)
         current: Segment | None = None
@@ -266,7 +276,7 @@ class NativeProgram:
     def external_symbols(self) -> set[str]:
         """The functions the module declares but does not define (what native code may call)."""
         import re
-        text = self.module_text()
+        text = self.text  # (the module as compiled; also there for a program from the model cache)
         declared = set(re.findall(r"^declare [^@]*@([\w.$]+)\(", text, re.M))
         return declared
 

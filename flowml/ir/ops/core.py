@@ -14,6 +14,14 @@ from ..types import DTYPES, Sym, is_float, resolve_dim
 OPS: dict[str, "Op"] = {}
 
 
+def op_named(name: str) -> "Op":
+    """The registered op `name` (what a pickled op becomes again)."""
+    if name not in OPS:  # ops of modules not imported yet (scan, fused) register on import
+        import flowml.ir.fused  # noqa: F401
+        import flowml.ir.scan  # noqa: F401
+    return OPS[name]
+
+
 class Op:
     """A primitive. `infer(types, attrs) -> TensorType`, `impl(*arrays, **attrs) -> ndarray`,
     `vjp(g, out, *operands, **attrs) -> [thunk | None per operand]` (None: no derivative),
@@ -54,6 +62,13 @@ class Op:
         self.verb = verb or name
         if not self.wrapped:  # (a user's op lives as long as the graphs that use it)
             OPS[name] = self
+
+    def __reduce__(self):
+        # pickled by name (the warm model cache, flowml/modelcache.py): an op is a singleton
+        # that passes compare with `is`, and its rules are code, not data
+        if self.wrapped or OPS.get(self.name) is not self:
+            raise TypeError(f"op {self.name!r} is not a registered op: it cannot be pickled")
+        return (op_named, (self.name,))
 
     def vjp(self, g, out, *operands, **attrs):
         if self._vjp is None:

@@ -208,17 +208,27 @@ def _same_count(w, n, count, describe):
     w.fail_if(fn.emit(f"icmp ne i64 {most}, {least}", "c"), n, describe)
 
 
-def _shape_mismatch(what):
-    def describe(graph, node, info, env):
-        from ....distributed import world
-        x = graph.operands(node)[0]
-        t = graph.type(x)
-        shape = tuple(resolve_dim(d, env) for d in t.shape)
-        shapes = world().gather_objects(shape)
-        return FlowRuntimeError(f"{what} needs the same shape on every rank, got "
-                                + ", ".join(f"rank {r}: {t.dtype}{list(s)}" for r, s in enumerate(shapes)),
-                                graph.loc(node))
-    return describe
+# (Error describers are module-level functions or their partials: a lowered program pickles for
+# the warm model cache.)
+def _shape_mismatch(what, graph, node, info, env):
+    from ....distributed import world
+    x = graph.operands(node)[0]
+    t = graph.type(x)
+    shape = tuple(resolve_dim(d, env) for d in t.shape)
+    shapes = world().gather_objects(shape)
+    return FlowRuntimeError(f"{what} needs the same shape on every rank, got "
+                            + ", ".join(f"rank {r}: {t.dtype}{list(s)}" for r, s in enumerate(shapes)),
+                            graph.loc(node))
+
+
+def _wrong_world_size(built_for, graph, node, info, env):
+    return FlowRuntimeError(f"allgather failed: the graph was built for {built_for} rank(s) but runs on {info[0]}",
+                            graph.loc(node))
+
+
+def _bad_root(root, graph, node, info, env):
+    return FlowRuntimeError(f"broadcast failed: root {root} is not a rank of a run with {info[0]} rank(s)",
+                            graph.loc(node))
 
 
 @lowers("allgather")
@@ -229,15 +239,14 @@ def lower_allgather(w, n):
     fn = w.fn
     built_for = w.attrs(n)["size"]
     size = fn.load_slot(_world(w, "size"), "i64")
-    w.fail_if(fn.emit(f"icmp ne i64 {size}, {built_for}", "c"), n, lambda graph, node, info, env: FlowRuntimeError(
-        f"allgather failed: the graph was built for {built_for} rank(s) but runs on {info[0]}", graph.loc(node)),
-        size)
+    w.fail_if(fn.emit(f"icmp ne i64 {size}, {built_for}", "c"), n, functools.partial(_wrong_world_size, built_for),
+              size)
     count = w.size(tx.shape)
     src, out = w.ptr(x), w.ptr(n)
     _, mpi, end = _branch_on_world(w)
     _copy(w, out, src, fn.mul(count, str(tx.dtype.itemsize)))
     mpi()
-    _same_count(w, n, count, _shape_mismatch("allgather"))
+    _same_count(w, n, count, functools.partial(_shape_mismatch, "allgather"))
     dtype = _i32(fn, fn.load_slot(_world(w, "type", dt), "i64"))
     comm = _i32(fn, fn.load_slot(_world(w, "comm"), "i64"))
     c32 = _i32(fn, count)
@@ -255,15 +264,14 @@ def lower_broadcast(w, n):
     fn = w.fn
     root = int(w.attrs(n)["root"])
     size = fn.load_slot(_world(w, "size"), "i64")
-    w.fail_if(fn.emit(f"icmp sle i64 {size}, {root}", "c"), n, lambda graph, node, info, env: FlowRuntimeError(
-        f"broadcast failed: root {root} is not a rank of a run with {info[0]} rank(s)", graph.loc(node)), size)
+    w.fail_if(fn.emit(f"icmp sle i64 {size}, {root}", "c"), n, functools.partial(_bad_root, root), size)
     count = w.size(t.shape)
     nbytes = fn.mul(count, str(t.dtype.itemsize))
     src, out = w.ptr(x), w.ptr(n)
     _copy(w, out, src, nbytes)
     _, mpi, end = _branch_on_world(w)
     mpi()
-    _same_count(w, n, count, _shape_mismatch("broadcast"))
+    _same_count(w, n, count, functools.partial(_shape_mismatch, "broadcast"))
     byte = _i32(fn, fn.load_slot(_world(w, "type", "byte"), "i64"))
     comm = _i32(fn, fn.load_slot(_world(w, "comm"), "i64"))
     f = _mpi(fn, w, "Ibcast")

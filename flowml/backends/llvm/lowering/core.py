@@ -4,6 +4,8 @@ unfused (at -O0, or where the fuse phase is switched off) as one-op kernels."""
 
 from __future__ import annotations
 
+import functools
+
 from ....ir import ops as P
 from ....ir.fused import Instr, empty_reduction_error
 from ....ir.types import resolve_dim
@@ -39,9 +41,7 @@ def lower_kernel(w, n, operands, body, reduce, shape) -> None:
         cond = empty[0]
         for e in empty[1:]:
             cond = fn.emit(f"or i1 {cond}, {e}", "c")
-        loc_shape = shape
-        w.fail_if(cond, n, lambda graph, node, info, env: empty_reduction_error(
-            reduce, tuple(resolve_dim(d, env) for d in loc_shape), graph.loc(node)))
+        w.fail_if(cond, n, functools.partial(_empty_reduction, reduce, shape))
     extent = w.size(info.parallel_axis_extent) if info.parallel_axis_extent else "1"
     if info.atomic_sum:
         # a full float sum: chunks would add their partials into the output in whatever order the
@@ -92,3 +92,9 @@ for _op in P.OPS.values():
     elif _op.kernel_reduce:
         lowers(_op.name)(_lone_reduction)
 lowers("broadcast_to")(_lone_elementwise)
+
+
+def _empty_reduction(reduce, shape, graph, node, info, env):
+    """The error of a max / min over an empty axis (an entry point's error describer: a partial
+    of a module-level function, so that a lowered program pickles for the warm model cache)."""
+    return empty_reduction_error(reduce, tuple(resolve_dim(d, env) for d in shape), graph.loc(node))

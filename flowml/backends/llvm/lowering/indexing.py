@@ -13,6 +13,8 @@ when the index is only slices and ints (no element is written twice)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ....ir.indices import IndexOutOfRange
@@ -134,7 +136,7 @@ def run_checks(w, n, checks, arrays, first_array: int, x_node: int) -> None:
     for kind, axis, what, d in checks:
         if kind == "int":
             bad = _int_out_of_range(w, what, d)
-            w.fail_if(bad, n, _int_error(axis, what, x_node))
+            w.fail_if(bad, n, functools.partial(_int_error, axis, what, x_node))
         else:
             check_range(w, n, arrays[what], d, first_array + what, "index", axis)
 
@@ -145,15 +147,15 @@ def _int_out_of_range(w, i, d):
     return fn.emit(f"icmp uge i64 {shifted}, {fn.emit(f'shl i64 {w.dim(d)}, 1', 'ck')}", "ck")
 
 
-def _int_error(axis, i, x_node):
-    def describe(graph, node, info, env):
-        shape = tuple(resolve_dim(d, env) for d in graph.type(x_node).shape)
-        try:  # the reference's own check raises the IndexError it would raise
-            _spec_to_numpy((_FULL,) * axis + (("int", i),), [], env, shape, 1)
-        except IndexError as e:
-            return op_failed(graph, node, e)
-        raise AssertionError("the native check and the reference disagree")
-    return describe
+def _int_error(axis, i, x_node, graph, node, info, env):
+    """The error of int index `i` out of range on `axis` (describers are partials of module-level
+    functions, so that a lowered program pickles for the warm model cache)."""
+    shape = tuple(resolve_dim(d, env) for d in graph.type(x_node).shape)
+    try:  # the reference's own check raises the IndexError it would raise
+        _spec_to_numpy((_FULL,) * axis + (("int", i),), [], env, shape, 1)
+    except IndexError as e:
+        return op_failed(graph, node, e)
+    raise AssertionError("the native check and the reference disagree")
 
 
 def check_range(w, n, arr, d, operand, what, axis) -> None:
@@ -180,15 +182,13 @@ def check_range(w, n, arr, d, operand, what, axis) -> None:
     with fn.if_(fn.emit(f"icmp ne i8 {seen}, 0", "ck")):
         with fn.loop("0", count, "fb") as i:
             v, bad = is_bad(i)
-            w.fail_if(bad, n, _range_error(arr, d, operand, what, axis), i, v)
+            w.fail_if(bad, n, functools.partial(_range_error, arr, d, operand, what, axis), i, v)
 
 
-def _range_error(arr, d, operand, what, axis):
-    def describe(graph, node, info, env):
-        shape = tuple(resolve_dim(s, env) for s in graph.type(arr).shape)
-        position = tuple(int(p) for p in np.unravel_index(info[0], shape)) if shape else ()
-        return op_failed(graph, node, IndexOutOfRange(operand, position, info[1], resolve_dim(d, env), what, axis))
-    return describe
+def _range_error(arr, d, operand, what, axis, graph, node, info, env):
+    shape = tuple(resolve_dim(s, env) for s in graph.type(arr).shape)
+    position = tuple(int(p) for p in np.unravel_index(info[0], shape)) if shape else ()
+    return op_failed(graph, node, IndexOutOfRange(operand, position, info[1], resolve_dim(d, env), what, axis))
 
 
 @lowers("index")
