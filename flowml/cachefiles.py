@@ -1,7 +1,8 @@
 """flowml's on-disk cache: where it lives, and a store of checked, atomically written entries.
 
 Where: `$FLOWML_CACHE_DIR`, else `platformdirs.user_cache_dir("flowml")` (e.g. ~/.cache/flowml),
-one subdirectory per kind of entry (`llvm/` object code, `parser/` the parser's tables).
+one subdirectory per kind of entry (`llvm/` object code, `models/` the warm model cache,
+`parser/` the parser's tables).
 `FLOWML_CACHE=0` turns caching off.
 
 An entry file: a 48-byte header (the store's 8-byte magic, payload length, sha256 of the
