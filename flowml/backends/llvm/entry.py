@@ -179,13 +179,14 @@ class NativeProgram:
         self.segments: list[Segment] = []
         self._lower_all()
 
-    # What a call needs: a pickled program (the warm model cache, flowml/modelcache.py) keeps
-    # these and leaves the lowering's scaffolding (kernels being written, the math library).
-    RUNTIME = ("nodes", "results", "alias", "slot", "blas", "errors", "uses_parallel", "world_keys", "steps",
-               "segments", "text")
+    # The lowering's scaffolding (the functions being written, the math library...): a pickled
+    # program (the warm model cache, flowml/modelcache.py) leaves it and keeps what calls need
+    # (steps, segments, slots, the error table, the module text...).
+    SCAFFOLDING = ("graph", "users", "mathlib", "helpers", "functions", "pending", "_ids", "_index_dims",
+                   "entries", "module")
 
     def __getstate__(self):
-        return {k: self.__dict__[k] for k in self.RUNTIME}
+        return {k: v for k, v in self.__dict__.items() if k not in self.SCAFFOLDING}
 
     # ---- slots and names
     def slot_of(self, key) -> int:
