@@ -131,6 +131,20 @@ def _parse(ir_text: str, name: str):
     return mod
 
 
+# Functions that define symbols on demand: each is given names the JIT cannot resolve and binds
+# those it knows (vecmath compiles the libmvec lane wrappers a module calls, and only those).
+SYMBOL_PROVIDERS: list = []
+
+
+def _provide(missing: list[str]) -> list[str]:
+    """`missing` after the providers had their go: what still cannot be resolved."""
+    if missing:
+        for provide in SYMBOL_PROVIDERS:
+            provide(missing)
+        missing = [s for s in missing if llvm.address_of_symbol(s) is None]
+    return missing
+
+
 def undefined_externals(module) -> list[str]:
     """Names declared (not defined) in `module` that the JIT's symbol lookup cannot find.
 
@@ -247,6 +261,7 @@ class JitModule:
             # Checked after optimization: O3 may add calls (memset, memcpy) that must resolve too.
             # (A cached object is checked below, on its own symbol table, which is exact.)
             missing = [s for s in undefined_externals(mod) if s not in local] if p.cached_object is None else []
+            missing = _provide(missing)
             if missing:
                 raise FlowInternalError(
                     f"LLVM module {name!r} uses external symbol(s) the JIT cannot resolve: "
@@ -276,7 +291,7 @@ class JitModule:
                 p.object_code = bytes(p.cached_object)
             # Second check, on the machine code: catches helpers the code generator introduced
             # (and anything a cached object needs). Nothing has run yet, so raising is safe.
-            missing = [s for s in undefined_object_symbols(p.object_code or b"") if s not in local]
+            missing = _provide([s for s in undefined_object_symbols(p.object_code or b"") if s not in local])
             if missing:
                 raise FlowInternalError(
                     f"compiled LLVM module {name!r} needs symbol(s) the JIT cannot resolve: "
@@ -293,7 +308,7 @@ class JitModule:
         an empty module and takes the objects as they are (what makes a warm load cheap)."""
         for p in parts:
             p.object_code = bytes(p.cached_object)
-            missing = [s for s in undefined_object_symbols(p.object_code) if s not in local]
+            missing = _provide([s for s in undefined_object_symbols(p.object_code) if s not in local])
             if missing:  # checked before anything is loaded: calling it would crash the process
                 raise FlowInternalError(
                     f"compiled LLVM module {self.name!r} needs symbol(s) the JIT cannot resolve: "

@@ -48,7 +48,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ...errors import FlowInternalError
-from .jit import _init_native, host_has_features, use_avx512
+from .jit import SYMBOL_PROVIDERS, _init_native, host_has_features, use_avx512
 
 # name -> number of arguments. All exist in glibc 2.36's libm (scalar) and libmvec (vector).
 UNARY = ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p",
@@ -242,22 +242,47 @@ def _wrappers_ir(fn: str, d: str) -> str:
     return "\n".join(lines)
 
 
-_wrappers = None  # JitModule holding the flowml_mvec_* wrappers, kept alive for the process
+_wrapper_modules = []  # JitModules holding the flowml_mvec_* wrappers made so far, kept alive
 
 
 def _libmvec_functions():
     return [(fn, d) for fn in ARITY for d in _IR_TYPE if (fn, d) not in SCALAR_ONLY and (fn, d) not in INLINE]
 
 
+@functools.lru_cache(maxsize=None)
+def _wrapper_of() -> dict[str, tuple[str, str]]:
+    """Wrapper symbol -> its (function, dtype)."""
+    return {name: (fn, d) for fn, d in _libmvec_functions()
+            for name in {mvec_scalar_name(fn, d), vector_callee(fn, d)} - {vector_name(fn, d)}}
+
+
+def _provide_wrappers(missing: list[str]) -> None:
+    """The JIT's symbol provider: compiles the wrappers among `missing` (one small module, through
+    the object cache) and binds them. On demand, so that a process compiles only the wrappers
+    its modules call (all of them cost a cold process ~50 ms)."""
+    wanted = sorted({_wrapper_of()[s] for s in missing if s in _wrapper_of()})
+    if not wanted or not libmvec_available():
+        return
+    from .cache import compile_cached
+    text = "\n".join(_wrappers_ir(fn, d) for fn, d in wanted) + "\n"
+    module = compile_cached(text, "vecmath-wrappers", name="flowml_vecmath_wrappers")
+    _wrapper_modules.append(module)
+    for fn, d in wanted:
+        for name in {mvec_scalar_name(fn, d), vector_callee(fn, d)} - {vector_name(fn, d)}:
+            llvm.add_symbol(name, module.address(name))
+
+
+SYMBOL_PROVIDERS.append(_provide_wrappers)
+
+
 def ensure_symbols() -> bool:
-    """Bind every `flowml_*` scalar name to libm and, when libmvec is usable, every
-    `flowml_mvec_*` name to its lane-0 wrapper (compiled once per process, through the object
-    cache). Idempotent. Returns whether libmvec vector variants can be used.
+    """Bind every `flowml_*` scalar name to libm. Idempotent. Returns whether libmvec vector
+    variants can be used. (The `flowml_mvec_*` lane wrappers are compiled when a module that
+    calls them is loaded: `_provide_wrappers`.)
 
     Must run before a module that calls these functions is JIT-compiled (also before loading one
     from the object cache).
     """
-    global _wrappers
     _init_native()  # makes the process's own symbols (libm) visible to address_of_symbol
     with _lock:
         for fn in ARITY:
@@ -267,15 +292,7 @@ def ensure_symbols() -> bool:
                     addr = _libm_address(scalar_name(fn, d))
                     if addr:
                         llvm.add_symbol(name, addr)
-        vec = libmvec_available()
-        if vec and _wrappers is None:
-            from .cache import compile_cached
-            text = "\n".join(_wrappers_ir(fn, d) for fn, d in _libmvec_functions()) + "\n"
-            _wrappers = compile_cached(text, "vecmath-wrappers", name="flowml_vecmath_wrappers")
-            for fn, d in _libmvec_functions():
-                for name in {mvec_scalar_name(fn, d), vector_callee(fn, d)} - {vector_name(fn, d)}:
-                    llvm.add_symbol(name, _wrappers.address(name))
-        return vec
+        return libmvec_available()
 
 
 class MathLib:
