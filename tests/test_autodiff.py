@@ -172,6 +172,18 @@ def matmul_case(draw):
 
 
 @st.composite
+def gemm_case(draw):
+    """alpha * a @ b + beta * c (the fuse phase builds it; its rules are checked like any op's)."""
+    m, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    vector = draw(st.booleans())
+    n = None if vector else draw(st.integers(1, 3))
+    sb, sc = ((k,), (m,)) if vector else ((k, n), (m, n))
+    alpha, beta = draw(st.sampled_from([(1.0, 1.0), (-0.5, 0.75), (2.0, -1.0)]))
+    return Case(lambda a, b, c: L.apply(P.gemm, [a, b, c], alpha=alpha, beta=beta),
+                [draw(floats((m, k))), draw(floats(sb)), draw(floats(sc))], label=f"gemm {(m, k)} {sb} {alpha} {beta}")
+
+
+@st.composite
 def transpose_case(draw):
     shape = draw(small_shapes)
     axes = draw(st.permutations(range(len(shape))))
@@ -407,6 +419,7 @@ OP_CASES = {
     "categorical_crossentropy": crossentropy_case(),
     # linear algebra and shapes
     "matmul": matmul_case(),
+    "gemm": gemm_case(),
     "transpose": transpose_case(),
     "reshape": reshape_case(),
     "broadcast_to": broadcast_to_case(),

@@ -71,7 +71,9 @@ def test_emit_plan_lists_every_step_and_names_host_steps(tmp_path):
     assert lines[0] == "fn train: 1 native call, nothing on the host"  # every op of mlp.flow is lowered
     lenet = run_cli("compile", "examples/lenet.flow", "--emit", "plan", "--fn", "train").stdout.splitlines()[0]
     assert lenet.endswith(" host steps per call") and " native calls and " in lenet  # its convolutions
-    assert any("matmul" in line and "BLAS dgemm (TN)" in line for line in lines)
+    # the weight updates are gemm calls (flowml/passes/gemm.py), the backward products matmuls
+    assert any("gemm" in line and "BLAS dgemm (TN) adding beta * c" in line for line in lines)
+    assert any("matmul" in line and "BLAS dgemm (NT)" in line for line in lines)
     assert any("transpose" in line and "folded" in line for line in lines)
     for line in lines[1:]:
         if " HOST " in line:

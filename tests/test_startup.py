@@ -41,6 +41,8 @@ def _trees(parser):
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWML_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FLOWML_CACHE", raising=False)
+    # as with a lark other than the one the shipped tables were made by: the cache dir's copy
+    monkeypatch.setattr(P, "SHIPPED_TABLES", tmp_path / "no-shipped-tables")
     return tmp_path
 
 

@@ -67,6 +67,17 @@ def _nbytes(t: TensorType, env: dict[str, int]) -> int:
     return int(size) * t.dtype.itemsize
 
 
+_PRODUCTS = (P.matmul, P.gemm)  # the ops a native backend lets read a transpose as it is stored
+
+
+def _read_through_transposes(graph: Graph, o: int, root_of: dict[int, int]) -> int:
+    """The buffer a product reads for operand o: a native backend reads a transpose as it is
+    stored (BLAS's transpose flags)."""
+    while graph.op(o) is P.transpose:
+        o = graph.operands(o)[0]
+    return root_of.get(o, o)
+
+
 def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]) -> MemoryPlan:
     plan = MemoryPlan()
     order = sorted(graph.ancestors(outputs + [n for _, n in updates]))
@@ -87,9 +98,12 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     readers: dict[int, list[int]] = {}  # buffer owner -> the nodes that read it (one pass, not one per param)
     for n in order:
         for o in graph.operands(n):
-            owner = root_of.get(o, o)
-            last[owner] = max(last.get(owner, -1), position[n])
-            readers.setdefault(owner, []).append(n)
+            owners = {root_of.get(o, o)}
+            if graph.op(n) in _PRODUCTS:  # (a native backend may read o's source with a transpose flag)
+                owners.add(_read_through_transposes(graph, o, root_of))
+            for owner in owners:
+                last[owner] = max(last.get(owner, -1), position[n])
+                readers.setdefault(owner, []).append(n)
     for n in outputs + [v for _, v in updates]:
         owner = root_of.get(n, n)
         last[owner] = end  # returned or written back: alive to the end
@@ -101,8 +115,12 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     writes = Counter(u for _, u in updates)
     for name, v in updates:
         p = param_nodes.get(name)
-        if graph.op(v).name != "fused" or graph.attrs(v)["reduce"] is not None or v in outs:
-            continue  # only an elementwise kernel can write over what it reads, element by element
+        into = graph.op(v).accumulates_into
+        if v in outs or not (into is not None or graph.op(v).name == "fused" and graph.attrs(v)["reduce"] is None):
+            continue  # only an elementwise kernel (or gemm, over its c) writes over what it reads
+        if into is not None and p is not None and any(
+                _read_through_transposes(graph, o, root_of) == p for k, o in enumerate(graph.operands(v)) if k != into):
+            continue  # gemm reads its other operands whole (a transpose as it is stored): not the param
         if writes[v] != 1:
             continue  # two params get the same value: it needs its own buffer
         if p is None:

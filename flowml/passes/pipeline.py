@@ -26,6 +26,7 @@ from ..errors import FlowError, did_you_mean
 from ..ir.graph import Graph
 from . import canonicalize, specialize, stabilize
 from .fuse import fuse
+from .gemm import gemm_updates
 from .memory import MemoryPlan, plan_memory
 from .optimized import Optimized
 from .rewrite import Rebuild, Rule, run_phase
@@ -87,6 +88,7 @@ def _specialize(r: _Run) -> None:
 
 
 def _fuse(r: _Run) -> None:
+    r.graph, r.roots = gemm_updates(r.graph, r.roots, r.stats)  # (before the kernels take the adds)
     r.graph, r.roots = fuse(r.graph, r.roots, r.stats)
 
 
@@ -100,7 +102,8 @@ PIPELINE: list[Phase] = [
     Phase("canonicalize", "fold constants and apply exact algebraic identities", _canonicalize),
     Phase("stabilize", "rewrite formulas that overflow or cancel; derivatives taken again", _stabilize),
     Phase("specialize", "drop what only mattered to differentiation; cheaper spellings", _specialize),
-    Phase("fuse", "group elementwise work (and a reduction) into kernels", _fuse),
+    Phase("fuse", "products with what is added to them as gemm calls; elementwise work (and a reduction) "
+                  "into kernels", _fuse),
     Phase("memory", "plan buffers: reuse and in-place param updates", _memory),
 ]
 PHASES = tuple(p.name for p in PIPELINE)

@@ -168,7 +168,7 @@ class LLVMExecutable:
             if s.kind == "leaf":
                 continue
             kind = {"native": "native", "host": "HOST", "view": "view", "none": "folded"}[s.kind]
-            detail = s.detail if s.kind != "none" else "read by its matmuls with a transpose flag"
+            detail = s.detail if s.kind != "none" else "read by its products (matmul, gemm) with a transpose flag"
             loc = g.loc(s.node)
             rows.append((ids.get(s.node, f"%?{s.node}"), g.op(s.node).name, kind, detail, str(loc) if loc else ""))
         widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]

@@ -158,6 +158,10 @@ class OpenCLExecutable:
                 a, b = (self._casts[(n, k)](values[o]) if (n, k) in self._casts else values[o]
                         for k, o in enumerate(g.operands(n)))
                 v = runtime.matmul(a, b, device=dev)
+            elif op is P.gemm:  # the device's matmul, then alpha and beta * c by pyopencl's array kernels
+                a, b, c = (values[o] for o in g.operands(n))
+                dt = g.type(n).dtype
+                v = runtime.matmul(a, b, device=dev) * dt.type(g.attrs(n)["alpha"]) + c * dt.type(g.attrs(n)["beta"])
             elif op is P.transpose:
                 v = runtime.transpose(values[g.operands(n)[0]], g.attrs(n)["axes"], device=dev)
             else:

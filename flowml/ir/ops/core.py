@@ -43,6 +43,9 @@ class Op:
     # a shape op that is the identity on each element inside a fused kernel (broadcast_to: the
     # kernel's iteration broadcasts; reshape, of a one-element value only)
     kernel_identity = False
+    # the operand (by position) whose buffer the result may be written over, whatever its other
+    # operands are (gemm's c): the memory plan may then update a param in place through it
+    accumulates_into = None
     # a user's function wrapped as an op (`flowml.op`, flowml/ir/ops/wrapped.py): not in OPS,
     # run on the host by every backend, never rewritten, matched by a rule or fused
     wrapped = False

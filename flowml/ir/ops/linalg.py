@@ -1,4 +1,4 @@
-"""Linear algebra: matmul."""
+"""Linear algebra: matmul, and gemm (the specialize phase's fused `alpha * a @ b + beta * c`)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,51 @@ class Matmul(Op):
 
 
 matmul = Matmul()
+
+
+class Gemm(Op):
+    """`alpha * (a @ b) + beta * c`: BLAS's gemm (a matrix b) and gemv (a vector b), c shaped
+    like the product, alpha and beta numbers. Not written by users: the specialize phase builds
+    it from a linear combination of one product and one other value, such as the update
+    `w <- w - lr * (x.T @ g + l2 * w)` (Theano's gemm optimization), so the product is computed
+    into c's buffer -- a param updated in place -- with no pass over its result left to do."""
+
+    accumulates_into = 2  # its result may be written over c (what BLAS does)
+
+    def __init__(self):
+        super().__init__("gemm", impl=self._impl, vjp=self._rule, verb="gemm", jvp=self._jvp_rule)
+
+    def infer(self, types, attrs):
+        a, b, c = types
+        if a.ndim != 2 or b.ndim not in (1, 2):
+            raise ShapeError(f"gemm needs a matrix and a matrix or vector, not {a} and {b}")
+        if a.shape[1] != b.shape[0]:
+            raise ShapeError(f"cannot gemm {a} and {b}: inner dims {a.shape[1]} and {b.shape[0]} differ")
+        shape = (a.shape[0],) + b.shape[1:]
+        if tuple(c.shape) != shape or not (a.dtype == b.dtype == c.dtype) or a.dtype.kind != "f":
+            raise ShapeError(f"gemm needs one float dtype and c shaped like a @ b: {a}, {b}, {c}")
+        return TensorType(c.dtype, shape)
+
+    @staticmethod
+    def _impl(a, b, c, alpha, beta):
+        dt = c.dtype
+        return (dt.type(alpha) * np.matmul(a, b) + dt.type(beta) * c).astype(dt, copy=False)
+
+    @staticmethod
+    def _jvp_rule(tangents, y, a, b, c, alpha, beta):
+        ta, tb, tc = tangents
+        terms = [alpha * L.matmul(ta, b)] if ta is not None else []
+        terms += [alpha * L.matmul(a, tb)] if tb is not None else []
+        terms += [beta * tc] if tc is not None else []
+        return L.add_all(terms)
+
+    @staticmethod
+    def _rule(g, y, a, b, c, alpha, beta):
+        def grad_a():
+            if b.type.ndim == 1:  # d/da (a @ b) is the outer product with b
+                return alpha * L.matmul(L.reshape(g, g.type.shape + (1,)), L.reshape(b, (1,) + b.type.shape))
+            return alpha * L.matmul(g, L.swap_last(b))
+        return [grad_a, lambda: alpha * L.matmul(L.swap_last(a), g), lambda: beta * g]
+
+
+gemm = Gemm()

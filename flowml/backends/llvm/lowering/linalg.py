@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ....ir import ops as P
 from ..irfunc import IR_TYPE, MEM_TYPE
-from ..kernels import LLVMScalarBuilder
+from ..kernels import LLVMScalarBuilder, float_literal
 from . import lowers
 
 _BLAS = {"float32": "s", "float64": "d"}
@@ -88,9 +88,33 @@ def lower_matmul(w, n):
     w.note("native loop (no BLAS routine for these dtypes)")
 
 
-def _gemm_call(w, dt, trans_a, trans_b, M, N, K):
-    """A function emitting one row-major C = op(A) @ op(B) through column-major gemm:
-    C^T = op(B)^T op(A)^T, i.e. gemm(tb, ta, N, M, K, 1, B, ldb, A, lda, 0, C, N)."""
+@lowers("gemm")
+def lower_gemm(w, n):
+    """alpha * op(A) @ B + beta * C: C copied into the result's buffer unless it is that buffer
+    (a param updated in place), then one BLAS gemm with beta."""
+    g = w.graph
+    a_node, b_node, c_node = w.operands(n)
+    a, b = _Matrix(g, a_node, True), _Matrix(g, b_node, False)
+    t = g.type(n)
+    dt = t.dtype.name
+    M, K, N = w.dim(a.rows), w.dim(a.cols), w.dim(b.cols)
+    fn = w.fn
+    pc, out = w.ptr(c_node), w.ptr(n)
+    with fn.if_(fn.emit(f"icmp ne ptr {pc}, {out}", "c")):
+        nbytes = fn.mul(fn.mul(M, N), str(t.dtype.itemsize))
+        fn.line(f"call void @llvm.memmove.p0.p0.i64(ptr {out}, ptr {pc}, i64 {nbytes}, i1 false)")
+        w.helper("llvm.memmove", "declare void @llvm.memmove.p0.p0.i64(ptr, ptr, i64, i1)")
+    attrs = w.attrs(n)
+    _gemm_call(w, dt, a.trans, b.trans, M, N, K, alpha=attrs["alpha"], beta=attrs["beta"])(
+        w.ptr(a.node), w.ptr(b.node), out)
+    flags = "".join(["T" if a.trans else "N", "T" if b.trans else "N"])
+    w.note(f"BLAS {_BLAS[dt]}gemm ({flags}) adding beta * c")
+
+
+def _gemm_call(w, dt, trans_a, trans_b, M, N, K, alpha=1.0, beta=0.0):
+    """A function emitting one row-major C = alpha * op(A) @ op(B) + beta * C through
+    column-major gemm: C^T = op(B)^T op(A)^T, i.e. gemm(tb, ta, N, M, K, alpha, B, ldb, A, lda,
+    beta, C, N)."""
     fn = w.fn
     routine = w.blas(_BLAS[dt] + "gemm")
     ft = IR_TYPE[dt]
@@ -106,7 +130,7 @@ def _gemm_call(w, dt, trans_a, trans_b, M, N, K):
         return p
 
     def scalar(value):
-        return cell(ft, "1.0" if value == 1 else "0.0")
+        return cell(ft, float_literal(value, dt))
 
     def emit(pa, pb, pc):
         ta = cell("i8", ord("T" if trans_b else "N"))
@@ -117,8 +141,8 @@ def _gemm_call(w, dt, trans_a, trans_b, M, N, K):
         ldb = cell("i32", i32(K if trans_b else N))
         lda = cell("i32", i32(M if trans_a else K))
         ldc = cell("i32", i32(N))
-        fn.line(f"call void {routine}(ptr {ta}, ptr {tb}, ptr {m}, ptr {nn}, ptr {k}, ptr {scalar(1)}, "
-                f"ptr {pb}, ptr {ldb}, ptr {pa}, ptr {lda}, ptr {scalar(0)}, ptr {pc}, ptr {ldc})")
+        fn.line(f"call void {routine}(ptr {ta}, ptr {tb}, ptr {m}, ptr {nn}, ptr {k}, ptr {scalar(alpha)}, "
+                f"ptr {pb}, ptr {ldb}, ptr {pa}, ptr {lda}, ptr {scalar(beta)}, ptr {pc}, ptr {ldc})")
     return emit
 
 

@@ -206,8 +206,10 @@ def lower_transpose(w, n):
     g = w.graph
     users = w.users(n)
     if swapped_source(g, n) is not None and users and not w.is_result(n) \
-            and all(g.op(u) is P.matmul for u in users):
-        w.note("folded")  # every reader is a matmul, which reads the operand with a transpose flag
+            and all(g.op(u) is P.matmul or g.op(u) is P.gemm and g.operands(u)[2] != n for u in users):
+        # every reader is a product that reads the operand with a transpose flag (the memory plan
+        # keeps what it transposes alive until then)
+        w.note("folded")
         return
     (x,) = w.operands(n)
     axes = tuple(g.attrs(n)["axes"])
