@@ -397,6 +397,28 @@ class Function:
         from .interop.onnx_export import export
         return export(self, path)
 
+    def explore(self, path=None, profile=None, backend: str | None = None):
+        """The IR explorer page of this fn (docs/inspect.md): its graph after each phase, what
+        each rule did, the source, its kernels' native code (of `backend`: this model's, or
+        llvm for the reference backend) and, given a `profile` (a dict or a JSON file, as
+        `flowml run --profile-json` writes it), each node's time. Written to `path` when given;
+        the result shows itself in a notebook."""
+        from .explore import check_profile, explore, load_profile
+        if isinstance(profile, (str, os.PathLike)):
+            profile = load_profile(os.fspath(profile))
+        elif profile is not None:
+            check_profile(profile)
+        name = backend or self.model.backend.name
+        if name == "reference":
+            name = "llvm"
+        reuse = {self.name: self._executable} if name == self.model.backend.name else None
+        page = explore(self.model.program, [self.decl], backend=name, level=self.model.opt_level,
+                       exclude=self.model.exclude, profile=profile, executables=reuse,
+                       title=f"{self.model.program.file}: fn {self.name}")
+        if path is not None:
+            page.save(path)
+        return page
+
     def dot(self) -> str:
         from .ir.dump import to_dot
         return to_dot(self.model.program, self.decl)

@@ -55,7 +55,10 @@ def _address(a: np.ndarray) -> int:
 class LLVMExecutable:
     owns_outputs = True  # a call returns new arrays (copies out of its frame)
 
-    def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
+    def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None,
+                 compile: bool = True):
+        """`compile=False`: lower the graph to the module's text (`llvm_ir`, `kernels`, the plan)
+        but build no machine code; such an executable is for reading, not for calling."""
         self.graph = graph
         self.outputs = outputs
         self.updates = updates
@@ -79,11 +82,11 @@ class LLVMExecutable:
         self.program = None
         self.module = None
         if not self._lazy:
-            self.program = self._lower()
+            self.program = self._lower(compile)
 
     # ------------------------------------------------------------ compile
 
-    def _lower(self) -> NativeProgram:
+    def _lower(self, compile: bool = True) -> NativeProgram:
         program = NativeProgram(self.graph, self.nodes, self.results, self.alias)
         for step in program.steps:
             if step.kind == "host" and step.detail == "no LLVM lowering":
@@ -93,8 +96,8 @@ class LLVMExecutable:
         program.entries = {}
         program.module = None
         names = [s.name for s in program.segments if s.name]
-        if names:
-            program.text = program.module_text()
+        program.text = program.module_text() if names else ""
+        if names and compile:
             if program.blas:
                 blas.ensure_symbols(sorted(program.blas))
             if program.uses_parallel:
@@ -102,8 +105,6 @@ class LLVMExecutable:
             program.module = cache.compile_cached(program.text, "llvm-entry-v1", name="flowml_fn")
             for name in names:
                 program.entries[name] = _ENTRY(program.module.address(name))
-        else:
-            program.text = ""
         self.module = program.module
         return program
 

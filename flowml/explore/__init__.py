@@ -1,0 +1,141 @@
+"""The IR explorer: one self-contained HTML page that shows what the compiler did to each fn
+(`flowml compile FILE --emit html -o out.html`, `Function.explore()`; docs/inspect.md).
+
+For each fn: the graph as built and after each optimizer phase, laid out by Graphviz
+(`layout`), each node linked to its source line and to the nodes of the phase before that it
+stands for, with the rules that built it (`model`); fused kernels with their formula and the
+native code they became (`native`); the memory plan's buffers; and, given a profile, the time
+of each node as colour. The page's script and style are inlined: opening it needs no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from importlib import resources
+
+from ..errors import FlowError
+from ..passes.pipeline import optimize
+from . import layout, model, native
+
+
+class Explorer:
+    """An explorer page: `html` is its text, `data` what it shows (the JSON the page's script
+    reads); a notebook shows it inline (`_repr_html_`)."""
+
+    def __init__(self, text: str, title: str, data: dict):
+        self.html = text
+        self.title = title
+        self.data = data
+
+    def save(self, path) -> None:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.html)
+        except OSError as e:
+            raise FlowError(f"{path}: cannot write the file ({e.strerror or e})") from None
+
+    def _repr_html_(self) -> str:
+        # in a frame of its own, so that the page's style and script stay out of the notebook's
+        return (f'<iframe srcdoc="{html.escape(self.html, quote=True)}" title="{html.escape(self.title)}" '
+                'style="width: 100%; height: 720px; border: 1px solid #ccc"></iframe>')
+
+    def __repr__(self) -> str:
+        return f"<flowml explorer page of {self.title}, {len(self.html):,} characters>"
+
+
+def load_profile(path: str) -> dict:
+    """A profile JSON file: {"functions": {fn: {"rows": [{"node": k | null, "name": str,
+    "total_s": float, "calls": int, ...}]}}} (node: the `%k` of `flowml compile --emit ir`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise FlowError(f"{path}: cannot read the profile ({e.strerror or e})") from None
+    except ValueError as e:
+        raise FlowError(f"{path}: not a JSON file ({e})") from None
+    check_profile(data, path)
+    return data
+
+
+def check_profile(data, where: str = "the profile") -> None:
+    fns = data.get("functions") if isinstance(data, dict) else None
+    if not isinstance(fns, dict):
+        raise FlowError(f'{where}: expected {{"functions": {{FN: {{"rows": [...]}}}}}} (flowml run --profile-json)')
+    for name, fn in fns.items():
+        rows = fn.get("rows") if isinstance(fn, dict) else None
+        if not isinstance(rows, list):
+            raise FlowError(f"{where}: fn {name} has no list of rows")
+        for i, r in enumerate(rows):
+            if not (isinstance(r, dict) and isinstance(r.get("total_s"), (int, float))
+                    and (r.get("node") is None or isinstance(r.get("node"), int))):
+                raise FlowError(f"{where}: fn {name}, row {i}: expected a node (an int or null) and total_s (seconds)")
+
+
+def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int = 1, after: str | None = None,
+            exclude=None, profile: dict | None = None, executables: dict | None = None,
+            title: str | None = None) -> Explorer:
+    """The explorer page of these fns (FnDecls of `program`). `backend`: whose native code the
+    fused kernels show (llvm: LLVM IR, and the assembly with `asm`; opencl[:N]: OpenCL C;
+    reference: none). `level`, `after`, `exclude`: as `pipeline.optimize`. `profile`: as
+    `load_profile` gives it. `executables`: fn name -> its compiled executable, to reuse."""
+    sources = model.Sources()
+    fn_data, dots = [], []
+    for fn in fns:
+        trace: list = []
+        opt = optimize(program.graph, [v.id for _, v in fn.outputs], [(u.param, u.value.id) for u in fn.updates],
+                       level=level, after=after, exclude=exclude, trace=trace)
+        phases, prev, prev_ids = [], None, None
+        for s in trace:
+            data, ids, dot = model.phase_data(s, prev, prev_ids, sources, opt.stats, [n for n, _ in fn.outputs])
+            data["final"] = s.graph is opt.graph
+            data["svg"] = len(dots)
+            dots.append(dot)
+            phases.append(data)
+            prev, prev_ids = s, ids
+        d = {"name": fn.name, "signature": _signature(program, fn), "phases": phases}
+        code = _native(opt, backend, asm, level, (executables or {}).get(fn.name))
+        if code is not None:
+            _, final_ids = model.dump_nodes(opt.graph, list(opt.outputs) + [n for _, n in opt.updates])
+            d["backend"], d["summary"] = code.backend, code.summary
+            d["code"] = {model._number(final_ids[n]): c for n, c in code.code.items() if n in final_ids}
+            d["plan"] = {model._number(final_ids[n]): p for n, p in code.plan.items() if n in final_ids}
+        if profile is not None:
+            rows = profile.get("functions", {}).get(fn.name, {}).get("rows")
+            if rows is not None:
+                d["profile"] = rows
+        fn_data.append(d)
+    svgs = layout.layout(dots)
+    title = title or program.file
+    page = {"title": title, "sources": sources.files, "fns": fn_data, "svgs": svgs}
+    return Explorer(render(page), title, page)
+
+
+def _signature(program, fn) -> str:
+    ins = ", ".join(f"{n}: {program.inputs[n].var.type}" for n in fn.inputs)
+    outs = ", ".join(f"{n}: {v.type}" for n, v in fn.outputs)
+    return f"fn {fn.name}({ins}) -> ({outs})" + (f" updates {', '.join(u.param for u in fn.updates)}"
+                                                 if fn.updates else "")
+
+
+def _native(opt, backend: str, asm: bool, level: int, executable):
+    if level <= 0 or opt.phase != "memory" or backend == "reference":
+        return None  # native code is of the fully optimized graph
+    if backend == "llvm":
+        return native.llvm_code(opt, asm, executable)
+    if backend.split(":")[0] == "opencl":
+        return native.opencl_code(opt, backend, executable)
+    raise FlowError(f"the explorer shows the native code of the llvm or opencl backend, not {backend!r}")
+
+
+def render(page: dict) -> str:
+    """The page: the template with its style, script and data inlined."""
+    files = resources.files(__package__)
+    template = files.joinpath("page.html").read_text(encoding="utf-8")
+    style = files.joinpath("explorer.css").read_text(encoding="utf-8")
+    script = files.joinpath("explorer.js").read_text(encoding="utf-8")
+    # (no "<" at all in the data: inside <script>, "</script" or "<!--" would end or change it)
+    data = json.dumps(page, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+    parts = {"TITLE": html.escape(page["title"]), "STYLE": style, "DATA": data, "SCRIPT": script}
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], template)
