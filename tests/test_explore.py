@@ -194,15 +194,31 @@ def test_the_page_is_self_contained_and_its_data_cannot_end_the_script(mlp_page)
     assert page.html.count("{{") == 1 and "# \\u003c/script>\\u003c!-- {{DATA}}" in page.html  # the source's, as is
 
 
-def test_a_profile_colours_the_nodes_of_the_optimized_graph(tmp_path):
+def _row(k, op, seconds, **more) -> dict:
+    """A row as the profiler's JSON has it (docs/inspect.md, "Profiling")."""
+    return {"id": None if k is None else f"%{k}", "node": None, "op": op, "kind": "native" if op else "boundary",
+            "calls": 10, "total_s": seconds, "mean_s": seconds / 10, **more}
+
+
+def test_a_profile_gives_the_nodes_of_the_optimized_graph_their_times(tmp_path):
     prog = _program(SOFTPLUS)
-    profile = {"functions": {"f": {"rows": [{"node": 1, "name": "kernel k3", "total_s": 0.25, "calls": 10},
-                                            {"node": None, "name": "call boundary", "total_s": 0.01, "calls": 10}]}}}
-    data = explore(prog, list(prog.functions.values()), backend="reference", profile=profile).data
-    assert data["fns"][0]["profile"] == profile["functions"]["f"]["rows"]
+    fns = list(prog.functions.values())
+    (kernel,) = _by_op(_phase(explore(prog, fns, backend="reference").data, "memory"), "fused")
+    profile = {"flowml_profile": 1, "functions": [
+        {"fn": "f", "rows": [_row(kernel["k"], "fused", 0.25, detail="kernel k9", gbps=1.5), _row(None, None, 0.01)]}]}
+    (fn,) = explore(prog, fns, backend="reference", profile=profile).data["fns"]
+    assert fn["profile"] == [{"k": kernel["k"], "op": "fused", "kind": "native", "detail": "kernel k9", "calls": 10,
+                              "total_s": 0.25, "mean_s": 0.025, "gbps": 1.5},
+                             {"k": None, "kind": "boundary", "calls": 10, "total_s": 0.01, "mean_s": 0.001}]
+    other = {"functions": [{"fn": "f", "rows": [_row(0, "fused", 0.25)]}]}  # %0 is the input x here
+    with pytest.raises(FlowError, match="the profile of fn f is of another graph: its node %0 \\(fused\\) is input"):
+        explore(prog, fns, backend="reference", profile=other)
     path = tmp_path / "p.json"
-    path.write_text(json.dumps({"functions": {"f": {"rows": [{"node": "x", "total_s": 1}]}}}))
-    with pytest.raises(FlowError, match="row 0: expected a node"):
+    path.write_text(json.dumps({"functions": [{"fn": "f", "rows": [{"id": 3, "total_s": 1}]}]}))
+    with pytest.raises(FlowError, match="fn f, row 0: expected an id"):
+        flowml.explore.load_profile(str(path))
+    path.write_text(json.dumps({"functions": {"f": []}}))
+    with pytest.raises(FlowError, match="not a flowml profile"):
         flowml.explore.load_profile(str(path))
 
 
@@ -216,11 +232,26 @@ def test_cli_writes_the_page(tmp_path):
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>") and "flowml explorer" in text and '"name":"predict"' in text
     profile = tmp_path / "p.json"
-    profile.write_text(json.dumps({"functions": {"predict": {"rows": [{"node": 3, "total_s": 0.5, "calls": 1}]}}}))
+    profile.write_text(json.dumps({"functions": [{"fn": "predict", "rows": [_row(3, "matmul", 0.5)]}]}))
     r = run_cli("compile", "examples/logreg.flow", "--emit", "html", "--fn", "predict", "-O0",
                 "--profile-json", str(profile), "-o", str(out))
     assert r.returncode == 0, r.stderr
-    assert '"profile":[{"node":3' in out.read_text() and out.read_text().count('"phase":') == 1
+    assert '"profile":[{"k":3,"op":"matmul"' in out.read_text() and out.read_text().count('"phase":') == 1
+
+
+def test_cli_shows_the_opencl_kernels(tmp_path):
+    out = tmp_path / "cl.html"
+    r = run_cli("compile", "examples/logreg.flow", "--fn", "predict", "--emit", "html", "--backend", "opencl",
+                "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    data = json.loads(text.split('id="flowml-data">', 1)[1].split("</script>", 1)[0])
+    (fn,) = data["fns"]
+    assert fn["backend"] == "opencl" and "OpenCL kernel(s) on" in fn["summary"]
+    memory = _phase(data, "memory")
+    fused = [n["k"] for n in memory["nodes"] if n["op"] == "fused"]
+    assert fused and sorted(int(k) for k in fn["code"]) == fused
+    assert all("__kernel void" in c["OpenCL C"] for c in fn["code"].values())
 
 
 @pytest.mark.parametrize("args, code, message", [

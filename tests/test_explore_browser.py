@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flowml.api import parse_program
-from flowml.explore import Explorer, explore, render
+from flowml.explore import Explorer, _profile_rows, explore, render
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.flow"))
@@ -61,15 +61,16 @@ def _browser():
 
 
 def _synthetic_profile(data: dict) -> dict:
-    """A profile of the shape `flowml run --profile-json` writes: a time for every fused node of
-    the optimized graph, and a row for the call boundary."""
-    fns = {}
+    """A profile as the profiler's JSON has it (docs/inspect.md, "Profiling"): a time for every
+    fused node of the optimized graph, and the call boundary's."""
+    fns = []
     for fn in data["fns"]:
         final = next(p for p in fn["phases"] if p["final"])
-        rows = [{"node": n["k"], "name": f"kernel of %{n['k']}", "total_s": 1e-5 * (1 + n["k"]), "calls": 10}
-                for n in final["nodes"] if n["op"] == "fused"]
-        fns[fn["name"]] = {"rows": rows + [{"node": None, "name": "call boundary", "total_s": 2e-6, "calls": 10}]}
-    return {"functions": fns}
+        rows = [{"id": f"%{n['k']}", "op": "fused", "kind": "native", "detail": f"kernel of %{n['k']}",
+                 "total_s": 1e-5 * (1 + n["k"]), "calls": 10} for n in final["nodes"] if n["op"] == "fused"]
+        rows.append({"id": None, "op": None, "kind": "boundary", "total_s": 2e-6, "calls": 10})
+        fns.append({"fn": fn["name"], "rows": rows})
+    return {"flowml_profile": 1, "functions": fns}
 
 
 def _errors(driver) -> list:
@@ -80,14 +81,13 @@ def test_every_example_opens_in_chromium(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     pages = {}
-    screenshot = os.environ.get("FLOWML_SCREENSHOT")
     for path in EXAMPLES:
         prog = parse_program(path.read_bytes(), f"examples/{path.name}")
-        # (the assembly costs a compile of each fn: tests/test_explore.py checks it, on one page)
-        page = explore(prog, list(prog.functions.values()), asm=bool(screenshot) and path.stem == "mlp")
+        # (the assembly costs a compile of each fn: tests/test_explore.py checks it)
+        page = explore(prog, list(prog.functions.values()), asm=False)
         if path.stem == "mlp":  # the page again, with a profile of its optimized graph
-            for fn, profile in zip(page.data["fns"], _synthetic_profile(page.data)["functions"].values()):
-                fn["profile"] = profile["rows"]
+            for fn in page.data["fns"]:
+                fn["profile"] = _profile_rows(_synthetic_profile(page.data), fn["name"])
             page = Explorer(render(page.data), page.title, page.data)
         out = tmp_path / f"{path.stem}.html"
         page.save(out)
@@ -113,6 +113,8 @@ def test_every_example_opens_in_chromium(tmp_path):
             assert _errors(driver) == [], name
         _interact(driver, pages["mlp"])
         assert _errors(driver) == []
+        if os.environ.get("FLOWML_SCREENSHOT"):
+            _screenshot(driver, tmp_path, os.environ["FLOWML_SCREENSHOT"])
     finally:
         driver.quit()
 
@@ -132,11 +134,13 @@ def _interact(driver, mlp) -> None:
     assert css(By.CSS_SELECTOR, "#tab-node").is_displayed()
     assert css(By.CSS_SELECTOR, "#tab-node pre.formula").text == tanh["formula"] == "tanh(%7 + %3)"
     assert css(By.CSS_SELECTOR, "#tab-node pre.code-llvm").get_attribute("textContent").startswith("define void @k")
-    summaries = [s.text for s in driver.find_elements(By.CSS_SELECTOR, "#tab-node details summary")]
-    assert summaries == (["LLVM IR", "assembly"] if os.environ.get("FLOWML_SCREENSHOT") else ["LLVM IR"])
+    assert [s.text for s in driver.find_elements(By.CSS_SELECTOR, "#tab-node details summary")] == ["LLVM IR"]
     assert css(By.CSS_SELECTOR, ".src-line.hl").get_attribute("id") == "src-0-16"  # h = tanh(x @ W1 + b1)
-    if os.environ.get("FLOWML_SCREENSHOT"):
-        driver.save_screenshot(os.environ["FLOWML_SCREENSHOT"])
+    # the profile's times, on the node and as its colour
+    assert css(By.CSS_SELECTOR, "#tab-node p.time").text.startswith("time ")
+    assert css(By.CSS_SELECTOR, f'#graph g.node[data-node="{tanh["k"]}"] polygon').value_of_css_property("fill") \
+        != css(By.CSS_SELECTOR, '#graph g.node.fused:not(.timed) polygon, #graph g.node:not(.leaf):not(.timed) polygon') \
+        .value_of_css_property("fill")
     # its source link highlights the line, and marks the nodes that came from it
     css(By.CSS_SELECTOR, "#tab-node a.src-link").click()
     line = css(By.CSS_SELECTOR, ".src-line.hl")
@@ -170,3 +174,19 @@ def _interact(driver, mlp) -> None:
     # the profile: every row, slowest first
     css(By.CSS_SELECTOR, '#tabs button[data-tab="profile"]').click()
     assert len(driver.find_elements(By.CSS_SELECTOR, "#tab-profile tr")) == 1 + len(train["profile"])
+
+
+def _screenshot(driver, tmp_path, path) -> None:
+    """docs/img/explorer_mlp.png: the MLP's page as `flowml compile --emit html` writes it, its
+    tanh kernel selected."""
+    from selenium.webdriver.common.by import By
+    prog = parse_program((ROOT / "examples/mlp.flow").read_bytes(), "examples/mlp.flow")
+    page = explore(prog, list(prog.functions.values()))
+    out = tmp_path / "mlp-screenshot.html"
+    page.save(out)
+    driver.get(out.as_uri())
+    memory = next(p for p in page.data["fns"][0]["phases"] if p["phase"] == "memory")
+    (tanh,) = [n for n in memory["nodes"] if n["op"] == "fused" and "tanh" in n["formula"]]
+    driver.find_element(By.CSS_SELECTOR, f'#graph g.node[data-node="{tanh["k"]}"]').click()
+    driver.save_screenshot(path)
+    assert _errors(driver) == []

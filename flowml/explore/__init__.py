@@ -46,8 +46,10 @@ class Explorer:
 
 
 def load_profile(path: str) -> dict:
-    """A profile JSON file: {"functions": {fn: {"rows": [{"node": k | null, "name": str,
-    "total_s": float, "calls": int, ...}]}}} (node: the `%k` of `flowml compile --emit ir`)."""
+    """A profile JSON file, as the profiler writes it (`--profile-json`; its schema is in
+    docs/inspect.md, "Profiling"): {"functions": [{"fn": name, "rows": [{"id": "%7", "total_s":
+    seconds, "calls": n, ...}, ...]}, ...]}, a row's `id` naming the node as `flowml compile
+    --emit ir` numbers the optimized graph (null for the call boundary)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -61,16 +63,41 @@ def load_profile(path: str) -> dict:
 
 def check_profile(data, where: str = "the profile") -> None:
     fns = data.get("functions") if isinstance(data, dict) else None
-    if not isinstance(fns, dict):
-        raise FlowError(f'{where}: expected {{"functions": {{FN: {{"rows": [...]}}}}}} (flowml run --profile-json)')
-    for name, fn in fns.items():
-        rows = fn.get("rows") if isinstance(fn, dict) else None
-        if not isinstance(rows, list):
-            raise FlowError(f"{where}: fn {name} has no list of rows")
-        for i, r in enumerate(rows):
-            if not (isinstance(r, dict) and isinstance(r.get("total_s"), (int, float))
-                    and (r.get("node") is None or isinstance(r.get("node"), int))):
-                raise FlowError(f"{where}: fn {name}, row {i}: expected a node (an int or null) and total_s (seconds)")
+    if not isinstance(fns, list):
+        raise FlowError(f'{where}: not a flowml profile (expected {{"functions": [...]}}, as --profile-json writes)')
+    for i, fn in enumerate(fns):
+        if not (isinstance(fn, dict) and isinstance(fn.get("fn"), str) and isinstance(fn.get("rows"), list)):
+            raise FlowError(f"{where}: functions[{i}] has no fn name and list of rows")
+        for j, r in enumerate(fn["rows"]):
+            ok = isinstance(r, dict) and isinstance(r.get("total_s"), (int, float)) and \
+                (r.get("id") is None or (isinstance(r.get("id"), str) and re.fullmatch(r"%\d+", r["id"])))
+            if not ok:
+                raise FlowError(f"{where}: fn {fn['fn']}, row {j}: expected an id (\"%7\", or null) and total_s")
+
+
+_PROFILE_KEYS = ("op", "name", "kind", "detail", "calls", "total_s", "mean_s", "share", "gbps", "gflops")
+
+
+def _profile_rows(profile: dict, name: str) -> list[dict] | None:
+    """The rows of fn `name` in the profile (its first entry), with what the page shows of them:
+    `k`, the node's number (None for the call boundary)."""
+    for f in profile["functions"]:
+        if f["fn"] == name:
+            return [{"k": None if r.get("id") is None else int(r["id"][1:]),
+                     **{key: r[key] for key in _PROFILE_KEYS if r.get(key) is not None}} for r in f["rows"]]
+    return None
+
+
+def _check_rows(rows: list[dict], final: dict, fn: str) -> None:
+    """A profile's rows must name the nodes of this optimized graph (the same model, compiled
+    with the same options), else its colours would be of other nodes."""
+    ops = {n["k"]: n["op"] for n in final["nodes"]}
+    for r in rows:
+        k = r["k"]
+        if k is not None and (k not in ops or ("op" in r and r["op"] != ops[k])):
+            here = f"is {ops[k]} here" if k in ops else "does not exist here"
+            raise FlowError(f"the profile of fn {fn} is of another graph: its node %{k} ({r.get('op', '?')}) {here}; "
+                            "profile the same model, compiled with the same options")
 
 
 def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int = 1, after: str | None = None,
@@ -101,10 +128,10 @@ def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int
             d["backend"], d["summary"] = code.backend, code.summary
             d["code"] = {model._number(final_ids[n]): c for n, c in code.code.items() if n in final_ids}
             d["plan"] = {model._number(final_ids[n]): p for n, p in code.plan.items() if n in final_ids}
-        if profile is not None:
-            rows = profile.get("functions", {}).get(fn.name, {}).get("rows")
-            if rows is not None:
-                d["profile"] = rows
+        rows = _profile_rows(profile, fn.name) if profile is not None else None
+        if rows is not None:
+            _check_rows(rows, phases[-1], fn.name)
+            d["profile"] = rows
         fn_data.append(d)
     svgs = layout.layout(dots)
     title = title or program.file

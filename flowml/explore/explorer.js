@@ -77,8 +77,8 @@
     });
   }
 
-  function unchanged(p) {
-    return !p.nodes.some((n) => n.rules) && !(p.removed && p.removed.length);
+  function unchanged(p) {  // (the memory phase changes no node: its plan is what it made)
+    return !p.nodes.some((n) => n.rules) && !(p.removed && p.removed.length) && !p.memory;
   }
 
   function showFn(i) {
@@ -100,7 +100,7 @@
   function profileTimes(f) {
     const times = new Map();
     for (const r of f.profile || []) {
-      if (r.node !== null && r.node !== undefined) times.set(r.node, (times.get(r.node) || 0) + r.total_s);
+      if (r.k !== null) times.set(r.k, (times.get(r.k) || 0) + r.total_s);
     }
     return times;
   }
@@ -271,13 +271,12 @@
           box.appendChild(el("details", { open: kind === Object.keys(code)[0] ? "" : null }, el("summary", {}, kind), el("pre", { class: cls }, text)));
         }
       }
-      const times = (f.profile || []).filter((r) => r.node === n.k);
-      if (times.length) {
-        const total = (f.profile || []).reduce((s, r) => s + r.total_s, 0);
-        for (const r of times) {
-          box.appendChild(el("p", {}, el("b", {}, "time "), `${fmtTime(r.total_s)} in ${r.calls === undefined ? "?" : r.calls} call(s)` +
-            (total > 0 ? `, ${(100 * r.total_s / total).toFixed(1)}% of the fn` : "") + (r.name ? ` (${r.name})` : "")));
-        }
+      const total = (f.profile || []).reduce((s, r) => s + r.total_s, 0);
+      for (const r of (f.profile || []).filter((q) => q.k === n.k)) {
+        const calls = r.calls === undefined ? "" : ` in ${r.calls} call${r.calls === 1 ? "" : "s"}`;
+        const rate = [r.gbps ? `${r.gbps.toPrecision(3)} GB/s` : "", r.gflops ? `${r.gflops.toPrecision(3)} GFLOP/s` : ""].filter((x) => x).join(", ");
+        box.appendChild(el("p", { class: "time" }, el("b", {}, "time "), `${fmtTime(r.total_s)}${calls}` +
+          (total > 0 ? `, ${(100 * r.total_s / total).toFixed(1)}% of the fn` : "") + (rate ? ` (${rate})` : "")));
       }
     }
     if (n.op === "scan" && p.bodies) {
@@ -378,7 +377,7 @@
     box.textContent = "";
     const f = fn();
     if (!f.profile) {
-      box.appendChild(el("p", { class: "muted" }, "No profile of this fn. Give one with --profile-json PROFILE.json (written by flowml run --profile-json); the nodes of the optimized graph are then coloured by their time."));
+      box.appendChild(el("p", { class: "muted" }, "No profile of this fn. Give the page one with --profile-json PROFILE.json (the profiler's JSON): the nodes of the optimized graph are then coloured by their time."));
       return;
     }
     const rows = f.profile.slice().sort((a, b) => b.total_s - a.total_s);
@@ -387,7 +386,8 @@
     box.appendChild(el("h2", {}, `profile: ${fmtTime(total)}`));
     const table = el("table", {}, el("tr", {}, el("th", {}, "node"), el("th", {}, "step"), el("th", { class: "num" }, "calls"), el("th", { class: "num" }, "total"), el("th", { class: "num" }, "share")));
     for (const r of rows) {
-      table.appendChild(el("tr", {}, el("td", {}, r.node === null || r.node === undefined ? "—" : nodeLink(r.node, final)), el("td", {}, r.name || ""),
+      const step = r.kind === "boundary" ? "call boundary" : [r.op, r.name ? `(${r.name})` : "", r.detail ? `: ${r.detail}` : ""].join(" ");
+      table.appendChild(el("tr", {}, el("td", {}, r.k === null ? "—" : nodeLink(r.k, final)), el("td", {}, step),
         el("td", { class: "num" }, r.calls === undefined ? "" : String(r.calls)), el("td", { class: "num" }, fmtTime(r.total_s)),
         el("td", { class: "num" }, total > 0 ? `${(100 * r.total_s / total).toFixed(1)}%` : "")));
     }
