@@ -311,6 +311,14 @@ def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str
     return np.asarray(arr, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
 
 
+def fn_signature(program: Program, decl: FnDecl) -> str:
+    """`fn NAME(input: type, ...) -> (output: type, ...)  updates p, ...`"""
+    ins = ", ".join(f"{n}: {program.inputs[n].var.type}" for n in decl.inputs)
+    outs = ", ".join(f"{n}: {v.type}" for n, v in decl.outputs)
+    ups = ", ".join(u.param for u in decl.updates)
+    return f"fn {decl.name}({ins}) -> ({outs})" + (f"  updates {ups}" if ups else "")
+
+
 # The native entry (its own small LLVM module) is built once a fn has been called this often on
 # the Python path: a fn called once or twice (a script's evaluation, most tests) never pays its
 # compile; a fn called in a loop goes native from its third call.
@@ -367,12 +375,7 @@ class Function:
 
     @property
     def signature(self) -> str:
-        prog = self.model.program
-        ins = ", ".join(f"{n}: {prog.inputs[n].var.type}" for n in self.input_names)
-        outs = ", ".join(f"{n}: {v.type}" for n, v in self.decl.outputs)
-        ups = ", ".join(u.param for u in self.decl.updates)
-        text = f"fn {self.name}({ins}) -> ({outs})"
-        return text + (f"  updates {ups}" if ups else "")
+        return fn_signature(self.model.program, self.decl)
 
     def __repr__(self) -> str:
         return f"<flowml function {self.signature}>"

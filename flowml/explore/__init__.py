@@ -17,6 +17,7 @@ from importlib import resources
 
 from ..errors import FlowError
 from ..passes.pipeline import optimize
+from ..program import fn_signature
 from . import layout, model, native
 
 
@@ -121,13 +122,15 @@ def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int
             dots.append(dot)
             phases.append(data)
             prev, prev_ids = s, ids
-        d = {"name": fn.name, "signature": _signature(program, fn), "phases": phases}
-        code = _native(opt, backend, asm, level, (executables or {}).get(fn.name))
-        if code is not None:
-            _, final_ids = model.dump_nodes(opt.graph, list(opt.outputs) + [n for _, n in opt.updates])
+        d = {"name": fn.name, "signature": fn_signature(program, fn), "phases": phases}
+        code = None
+        if level > 0 and after in (None, "memory") and backend != "reference":  # (code of the optimized graph)
+            code = _native(opt, backend, asm, (executables or {}).get(fn.name))
+        if code is not None:  # (keyed by the graph's ids: by the page's %k, like every node)
+            k = {n: int(ids[n][1:]) for n in ids}
             d["backend"], d["summary"] = code.backend, code.summary
-            d["code"] = {model._number(final_ids[n]): c for n, c in code.code.items() if n in final_ids}
-            d["plan"] = {model._number(final_ids[n]): p for n, p in code.plan.items() if n in final_ids}
+            d["code"] = {k[n]: c for n, c in code.code.items() if n in k}
+            d["plan"] = {k[n]: p for n, p in code.plan.items() if n in k}
         rows = _profile_rows(profile, fn.name) if profile is not None else None
         if rows is not None:
             _check_rows(rows, phases[-1], fn.name)
@@ -139,16 +142,7 @@ def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int
     return Explorer(render(page), title, page)
 
 
-def _signature(program, fn) -> str:
-    ins = ", ".join(f"{n}: {program.inputs[n].var.type}" for n in fn.inputs)
-    outs = ", ".join(f"{n}: {v.type}" for n, v in fn.outputs)
-    return f"fn {fn.name}({ins}) -> ({outs})" + (f" updates {', '.join(u.param for u in fn.updates)}"
-                                                 if fn.updates else "")
-
-
-def _native(opt, backend: str, asm: bool, level: int, executable):
-    if level <= 0 or opt.phase != "memory" or backend == "reference":
-        return None  # native code is of the fully optimized graph
+def _native(opt, backend: str, asm: bool, executable):
     if backend == "llvm":
         return native.llvm_code(opt, asm, executable)
     if backend.split(":")[0] == "opencl":

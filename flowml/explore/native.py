@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..ir.dump import dump_nodes
-
 
 @dataclass
 class NativeCode:
@@ -66,7 +64,6 @@ def llvm_code(opt, asm: bool, executable=None) -> NativeCode:
     out = NativeCode("llvm", ex.summary())
     if ex.program is None:
         return out
-    _, ids = dump_nodes(opt.graph, list(opt.outputs) + [n for _, n in opt.updates])
     kinds = {"native": "native", "host": "host step", "view": "view", "none": "folded"}
     for s in ex.program.steps:
         if s.kind != "leaf":
@@ -74,7 +71,7 @@ def llvm_code(opt, asm: bool, executable=None) -> NativeCode:
             out.plan[s.node] = f"{kinds[s.kind]}: {detail}" if detail else kinds[s.kind]
     ir = _llvm_functions(ex.llvm_ir())
     assembly = _asm_functions(ex.assembly()) if asm else {}
-    for n in ids:
+    for n in ex.nodes:
         names = _functions_of(n, ir)
         if names:
             code = {"LLVM IR": "\n\n".join(ir[f] for f in names)}
