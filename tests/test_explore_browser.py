@@ -111,19 +111,19 @@ def test_every_example_opens_in_chromium(tmp_path):
                                       else 0), where
             assert driver.find_elements(By.CSS_SELECTOR, ".src-line"), name
             assert _errors(driver) == [], name
-        _interact(driver, pages["mlp"])
-        assert _errors(driver) == []
+            if name == "mlp":
+                _interact(driver, data)
+                assert _errors(driver) == [], name
         if os.environ.get("FLOWML_SCREENSHOT"):
             _screenshot(driver, tmp_path, os.environ["FLOWML_SCREENSHOT"])
     finally:
         driver.quit()
 
 
-def _interact(driver, mlp) -> None:
-    """Clicks on the MLP's page, as docs/inspect.md walks a user through them."""
+def _interact(driver, data) -> None:
+    """Clicks on the MLP's page (open), as docs/inspect.md walks a user through them."""
     from selenium.webdriver.common.by import By
-    out, data = mlp
-    driver.get(out.as_uri())
+    driver.find_element(By.CSS_SELECTOR, '#fns button[data-fn="train"]').click()  # (on its last phase)
     train = data["fns"][0]
     memory = next(p for p in train["phases"] if p["phase"] == "memory")
     (tanh,) = [n for n in memory["nodes"] if n["op"] == "fused" and "tanh" in n["formula"]]

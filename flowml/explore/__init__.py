@@ -137,8 +137,12 @@ def explore(program, fns, *, backend: str = "llvm", asm: bool = True, level: int
             d["profile"] = rows
         fn_data.append(d)
     svgs = layout.layout(dots)
+    index: dict[str, int] = {}  # (each SVG once: a phase that changed nothing has its phase before's)
+    for fn in fn_data:
+        for p in fn["phases"]:
+            p["svg"] = index.setdefault(svgs[p["svg"]], len(index))
     title = title or program.file
-    page = {"title": title, "sources": sources.files, "fns": fn_data, "svgs": svgs}
+    page = {"title": title, "sources": sources.files, "fns": fn_data, "svgs": list(index)}
     return Explorer(render(page), title, page)
 
 

@@ -120,6 +120,7 @@
     nodes = new Map(p.nodes.map((n) => [n.k, n]));
     document.querySelectorAll("#phases .phase-tab").forEach((b, i) => b.classList.toggle("active", i === j));
     $("phase-doc").textContent = `after ${p.phase}: ${p.doc}`;
+    document.querySelector("#legend .key-hot").hidden = !fn().profile;
     const box = $("graph");
     box.innerHTML = page.svgs[p.svg];
     const svg = box.querySelector("svg");
@@ -174,8 +175,14 @@
     svg.setAttribute("height", `${state.size[1] * state.zoom}pt`);
   }
 
+  // (the pane's width is read once and on resizes: reading it after each new graph would lay the
+  // whole page out again, once per phase shown)
+  let paneWidth = 0;
+  window.addEventListener("resize", () => { paneWidth = $("graph").clientWidth; });
+
   function fitZoom() {
-    const width = $("graph").clientWidth - 16;
+    if (!paneWidth) paneWidth = $("graph").clientWidth;
+    const width = paneWidth - 16;
     // (at most 1; at least 0.7, below which the labels are too small to read: then scroll)
     state.zoom = state.size && width > 0 ? Math.max(0.7, Math.min(1, width / (state.size[0] * 4 / 3))) : 1;
     applyZoom();
@@ -386,7 +393,7 @@
     box.appendChild(el("h2", {}, `profile: ${fmtTime(total)}`));
     const table = el("table", {}, el("tr", {}, el("th", {}, "node"), el("th", {}, "step"), el("th", { class: "num" }, "calls"), el("th", { class: "num" }, "total"), el("th", { class: "num" }, "share")));
     for (const r of rows) {
-      const step = r.kind === "boundary" ? "call boundary" : [r.op, r.name ? `(${r.name})` : "", r.detail ? `: ${r.detail}` : ""].join(" ");
+      const step = r.kind === "boundary" ? "call boundary" : `${r.op || ""}${r.name ? ` (${r.name})` : ""}${r.detail ? `: ${r.detail}` : ""}`;
       table.appendChild(el("tr", {}, el("td", {}, r.k === null ? "—" : nodeLink(r.k, final)), el("td", {}, step),
         el("td", { class: "num" }, r.calls === undefined ? "" : String(r.calls)), el("td", { class: "num" }, fmtTime(r.total_s)),
         el("td", { class: "num" }, total > 0 ? `${(100 * r.total_s / total).toFixed(1)}%` : "")));

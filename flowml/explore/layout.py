@@ -9,6 +9,7 @@ system Graphviz's `dot`. All the graphs of a page are laid out by one run of it;
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,5 +49,13 @@ def layout(dots: list[str]) -> list[str]:
     if done.returncode != 0 or len(svgs) != len(unique):
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise FlowError(f"the graph layout program {exe} failed (exit {done.returncode}): {last}")
-    by_text = dict(zip(unique, svgs))
+    by_text = dict(zip(unique, map(_slim, svgs)))
     return [by_text[d] for d in dots]
+
+
+def _slim(svg: str) -> str:
+    """The SVG without what the page does not use (comments, edge tooltips, the font family the
+    page's style sets): a page holds dozens of graphs."""
+    svg = re.sub(r"<!-- .*? -->\n", "", svg)
+    svg = re.sub(r'(<g id="edge\d+" class="edge">)\n<title>[^<]*</title>', r"\1", svg)
+    return svg.replace(' font-family="Cousine"', "").replace(' font-family="monospace"', "")
