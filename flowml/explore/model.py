@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from ..ir.dump import _dump_bodies, _dot_escape, _fmt_loc, dump_nodes, fused_formula, node_label
 from ..ir.types import Sym, TensorType
-from ..passes.memory import _nbytes
 from ..passes.pipeline import PIPELINE, Snapshot
 from ..passes.provenance import compose
 
@@ -25,7 +24,7 @@ class Sources:
 
     def __init__(self):
         self.files: list[dict] = []
-        self._index: dict[str, int] = {}
+        self._index: dict[str, int | None] = {}  # (None: a file that cannot be read)
 
     def index(self, loc) -> int | None:
         file = loc.file
@@ -77,10 +76,8 @@ def phase_data(s: Snapshot, prev: Snapshot | None, prev_ids: dict[int, str] | No
         if g.name(n):
             d["name"] = g.name(n)
         loc = g.loc(n)
-        if loc is not None:
-            f = sources.index(loc)
-            d["loc"] = [f, loc.line, loc.col, _fmt_loc(loc)] if f is not None else [None, loc.line, loc.col,
-                                                                                      _fmt_loc(loc)]
+        if loc is not None:  # [source file's index (None: no text), line, column, "file:line:col"]
+            d["loc"] = [sources.index(loc), loc.line, loc.col, _fmt_loc(loc)]
         if op.name == "fused":
             a = g.attrs(n)
             d["formula"] = fused_formula(a["body"], a["reduce"], [ids[o] for o in g.operands(n)])
@@ -121,10 +118,9 @@ def _memory(s: Snapshot, ids: dict[int, str]) -> dict:
         members.setdefault(b, []).append(_number(ids[n]))
     buffers = []
     for b, buf in enumerate(plan.buffers):
-        t = TensorType(buf.dtype, buf.shape)
-        symbolic = any(isinstance(d, Sym) for d in buf.shape)
-        buffers.append({"b": b, "type": str(t), "bytes": None if symbolic else _nbytes(t, {}),
-                        "itemsize": buf.dtype.itemsize, "nodes": sorted(members.get(b, []))})
+        symbolic = any(isinstance(d, Sym) for d in buf.shape)  # (its bytes depend on the dims)
+        buffers.append({"b": b, "type": str(TensorType(buf.dtype, buf.shape)), "itemsize": buf.dtype.itemsize,
+                        "bytes": None if symbolic else buf.nbytes({}), "nodes": sorted(members.get(b, []))})
     return {"buffers": buffers,
             "inplace": [[p, _number(ids[n])] for p, n in plan.inplace.items() if n in ids],
             "views": [[_number(ids[v]), _number(ids[src])] for v, src in plan.alias.items() if v in ids and src in ids],

@@ -21,6 +21,9 @@ only on the node and what lies below it (ops, attrs, types, operands: rules neve
 users), so a node the last round tried without a rule firing, whose operands come through this
 round unchanged (copied, not rewritten), cannot fire now either: the round copies it and moves
 on. A phase over a deep model thus matches every node once, then only the nodes above a change.
+
+Each rebuild records what its rules did, by ids and names only (`Rebuild.fires`: the rule, the
+node it replaced, the nodes it built), for the IR explorer's provenance (`provenance.py`).
 """
 
 from __future__ import annotations
