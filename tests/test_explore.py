@@ -21,7 +21,7 @@ from flowml.ir.graph import Graph
 from flowml.ir.types import DTYPES, TensorType
 from flowml.passes.pipeline import optimize
 from flowml.passes.provenance import compose
-from flowml.passes.rewrite import Rule, run_phase
+from flowml.passes.rewrite import REDERIVE, Rule, run_phase
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +143,9 @@ def test_the_page_has_every_phase_of_every_fn_and_links_nodes_to_their_lines(mlp
             for n in located:
                 f, line, col, text = n["loc"]
                 assert f == 0 and 1 <= line <= len(source["lines"]) and text == f"mlp.flow:{line}:{col}"
+    # the gradient is taken again in stabilize: its nodes say so
+    stable = _phase(data, "stabilize")
+    assert any(REDERIVE in n.get("rules", []) for n in stable["nodes"])
     # h = tanh(x @ W1 + b1) is line 16, and the tanh of the train step comes from it
     train = _phase(data, "parse")
     (tanh,) = _by_op(train, "tanh")
