@@ -251,7 +251,7 @@
         box.appendChild(rules);
         if (n.from.length) box.appendChild(el("p", {}, `in place of ${n.from.length === 1 ? "node" : "nodes"} `, links(n.from, state.phase - 1), ` of ${before}`));
       } else if (n.from.length === 1) {
-        box.appendChild(el("p", { class: "muted" }, "unchanged: ", links(n.from, state.phase - 1), ` of ${before}`));
+        box.appendChild(el("p", { class: "muted" }, "carried over from ", links(n.from, state.phase - 1), ` of ${before}`));
       } else if (n.from.length > 1) {
         box.appendChild(el("p", {}, "merges the equal nodes ", links(n.from, state.phase - 1), ` of ${before}`));
       }
