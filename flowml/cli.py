@@ -52,6 +52,10 @@ def cmd_compile(args) -> int:
     if args.distributed:  # show the step as `train --distributed` runs it: gradients allreduced
         from .passes.distribute import distribute
         fns = [distribute(program, fn.name).fn for fn in fns]
+    if args.emit == "html":
+        return _explore(args, program, fns, exclude)
+    if args.profile_json:
+        raise UsageError("--profile-json colours the nodes of --emit html's page: add --emit html")
     dims = parse_random_spec(args.dims, "--dims") if args.dims else {}
     native = args.emit in ("llvm", "asm", "opencl", "plan")
     if native:
@@ -87,11 +91,29 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _explore(args, program, fns, exclude) -> int:
+    """`--emit html`: the IR explorer, one page for the fn(s) (flowml/explore, docs/inspect.md)."""
+    from .explore import explore, load_profile
+    from .program import check_function
+    if args.stats:
+        raise UsageError("--emit html: the page shows every phase's rule counts; drop --stats")
+    backend = args.backend or "llvm"
+    if backend != "reference":
+        from .backends import get_backend
+        get_backend(backend)  # an unknown name, or no OpenCL device, is an error before any work
+    profile = load_profile(args.profile_json) if args.profile_json else None
+    for fn in fns:
+        check_function(program, fn)
+    page = explore(program, fns, backend=backend, level=args.O, after=args.after, exclude=exclude, profile=profile)
+    _write(page.html, args.output)
+    return 0
+
+
 def _native_code(fn, opt, emit: str) -> str:
     """`--emit llvm|asm`: the LLVM IR (as generated, before LLVM's optimizer) or the assembly of
     one fn's native kernels, one per fused node; other steps (matmul, reference ops) run numpy."""
     from .backends.llvm.backend import LLVMExecutable
-    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan)
+    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan, compile=emit == "asm")
     comment = "; " if emit == "llvm" else "# "
     head = f"{comment}fn {fn.name}: {len(ex.kernels)} native kernel(s), {ex.summary()}"
     if ex._lazy:
@@ -105,7 +127,7 @@ def _plan(program, fn, opt) -> str:
     node became (kernel, BLAS call, view...) and, for every host step, why it is one."""
     from .backends.llvm.backend import LLVMExecutable
     from .ir.dump import dump_nodes
-    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan)
+    ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan, compile=False)
     _, ids = dump_nodes(opt.graph, list(opt.outputs) + [n for _, n in opt.updates])
     return "\n".join([f"fn {fn.name}: {ex.summary()}"] + ex.plan_text(ids))
 
@@ -418,12 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print a model's graph (IR text or Graphviz DOT), or its native code")
     c.add_argument("file")
-    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl", "plan"], default="ir",
+    c.add_argument("--emit", choices=["ir", "dot", "llvm", "asm", "opencl", "plan", "html"], default="ir",
                    help="what to print: the graph as IR text or DOT, the LLVM backend's code as LLVM IR "
-                   "or assembly, its plan (each step: kernel, BLAS call, or host step and why), or the "
-                   "OpenCL kernels (default: ir)")
+                   "or assembly, its plan (each step: kernel, BLAS call, or host step and why), the "
+                   "OpenCL kernels, or the IR explorer, an HTML page of every phase (default: ir)")
     c.add_argument("--backend", default=None, help="the backend whose code --emit shows: llvm for "
-                   "llvm|asm, opencl or opencl:N for opencl (the defaults)")
+                   "llvm|asm, opencl or opencl:N for opencl (the defaults); for html, llvm (default), "
+                   "opencl[:N] or reference (no native code)")
+    c.add_argument("--profile-json", metavar="PROFILE.json", help="with --emit html: colour the nodes "
+                   "by their time in this profile (flowml run --profile-json)")
     c.add_argument("--fn", help="only this function (default: all)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")
     c.add_argument("--after", metavar="PHASE", help="show the graph after this optimizer phase "

@@ -321,6 +321,14 @@ def coerce_array(value, t: TensorType, what: str, loc: Loc | None, env: dict[str
     return np.asarray(arr, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
 
 
+def fn_signature(program: Program, decl: FnDecl) -> str:
+    """`fn NAME(input: type, ...) -> (output: type, ...)  updates p, ...`"""
+    ins = ", ".join(f"{n}: {program.inputs[n].var.type}" for n in decl.inputs)
+    outs = ", ".join(f"{n}: {v.type}" for n, v in decl.outputs)
+    ups = ", ".join(u.param for u in decl.updates)
+    return f"fn {decl.name}({ins}) -> ({outs})" + (f"  updates {ups}" if ups else "")
+
+
 # The native entry (its own small LLVM module) is built once a fn has been called this often on
 # the Python path: a fn called once or twice (a script's evaluation, most tests) never pays its
 # compile; a fn called in a loop goes native from its third call.
@@ -379,12 +387,7 @@ class Function:
 
     @property
     def signature(self) -> str:
-        prog = self.model.program
-        ins = ", ".join(f"{n}: {prog.inputs[n].var.type}" for n in self.input_names)
-        outs = ", ".join(f"{n}: {v.type}" for n, v in self.decl.outputs)
-        ups = ", ".join(u.param for u in self.decl.updates)
-        text = f"fn {self.name}({ins}) -> ({outs})"
-        return text + (f"  updates {ups}" if ups else "")
+        return fn_signature(self.model.program, self.decl)
 
     def __repr__(self) -> str:
         return f"<flowml function {self.signature}>"
@@ -408,6 +411,28 @@ class Function:
         the params' current values as initializers; written to `path` when given."""
         from .interop.onnx_export import export
         return export(self, path)
+
+    def explore(self, path=None, profile=None, backend: str | None = None):
+        """The IR explorer page of this fn (docs/inspect.md): its graph after each phase, what
+        each rule did, the source, its kernels' native code (of `backend`: this model's, or
+        llvm for the reference backend) and, given a `profile` (a dict or a JSON file, as
+        `flowml run --profile-json` writes it), each node's time. Written to `path` when given;
+        the result shows itself in a notebook."""
+        from .explore import check_profile, explore, load_profile
+        if isinstance(profile, (str, os.PathLike)):
+            profile = load_profile(os.fspath(profile))
+        elif profile is not None:
+            check_profile(profile)
+        name = backend or self.model.backend.name
+        if name == "reference":
+            name = "llvm"
+        reuse = {self.name: self._executable} if name == self.model.backend.name else None
+        page = explore(self.model.program, [self.decl], backend=name, level=self.model.opt_level,
+                       exclude=self.model.exclude, profile=profile, executables=reuse,
+                       title=f"{self.model.program.file}: fn {self.name}")
+        if path is not None:
+            page.save(path)
+        return page
 
     def dot(self) -> str:
         from .ir.dump import to_dot

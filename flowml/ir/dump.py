@@ -164,6 +164,20 @@ def dump_function(program, fn, graph=None, outputs=None, updates=None) -> str:
     return "\n".join([header] + body + ["}"] + _dump_bodies(bodies))
 
 
+def node_label(graph, n: int, ids: dict[int, str]) -> str:
+    """A node in a few words, for a drawing: its op and what tells it apart (`param w`,
+    `const 0.5`, a fused node's formula over its operands named by `ids`)."""
+    op = graph.op(n)
+    if op.name in _LEAF_ATTR:
+        return f"{op.name} {graph.attrs(n)[_LEAF_ATTR[op.name]]}"
+    if op.name == "const":
+        return f"const {_fmt_value(graph.attrs(n)['value'])}"
+    if op.name == "fused":
+        a = graph.attrs(n)
+        return f"fused {fused_formula(a['body'], a['reduce'], [ids[o] for o in graph.operands(n)])}"
+    return op.name
+
+
 def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -179,14 +193,7 @@ def to_dot(program, fn, graph=None, outputs=None, updates=None) -> str:
     lines = [f'digraph "{_dot_escape(fn.name)}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
     for i, n in enumerate(nodes):
         op = graph.op(n)
-        label = op.name
-        if op.name in _LEAF_ATTR:
-            label += f" {graph.attrs(n)['name']}"
-        elif op.name == "const":
-            label += f" {_fmt_value(graph.attrs(n)['value'])}"
-        elif op.name == "fused":
-            a = graph.attrs(n)
-            label += f" {fused_formula(a['body'], a['reduce'], [f'%{o}' for o in graph.operands(n)])}"
+        label = node_label(graph, n, {o: f"%{o}" for o in graph.operands(n)})
         label = _dot_escape(label) + "\\n" + _dot_escape(str(graph.type(n)))
         shape = ', shape=ellipse' if op.name in ("input", "param") else ""
         lines.append(f'  n{n} [label="{label}"{shape}];')

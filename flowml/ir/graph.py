@@ -189,6 +189,11 @@ class Graph:
     def users(self, n: int) -> list[int]:
         return sorted(set(self._users[n]))
 
+    @property
+    def next_id(self) -> int:
+        """The id the next node added gets (nodes added since `k = g.next_id` are range(k, g.next_id))."""
+        return self._next_id
+
     def nodes(self) -> list[int]:
         return list(self._data)  # ascending: nodes are only ever appended
 

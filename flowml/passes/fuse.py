@@ -64,8 +64,12 @@ def find_groups(graph: Graph, roots: list[int]) -> dict[int, set[int]]:
     return groups
 
 
-def fuse(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph, list[int]]:
-    """A new graph where each group is one fused node."""
+FUSED = "fuse: elementwise ops (and a reduction) into one kernel"  # (how provenance names a fused node)
+
+
+def fuse(graph: Graph, roots: list[int], stats: Counter, steps: list | None = None) -> tuple[Graph, list[int]]:
+    """A new graph where each group is one fused node. `steps` (a list): gets the (map, fires)
+    of the rewrite, as `rewrite.run_phase` gives them (flowml/passes/provenance.py)."""
     groups = find_groups(graph, roots)
     members: dict[int, list[int]] = {}
     for n, owners in groups.items():
@@ -73,6 +77,7 @@ def fuse(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph, list[in
             members.setdefault(root, []).append(n)
     new = Graph()
     mapping: dict[int, int] = {}
+    fires: list[tuple[str, tuple[int, ...], int, int]] = []
     for n in sorted(graph.ancestors(roots)):
         if n not in groups:
             d = graph.data(n)
@@ -80,8 +85,14 @@ def fuse(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph, list[in
                                  loc=d["loc"], name=d["name"], type=d["type"])
         elif n in members:
             mapping[n] = _build_fused(graph, new, sorted(members[n]), n, mapping)
+            # (its scalar constant operands became literals of the body: the node stands for them too)
+            literals = {o for m in members[n] for o in graph.operands(m)
+                        if graph.op(o) is P.const and graph.type(o).shape == ()}
+            fires.append((FUSED, tuple(sorted(literals.union(members[n]))), mapping[n], mapping[n] + 1))
             stats["fuse: ops into kernels"] += len(members[n])
             stats["fuse: kernels"] += 1
+    if steps is not None:
+        steps.append((mapping, fires))
     return new, [mapping[r] for r in roots]
 
 

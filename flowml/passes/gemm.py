@@ -94,7 +94,8 @@ def _gemm_parts(graph: Graph, n: int, users: dict[int, list[int]]):
     # nothing inside is used outside (n itself aside): replacing n removes it all
     if any(u not in inner | {term} for m in inner - {n} | {term, product} for u in users.get(m, ())):
         return None
-    return a, b, c, terms[term], terms[c], term != product
+    coefficients = {o for m in inner if graph.op(m) is P.mul for o in graph.operands(m) if _scalar(graph, o) is not None}
+    return a, b, c, terms[term], terms[c], term != product, tuple(sorted(inner | {term, product} | coefficients))
 
 
 def _product(graph: Graph, m: int) -> int | None:
@@ -111,8 +112,13 @@ def _product(graph: Graph, m: int) -> int | None:
     return None
 
 
-def gemm_updates(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph, list[int]]:
-    """A new graph where each linear combination of one product and one value is a gemm."""
+GEMM = "fuse: alpha * (a @ b) + beta * c -> gemm(a, b, c)"  # (how provenance names a gemm node)
+
+
+def gemm_updates(graph: Graph, roots: list[int], stats: Counter, steps: list | None = None
+                 ) -> tuple[Graph, list[int]]:
+    """A new graph where each linear combination of one product and one value is a gemm.
+    `steps` (a list): gets the rewrite's (map, fires), as `fuse.fuse` gives them."""
     order = sorted(graph.ancestors(roots))
     users: dict[int, list[int]] = {}
     for n in order:
@@ -127,7 +133,7 @@ def gemm_updates(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph,
             if parts is not None:
                 replaced[n] = parts
     if not replaced:
-        return graph, roots
+        return graph, roots  # (the same graph: nothing for provenance to record)
     needed: set[int] = set()
     stack = list(roots)
     while stack:
@@ -137,17 +143,22 @@ def gemm_updates(graph: Graph, roots: list[int], stats: Counter) -> tuple[Graph,
             stack.extend(replaced[m][:3] if m in replaced else graph.operands(m))
     new = Graph()
     mapping: dict[int, int] = {}
+    fires: list[tuple[str, tuple[int, ...], int, int]] = []
     for m in sorted(needed):
         d = graph.data(m)
         if m in replaced:
-            a, b, c, alpha, beta, column = replaced[m]
+            a, b, c, alpha, beta, column, taken = replaced[m]
+            start = new.next_id
             b_new = mapping[b]
             if column:  # the one-column matrix as the vector it holds
                 b_new = new.add(P.reshape, [b_new], {"shape": graph.type(b).shape[:1]}, loc=graph.loc(b))
             mapping[m] = new.add(P.gemm, [mapping[a], b_new, mapping[c]], {"alpha": alpha, "beta": beta},
                                  loc=d["loc"], name=d["name"])
+            fires.append((GEMM, taken, start, new.next_id))
             stats["fuse: products with their updates as one gemm"] += 1
         else:
             mapping[m] = new.add(d["op"], [mapping[o] for o in graph.operands(m)], d["attrs"],
                                  loc=d["loc"], name=d["name"], type=d["type"])
+    if steps is not None:
+        steps.append((mapping, fires))
     return new, [mapping[r] for r in roots]

@@ -12,7 +12,8 @@ plans buffers. `optimize(..., level=0)` returns the graph as built (only the dea
 the phase and drops its rules from the phases that reuse them; a rule is named by its text as
 `--stats` shows it (`"log(1 + x) -> log1p(x)"`) or, for a rule written as a function, by the
 function's name too (`fold_constants`). With `verify=True` or `FLOWML_VERIFY=1` the IR verifier
-(`verify.verify_graph`) checks the graph after every phase.
+(`verify.verify_graph`) checks the graph after every phase. `trace=[]` collects the graph after
+every phase with what the phase did (`Snapshot`s, for the IR explorer: flowml/explore).
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ from .rewrite import Rebuild, Rule, run_phase
 from ..ir.verify import verify_graph
 
 
+@dataclass
+class Snapshot:
+    """The graph after one phase ("parse": the graph as built, before any), and `steps`: what the
+    phase did, each rewrite's (map, fires) (see `rewrite.Rebuild.fires`, flowml/passes/provenance.py)."""
+
+    phase: str
+    graph: Graph
+    outputs: list[int]
+    updates: list[tuple[str, int]]
+    steps: list
+    plan: MemoryPlan | None = None
+
+
 class _Run:
     """One optimization in progress: the graph, its roots, the counts and what is switched off."""
 
@@ -42,6 +56,7 @@ class _Run:
         self.n_outputs, self.update_names = n_outputs, update_names
         self.plan: MemoryPlan | None = None
         self.carry: dict = {}  # what a rewrite phase knows of its result, for the next (run_phase)
+        self.steps: list | None = None  # when tracing: the running phase's rewrites (Snapshot.steps)
 
     @property
     def outputs(self) -> list[int]:
@@ -59,7 +74,7 @@ class _Run:
     def rewrite(self, phase: str, rules: list[Rule], rederive: bool = False) -> None:
         counts: Counter = Counter()
         self.graph, self.roots = run_phase(self.graph, self.roots, rules, counts, rederive_first=rederive,
-                                           carry=self.carry)
+                                           carry=self.carry, steps=self.steps)
         for rule_name, count in counts.items():
             self.stats[f"{phase}: {rule_name}"] += count
 
@@ -88,8 +103,8 @@ def _specialize(r: _Run) -> None:
 
 
 def _fuse(r: _Run) -> None:
-    r.graph, r.roots = gemm_updates(r.graph, r.roots, r.stats)  # (before the kernels take the adds)
-    r.graph, r.roots = fuse(r.graph, r.roots, r.stats)
+    r.graph, r.roots = gemm_updates(r.graph, r.roots, r.stats, r.steps)  # (before the kernels take the adds)
+    r.graph, r.roots = fuse(r.graph, r.roots, r.stats, r.steps)
 
 
 def _memory(r: _Run) -> None:
@@ -150,11 +165,12 @@ def verify_requested(verify: bool | None) -> bool:
 
 def optimize(graph: Graph, outputs: list[int], updates: list[tuple[str, int]], level: int = 1,
              after: str | None = None, exclude: Iterable[str] | None = None,
-             verify: bool | None = None) -> Optimized:
+             verify: bool | None = None, trace: list | None = None) -> Optimized:
     """The function (outputs, param updates) of `graph`, optimized through phase `after`
     (default: all), without the phases and rules named in `exclude`. `verify` (default: the
-    FLOWML_VERIFY environment variable) checks the IR after every phase. The input graph is
-    not changed."""
+    FLOWML_VERIFY environment variable) checks the IR after every phase. `trace` (a list) gets
+    a `Snapshot` of the graph as built and after each phase that ran. The input graph is not
+    changed."""
     check_phase(after)
     excluded = check_exclude(exclude)
     check = verify_requested(verify)
@@ -170,13 +186,18 @@ def optimize(graph: Graph, outputs: list[int], updates: list[tuple[str, int]], l
     run = _Run(g, rs, len(outputs), names, stats, excluded)
     if check:
         verify_graph(run.graph, run.roots, "the graph as built")
+    if trace is not None:
+        trace.append(Snapshot("parse", run.graph, run.outputs, run.updates, []))
     last = "none"
     for phase in PIPELINE if level > 0 else []:
         if phase.name not in excluded:
+            run.steps = None if trace is None else []
             phase.run(run)
             last = phase.name
             if check:
                 verify_graph(run.graph, run.roots, f"phase {phase.name}")
+            if trace is not None:
+                trace.append(Snapshot(phase.name, run.graph, run.outputs, run.updates, run.steps, run.plan))
         if phase.name == after:
             break
     return Optimized(run.graph, run.outputs, run.updates, stats, run.plan, last)

@@ -21,6 +21,9 @@ only on the node and what lies below it (ops, attrs, types, operands: rules neve
 users), so a node the last round tried without a rule firing, whose operands come through this
 round unchanged (copied, not rewritten), cannot fire now either: the round copies it and moves
 on. A phase over a deep model thus matches every node once, then only the nodes above a change.
+
+Each rebuild records what its rules did, by ids and names only (`Rebuild.fires`: the rule, the
+node it replaced, the nodes it built), for the IR explorer's provenance (`provenance.py`).
 """
 
 from __future__ import annotations
@@ -266,6 +269,10 @@ class Rebuild:
         self.sigs: dict[int, tuple] = {}  # the same for `new`
         self._unchanged: set[int] = set()  # nodes of `old` copied as they were, all the way down
         self.settled_new: dict[int, frozenset] = {}  # node of `new` -> ids of rules that don't fire on it
+        # provenance, one entry per rule that fired: (rule name, the nodes of `old` it replaced,
+        # start, end): it built the nodes range(start, end) of `new` (flowml/passes/provenance.py)
+        self.fires: list[tuple[str, tuple[int, ...], int, int]] = []
+        self._rule = ""  # the name of the last rule that fired
 
     def add(self, op, operands, attrs, type, loc=None, name=None, sig=None) -> int:
         """Add a node to the new graph, or return the identical one already there."""
@@ -296,9 +303,10 @@ class Rebuild:
             if self._all <= known:
                 self.settled_new.setdefault(m, known)
             else:
-                fired = self.fired
+                fired, start = self.fired, self.new.next_id
                 m = self.rewrite(m, d["type"], d["loc"], d["name"], self._rules_for(d["op"].name, known))
                 if self.fired != fired:
+                    self.fires.append((self._rule, (n,), start, self.new.next_id))
                     return m
                 union = self._unions.get(id(known))
                 if union is None:
@@ -334,6 +342,7 @@ class Rebuild:
                 return m  # no rule fired
             self.stats[r.name] += 1
             self.fired += 1
+            self._rule = r.name
             if name:
                 self.new.set_name(out.id, name)
             return self._canonical_id(out.id)
@@ -391,6 +400,7 @@ class Rebuild:
         for connected_before, x in zip(_connected(self.old, rec), xs):
             if connected_before != (x.id in anc):
                 return False
+        start = new.next_id
         with at(self.old.loc(rec.results[0])):
             if rec.kind == "vjp":
                 results = vjp(ys, xs, dirs, disconnected="zero")
@@ -404,8 +414,12 @@ class Rebuild:
             if r is None:
                 raise FlowInternalError(f"rederived derivative has type {r} instead of {t}")
             self.map[old_id] = r.id
+        self.fires.append((REDERIVE, tuple(rec.results), start, new.next_id))
         # the old naive derivative nodes are no longer needed unless something else uses them
         return True
+
+
+REDERIVE = "derivative taken again, of the stable forms"  # (how provenance names `_rederive`)
 
 
 def _connected(graph: Graph, rec: DerivativeRecord) -> tuple[bool, ...]:
@@ -447,10 +461,12 @@ MAX_ROUNDS = 30
 
 
 def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
-              rederive_first: bool = False, carry: dict | None = None) -> tuple[Graph, list[int]]:
+              rederive_first: bool = False, carry: dict | None = None,
+              steps: list | None = None) -> tuple[Graph, list[int]]:
     """Rebuild until no rule fires (at most MAX_ROUNDS times); returns the graph and the roots.
     `carry` (a dict, updated): what one phase knows of its result graph for the next one that
-    starts from it (the rules that did not fire on each node, the node signatures)."""
+    starts from it (the rules that did not fire on each node, the node signatures). `steps` (a
+    list): gets each round's (map, fires), for provenance (flowml/passes/provenance.py)."""
     settled: dict[int, frozenset] = {}
     sigs: dict[int, tuple] = {}
     if carry and carry.get("graph") is graph:
@@ -458,6 +474,8 @@ def run_phase(graph: Graph, roots: list[int], rules: list[Rule], stats: Counter,
     for round_ in range(MAX_ROUNDS):
         rb = Rebuild(graph, rules, stats, settled, sigs)
         rb.run(roots + _record_nodes(graph), rederive=rederive_first and round_ == 0)
+        if steps is not None:
+            steps.append((rb.map, rb.fires))
         graph, roots, settled, sigs = rb.new, [rb.map[r] for r in roots], rb.settled_new, rb.sigs
         if rb.fired == 0 and not (rederive_first and round_ == 0):
             break

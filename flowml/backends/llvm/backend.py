@@ -55,7 +55,10 @@ def _address(a: np.ndarray) -> int:
 class LLVMExecutable:
     owns_outputs = True  # a call returns new arrays (copies out of its frame)
 
-    def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
+    def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None,
+                 compile: bool = True):
+        """`compile=False`: lower the graph to the module's text (`llvm_ir`, `kernels`, the plan)
+        but build no machine code; such an executable is for reading, not for calling."""
         self.graph = graph
         self.outputs = outputs
         self.updates = updates
@@ -79,12 +82,12 @@ class LLVMExecutable:
         self.program = None
         self.module = None
         if not self._lazy:
-            self.program = self._lower()
+            self.program = self._lower(compile)
         self._direct = self.direct_outputs()
 
     # ------------------------------------------------------------ compile
 
-    def _lower(self) -> NativeProgram:
+    def _lower(self, compile: bool = True) -> NativeProgram:
         program = NativeProgram(self.graph, self.nodes, self.results, self.alias)
         for step in program.steps:
             if step.kind == "host" and step.detail == "no LLVM lowering":
@@ -92,7 +95,10 @@ class LLVMExecutable:
                 step.detail = ("a wrapped Python function (flowml.op)" if getattr(op, "wrapped", False)
                                else HOST_REASONS.get(op.name, step.detail))
         program.text = program.module_text() if any(s.name for s in program.segments) else ""
-        self._load(program)
+        if compile:
+            self._load(program)
+        else:
+            program.entries, program.module = {}, None
         return program
 
     def _load(self, program: NativeProgram) -> None:
