@@ -34,11 +34,13 @@ class Branch:
 
 
 def loop_key(graph: Graph, n: int):
-    """What makes scan nodes one loop: the same body, outputs and operands (None: not a scan)."""
+    """What makes scan nodes one loop: the same body, carries and operands (None: not a scan).
+    Their emitted outputs may differ: backprop's loop that stacks the states before each step
+    is the forward loop with more outputs, and runs as that loop."""
     if graph.op(n).name != "scan":
         return None
     a = graph.attrs(n)
-    return (id(a["body"]), tuple(a["outputs"]), a["n_carry"], a["n_seq"], tuple(graph.operands(n)))
+    return (id(a["body"]), tuple(a["outputs"][:a["n_carry"]]), a["n_carry"], a["n_seq"], tuple(graph.operands(n)))
 
 
 def schedule(graph: Graph, roots: list[int], available: frozenset = frozenset()) -> list:

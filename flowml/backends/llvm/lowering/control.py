@@ -49,6 +49,14 @@ def lower_ifelse(w, n):
     w.note("a branch: only the taken side's nodes run")
 
 
+def _optimized(body, roots: list[int]):
+    """The body through the optimizer (as a fn's graph is: fused kernels, stable forms), and
+    where its `roots` went. (A body is built unoptimized: the reference backend runs it so.)"""
+    from ....passes.pipeline import optimize
+    opt = optimize(body, roots, [])
+    return opt.graph, list(opt.outputs)
+
+
 def _leaves(body) -> dict[str, int]:
     return {body.attrs(m)["name"]: m for m in body.nodes() if body.op(m) is P.input_}
 
@@ -59,17 +67,25 @@ def lower_scan(w, n):
     a = w.attrs(n)
     body, n_carry, n_seq, outputs = a["body"], a["n_carry"], a["n_seq"], a["outputs"]
     operands = w.operands(n)
-    hist: dict[int, list[int]] = {}  # output index -> the scan nodes giving its history
-    final: dict[int, list[int]] = {}  # ... its value at the last step
+    # what the loop's scan nodes ask for, each output named by a key: ("carry", j), or ("emit",
+    # body node) (nodes of one loop may list different emitted outputs: see schedule.loop_key)
+    hist: dict[tuple, list[int]] = {}  # key -> the scan nodes giving its history
+    final: dict[tuple, list[int]] = {}  # ... its value at the last step
     for m in w.group:
-        (hist if g.attrs(m)["history"] else final).setdefault(g.attrs(m)["index"], []).append(m)
-    kept = sorted(set(range(n_carry)) | set(hist) | set(final))  # the outputs each step computes
-    direct: dict[int, int] = {}  # output index -> the body node pointed at its destination
+        am = g.attrs(m)
+        k = am["index"]
+        key = ("carry", k) if k < n_carry else ("emit", am["outputs"][k])
+        (hist if am["history"] else final).setdefault(key, []).append(m)
+    carries = [("carry", j) for j in range(n_carry)]
+    kept = carries + sorted(set(hist) - set(carries) | set(final) - set(carries))  # each step computes
+    body, roots = _optimized(body, [outputs[k[1]] if k[0] == "carry" else k[1] for k in kept])
+    outputs = dict(zip(kept, roots))
+    direct: dict[tuple, int] = {}  # output -> the body node pointed at its destination
     for k in kept:
         o = outputs[k]
         if not (body.op(o).leaf or body.op(o).view or o in direct.values()):
             direct[k] = o
-    sub = BodyProgram(w.program, body, [outputs[k] for k in kept], n, set(direct.values()))
+    sub = BodyProgram(w.program, body, roots, n, set(direct.values()))
     leaves = _leaves(body)
     program = w.program
 
@@ -100,8 +116,8 @@ def lower_scan(w, n):
             fn.line(f"store ptr {w.ptr(o)}, ptr {s}")
     size = {k: nbytes(body.type(outputs[k])) for k in kept}
     cur = [fn.var("ptr", w.ptr(operands[j])) for j in range(n_carry)]  # each carry's current state
-    two = {j: (buffer(("loop", sub.tag, j, 0), body.type(outputs[j])), buffer(("loop", sub.tag, j, 1), body.type(outputs[j])))
-           for j in range(n_carry) if j not in hist}
+    two = {k: tuple(buffer(("loop", sub.tag, k[1], i), body.type(outputs[k])) for i in (0, 1))
+           for k in carries if k not in hist}
     hist_at = {k: w.ptr(ms[0]) for k, ms in hist.items()}
     final_at = {k: w.ptr(ms[0]) for k, ms in final.items()}
     seqs = [(w.ptr(operands[n_carry + i]), nbytes(body.type(leaves[f"seq{i}"])), leaf_slot(f"seq{i}"))
@@ -122,7 +138,7 @@ def lower_scan(w, n):
         for k in kept:
             if k in hist:
                 dest[k] = offset(hist_at[k], t, size[k])
-            elif k < n_carry:
+            elif k[0] == "carry":
                 odd = fn.emit(f"trunc i64 {t} to i1", "odd")
                 dest[k] = fn.emit(f"select i1 {odd}, ptr {two[k][1]}, ptr {two[k][0]}", "next")
             else:
@@ -136,13 +152,13 @@ def lower_scan(w, n):
             if k not in direct:
                 src = fn.emit(f"load ptr, ptr {fn.slot_ptr(sub.slot_of(('ptr', outputs[k])))}", "out")
                 memcpy(dest[k], src, size[k])
-        for j in range(n_carry):
-            fn.line(f"store ptr {dest[j]}, ptr {cur[j]}")
+        for j, k in enumerate(carries):
+            fn.line(f"store ptr {dest[k]}, ptr {cur[j]}")
     # the last values: a carry's state (its initial value after no step); an emitted value's last
     # row, or 0 after no step
     for k, ms in final.items():
-        if k < n_carry:
-            memcpy(final_at[k], fn.emit(f"load ptr, ptr {cur[k]}", "cur"), size[k])
+        if k[0] == "carry":
+            memcpy(final_at[k], fn.emit(f"load ptr, ptr {cur[k[1]]}", "cur"), size[k])
             continue
         none = fn.emit(f"icmp eq i64 {steps}, 0", "c")
         with fn.if_(none):
