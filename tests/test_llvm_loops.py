@@ -154,3 +154,23 @@ def test_the_examples_with_loops_match_the_reference():
             X = np.random.RandomState(5).randint(0, 17, (20, 64)).astype(np.float64)
             for fn in fns:
                 _close(getattr(nat, fn)(X), getattr(ref, fn)(X), 1e-9)
+
+
+def test_a_loop_whose_body_has_a_host_step_runs_as_one_and_so_does_an_if_around_one():
+    src = """
+input xs : f64[T, 3]
+input t : f64
+def step(h, x) = twice(h) * 0.5 + x
+hs = scan(step, zeros(3), xs)
+fn loop(xs) -> hs
+fn pick(xs, t) -> if t > 0 then twice(xs) else xs
+"""
+    twice = flowml.op(lambda a: a * 2, lambda t: t, name="twice")
+    ref = flowml.loads(src, backend="reference", ops={"twice": twice})
+    nat = flowml.loads(src, backend="llvm", ops={"twice": twice})
+    (why,) = nat.loop._executable.host_steps().values()  # the loop, run by the reference evaluator
+    assert why.startswith("its body's twice has no native code")
+    xs = np.random.RandomState(6).randn(4, 3)
+    _close(nat.loop(xs), ref.loop(xs), 1e-12)
+    _close(nat.pick(xs, 1.0), ref.pick(xs, 1.0), 1e-12)
+    assert "reference evaluator" in nat.pick._executable.summary()

@@ -53,6 +53,7 @@ def _address(a: np.ndarray) -> int:
 
 class LLVMExecutable:
     owns_outputs = True  # a call returns new arrays (copies out of its frame)
+    _lazy_reason = ""
 
     def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None):
         self.graph = graph
@@ -64,7 +65,6 @@ class LLVMExecutable:
         # no native code does the fn run on the reference evaluator (`_lazy`)
         self._lazy = False
         self._reference = None
-        self._has_scan = any(graph.op(n).name == "scan" for n in self.nodes)
         self.plan = plan if plan is not None else plan_memory(graph, list(outputs), list(updates))
         self.inplace = dict(self.plan.inplace)
         self._inplace_nodes = {v: name for name, v in self.inplace.items()}
@@ -85,6 +85,8 @@ class LLVMExecutable:
             self._lazy_reason = (f"a side of a lazy `if` has a host step ({graph.op(e.node).name}: {e.reason}): "
                                  "the fn runs on the reference evaluator")
             self._reference = ReferenceExecutable(graph, outputs, updates)
+        # a loop run as host steps (its body has a node with no native code): its nodes share a run
+        self._has_scan = any(graph.op(n).name == "scan" for n in self.host_steps())
         self._direct = self.direct_outputs()
 
     # ------------------------------------------------------------ compile

@@ -168,6 +168,8 @@ def _record_hook(fn: IRFunction, n: int) -> None:
 class NativeProgram:
     """The lowered function: its steps, segments, slots, error table and module text."""
 
+    statics: list = ()  # (see __init__; the default of a program pickled before there were any)
+
     def __init__(self, graph: Graph, nodes: list[int], results: set[int], alias: dict[int, int]):
         self.graph = graph
         self.nodes = nodes

@@ -156,7 +156,7 @@ def lower_scan(w, n):
             fn.line(f"store ptr {dest[k]}, ptr {cur[j]}")
     # the last values: a carry's state (its initial value after no step); an emitted value's last
     # row, or 0 after no step
-    for k, ms in final.items():
+    for k in final:
         if k[0] == "carry":
             memcpy(final_at[k], fn.emit(f"load ptr, ptr {cur[k[1]]}", "cur"), size[k])
             continue
