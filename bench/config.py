@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "R", "M"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "R", "M"]
 THREADED = ["W1", "W2"]          # also run at every extra thread count (--threads 1,2)
 
 DESCRIPTIONS = {
@@ -15,6 +15,7 @@ DESCRIPTIONS = {
     "W5": "f(a, b) = a + b on f64 scalars, per call",
     "W6": "build + first call of W3's train, fresh process (cold / warm cache)",
     "W7": "Hessian-vector product of W4's loss w.r.t. all params, batch 256",
+    "W8": "LSTM 64-128, 50 steps, batch 32, f32: loss + gradients of all weights (BPTT)",
     "R": "peak RSS of W4's batch-256 training in a fresh process (and above the imports)",
     "M": "machine context: copy bandwidth, BLAS dgemm/sgemm 1024x1024",
 }
@@ -63,6 +64,7 @@ METRICS = [
     Metric("W6.cold", "W6 build+1st call, cold", "s", "lower"),
     Metric("W6.warm", "W6 build+1st call, warm cache", "s", "lower"),
     Metric("W7", "W7 MLP HVP batch 256", "ms", "lower"),
+    Metric("W8", "W8 LSTM loss+grads (BPTT)", "ms", "lower"),
     Metric("R", "W4 b256 peak RSS", "MB", "lower"),
     Metric("R.model", "W4 b256 peak RSS above imports", "MB", "lower"),
 ]

@@ -59,4 +59,18 @@ def w7(batch: int = 256) -> dict[str, np.ndarray]:
     return d
 
 
+W8_SIZES = (50, 32, 64, 128)  # steps, batch, input, hidden
+
+
+def w8() -> dict[str, np.ndarray]:
+    """W8's LSTM: sequences xs, targets ys, weights (gates i, f, o, g side by side), f32."""
+    steps, batch, n_in, n_hid = W8_SIZES
+    rng = np.random.default_rng(8)
+    return {"xs": rng.standard_normal((steps, batch, n_in), dtype=np.float32),
+            "ys": rng.uniform(-0.5, 0.5, (steps, batch, n_hid)).astype(np.float32),
+            "Wx": (rng.standard_normal((n_in, 4 * n_hid)) / np.sqrt(n_in)).astype(np.float32),
+            "Wh": (rng.standard_normal((n_hid, 4 * n_hid)) / np.sqrt(n_hid)).astype(np.float32),
+            "b": np.zeros(4 * n_hid, np.float32)}
+
+
 PARAM_NAMES = ("W1", "b1", "W2", "b2")

@@ -116,8 +116,6 @@ def _native_code(fn, opt, emit: str) -> str:
     ex = LLVMExecutable(opt.graph, opt.outputs, opt.updates, opt.plan, compile=emit == "asm")
     comment = "; " if emit == "llvm" else "# "
     head = f"{comment}fn {fn.name}: {len(ex.kernels)} native kernel(s), {ex.summary()}"
-    if ex._lazy:
-        head += " (none: the fn has a lazy `if`, run by the reference evaluator)"
     code = ex.llvm_ir() if emit == "llvm" else ex.assembly()
     return head + ("\n" + code.rstrip() if code else "")
 

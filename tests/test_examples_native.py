@@ -29,9 +29,9 @@ def test_entry_points_call_only_blas_math_and_the_thread_pool(examples):
 
 
 
-# examples whose fns have loops, a lazy `if` or convolutions: their host steps are the next
-# issue's (native loops, branches and convolutions)
-WITH_LATER_OPS = {"lenet.flow", "rbm.flow", "rnn.flow"}
+# examples whose fns have convolutions: their host steps are the next issue's (loops and the
+# lazy `if` are native: tests/test_llvm_loops.py)
+WITH_LATER_OPS = {"lenet.flow"}
 
 
 def test_examples_without_loops_if_or_conv_have_zero_host_steps(examples):

@@ -23,7 +23,7 @@ from flowml.backends.llvm.lowering import LOWERINGS
 from flowml.ir import ops as P
 
 # the next issue's families: native loops, branches and convolutions
-LATER = {"scan", "ifelse", "conv2d", "conv2d_backprop_input", "conv2d_backprop_filter",
+LATER = {"conv2d", "conv2d_backprop_input", "conv2d_backprop_filter",
          "max_pool2d", "max_pool2d_backprop", "max_pool2d_tangent"}
 
 

@@ -91,6 +91,32 @@ def test_a_cached_llvm_fn_reports_its_errors_located(cache_dir):
     assert str(got.value) == str(want.value) and "m.flow:" in str(got.value) and "out of range" in str(got.value)
 
 
+LOOP_SRC = """
+input xs : f64[T, 3]
+input i : i64
+param w : f64[3] = normal(0, 1)
+def step(h, x) = if sum(h) > 100 then h else tanh(h + x * w) + x[i]
+hs = scan(step, w, xs)
+g = grad(sum(hs), w)
+fn f(xs, i) -> hs, g
+"""
+
+
+def test_a_cached_llvm_fn_with_a_loop_and_an_if_runs_natively_and_fails_located(cache_dir):
+    xs = np.random.RandomState(1).rand(4, 3)
+    first = flowml.loads(LOOP_SRC, backend="llvm", file="m.flow")
+    want = first.f(xs, 1)
+    with pytest.raises(FlowRuntimeError) as want_error:  # in the loop's body, on the taken side
+        first.f(xs, 5)
+    again = flowml.loads(LOOP_SRC, backend="llvm", file="m.flow")
+    assert again.f._executable.host_steps() == {}
+    for a, b in zip(again.f(xs, 1), want):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FlowRuntimeError) as got:
+        again.f(xs, 5)
+    assert str(got.value) == str(want_error.value) and "m.flow:5:" in str(got.value)
+
+
 def test_the_key_covers_source_file_options_and_backend(cache_dir):
     flowml.loads(SRC, backend="reference", file="m.flow")
     flowml.loads(SRC, backend="reference", file="m.flow")

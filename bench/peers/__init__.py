@@ -9,6 +9,7 @@ import importlib
 from dataclasses import dataclass, field
 
 ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "R")
+W8 = ("W8",)  # the LSTM: the peers with a scan and reverse mode through it (or eager autograd)
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,10 @@ REGISTRY: dict[str, PeerSpec] = {
     "numba": PeerSpec("numba_peer", "NumbaPeer", ALL),
     "pytensor": PeerSpec("pytensor_peer", "PytensorPeer", ALL),
     "pytensor.numba": PeerSpec("pytensor_peer", "PytensorPeer", ALL, {"linker": "numba"}),
-    "jax": PeerSpec("jax_peer", "JaxPeer", ALL),
-    "torch": PeerSpec("torch_peer", "TorchPeer", ALL),
+    "jax": PeerSpec("jax_peer", "JaxPeer", ALL + W8),
+    "torch": PeerSpec("torch_peer", "TorchPeer", ALL + W8),
     "torch.compile": PeerSpec("torch_peer", "TorchCompilePeer", ("W4", "R")),
-    "flowml": PeerSpec("flowml_peer", "FlowmlPeer", ALL),
+    "flowml": PeerSpec("flowml_peer", "FlowmlPeer", ALL + W8),
     "machine": PeerSpec("machine", "MachinePeer", ("M",)),
 }
 

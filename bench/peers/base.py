@@ -12,7 +12,8 @@ class Peer:
     - w3(d): a zero-argument callable doing one training step (keeps its own state);
     - w4(d): the same for the MLP (returns the cost);
     - w5(): (f, args) with args already in the library's own types; per call is f(*args);
-    - w7(d): a zero-argument callable returning the four H·v blocks.
+    - w7(d): a zero-argument callable returning the four H·v blocks;
+    - w8(d): a zero-argument callable returning W8's loss and its gradients (Wx, Wh, b).
 
     Missing methods mean "not applicable". Building (compiling) happens in wN or on the first
     call; the harness always makes warm-up calls first, except for W6 which times exactly that.

@@ -69,3 +69,8 @@ class FlowmlPeer(Peer):
         hvp = self._mlp(d).hvp
         args = [d[k] for k in ("x", "y", "v1", "v2", "v3", "v4")]
         return lambda: hvp(*args)
+
+    def w8(self, d):
+        f = self.load("lstm.flow", **{k: d[k] for k in ("Wx", "Wh", "b")}).value_and_grad
+        xs, ys = d["xs"], d["ys"]
+        return lambda: f(xs, ys)

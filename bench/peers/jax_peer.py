@@ -52,6 +52,25 @@ def mlp_hvp(params, vs, x, y):
     return jax.jvp(lambda p: jax.grad(mlp_loss)(p, x, y), (params,), (vs,))[1]
 
 
+def lstm_loss(params, xs, ys):
+    Wx, Wh, b = params
+    n = Wh.shape[0]
+
+    def cell(carry, x):
+        h, c = carry
+        z = x @ Wx + h @ Wh + b
+        i, f, o = (jax.nn.sigmoid(z[:, k * n:(k + 1) * n]) for k in range(3))
+        c1 = f * c + i * jnp.tanh(z[:, 3 * n:])
+        h1 = o * jnp.tanh(c1)
+        return (h1, c1), h1
+    h0 = jnp.zeros((xs.shape[1], n), xs.dtype)
+    _, hs = jax.lax.scan(cell, (h0, h0), xs)
+    return ((hs - ys) ** 2).mean()
+
+
+lstm_value_and_grad = jax.jit(jax.value_and_grad(lstm_loss))
+
+
 class JaxPeer(Peer):
     name = "jax"
 
@@ -105,3 +124,8 @@ class JaxPeer(Peer):
         vs = tuple(jnp.asarray(d[k]) for k in ("v1", "v2", "v3", "v4"))
         x, y = jnp.asarray(d["x"]), jnp.asarray(d["y"])
         return lambda: jax.block_until_ready(mlp_hvp(params, vs, x, y))
+
+    def w8(self, d):
+        params = tuple(jnp.asarray(d[k]) for k in ("Wx", "Wh", "b"))
+        xs, ys = jnp.asarray(d["xs"]), jnp.asarray(d["ys"])
+        return lambda: jax.block_until_ready(lstm_value_and_grad(params, xs, ys))

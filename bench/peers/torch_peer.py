@@ -89,6 +89,26 @@ class TorchPeer(Peer):
         return lambda: jvp(lambda p: g(p, x, y), (params,), (vs,))[1]
 
 
+    def w8(self, d):
+        """The LSTM unrolled eagerly (autograd records the 50 steps), then backward."""
+        Wx, Wh, b = (torch.from_numpy(d[k]).requires_grad_() for k in ("Wx", "Wh", "b"))
+        xs, ys = torch.from_numpy(d["xs"]), torch.from_numpy(d["ys"])
+        n = Wh.shape[0]
+
+        def step():
+            h = c = torch.zeros(xs.shape[1], n)
+            hs = []
+            for x in xs:
+                z = x @ Wx + h @ Wh + b
+                i, f, o = (torch.sigmoid(z[:, k * n:(k + 1) * n]) for k in range(3))
+                c = f * c + i * torch.tanh(z[:, 3 * n:])
+                h = o * torch.tanh(c)
+                hs.append(h)
+            loss = ((torch.stack(hs) - ys) ** 2).mean()
+            return (loss, *torch.autograd.grad(loss, (Wx, Wh, b)))
+        return step
+
+
 class TorchCompilePeer(TorchPeer):
     """torch.compile(mlp_loss) (inductor, CPU C++ codegen): forward and backward compiled,
     the four SGD updates eager. Compiling happens in the warm-up calls."""

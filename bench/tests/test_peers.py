@@ -79,3 +79,17 @@ def test_numpy_hvp_matches_finite_differences():
     hv = numpy_peer.mlp_hvp(d["x"], d["y"], *params, *vs)
     for h, gp, gm in zip(hv, plus, minus):
         close(h, (gp - gm) / (2 * eps), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_w8_lstm_loss_and_gradients(name):
+    """The peers with W8 give flowml's (reference backend) loss and BPTT gradients."""
+    peer, d = make(name), data.w8()
+    want = make("flowml").w8(d)()
+    got = peer.block(peer.w8(d)())
+    if name == "jax":
+        got = (got[0], *got[1])  # (value, (the gradients))
+    got = [np.asarray(g.detach() if hasattr(g, "detach") else g) for g in got]
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        close(a, b, 1e-4)

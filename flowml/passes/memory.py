@@ -1,6 +1,7 @@
 """Memory: plan the buffers of a compiled function.
 
-Nodes run in ascending id order (a topological order). A node's value lives from the node that
+Nodes run in the order of `flowml.ir.schedule` (ascending ids, a loop's nodes together, the
+nodes only one side of a lazy `if` needs just before it). A node's value lives from the node that
 computes it to its last reader; when it dies, its buffer can hold a later value of the same
 size and dtype. A param update is done in place — the new value written straight into the
 param's storage — when its value is an elementwise kernel of the param's shape and no node
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..ir import ops as P
 from ..ir.graph import Graph
+from ..ir.schedule import flatten, schedule
 from ..ir.types import Sym, TensorType
 
 @dataclass
@@ -80,9 +82,12 @@ def _read_through_transposes(graph: Graph, o: int, root_of: dict[int, int]) -> i
 
 def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]) -> MemoryPlan:
     plan = MemoryPlan()
-    order = sorted(graph.ancestors(outputs + [n for _, n in updates]))
-    position = {n: i for i, n in enumerate(order)}
-    end = len(order)
+    runs = flatten(schedule(graph, outputs + [n for _, n in updates]))  # (a node may run twice: see schedule)
+    position: dict[int, int] = {}
+    for i, n in enumerate(runs):
+        position.setdefault(n, i)
+    order = list(position)
+    end = len(runs)
     root_of = {}  # view -> the node whose buffer it uses
     for n in order:
         op = graph.op(n)
@@ -96,13 +101,13 @@ def plan_memory(graph: Graph, outputs: list[int], updates: list[tuple[str, int]]
     # last use of each buffer-owning value (a view's readers keep its source alive)
     last = {}
     readers: dict[int, list[int]] = {}  # buffer owner -> the nodes that read it (one pass, not one per param)
-    for n in order:
+    for i, n in enumerate(runs):
         for o in graph.operands(n):
             owners = {root_of.get(o, o)}
             if graph.op(n) in _PRODUCTS:  # (a native backend may read o's source with a transpose flag)
                 owners.add(_read_through_transposes(graph, o, root_of))
             for owner in owners:
-                last[owner] = max(last.get(owner, -1), position[n])
+                last[owner] = max(last.get(owner, -1), i)
                 readers.setdefault(owner, []).append(n)
     for n in outputs + [v for _, v in updates]:
         owner = root_of.get(n, n)

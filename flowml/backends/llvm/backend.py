@@ -28,13 +28,12 @@ from ...passes.memory import plan_memory
 from ...sizes import allocation_failed, check_value
 from ..reference import ReferenceExecutable, ReferenceState, run_op
 from . import blas, cache, parallel, vecmath
-from .entry import ERROR_SLOTS, HOOK_SLOT, THREADS_SLOT, NativeProgram, dims_used
+from .entry import ERROR_SLOTS, HOOK_SLOT, THREADS_SLOT, BranchHostStep, NativeProgram, dims_used
 
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 _HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
 HOST_REASONS = {
-    "scan": "a loop: its body runs on the reference evaluator, one step at a time",
     "conv2d": "convolutions run numpy's im2col", "conv2d_backprop_input": "convolutions run numpy's im2col",
     "conv2d_backprop_filter": "convolutions run numpy's im2col", "max_pool2d": "pooling runs numpy",
     "max_pool2d_backprop": "pooling runs numpy", "max_pool2d_tangent": "pooling runs numpy",
@@ -54,6 +53,7 @@ def _address(a: np.ndarray) -> int:
 
 class LLVMExecutable:
     owns_outputs = True  # a call returns new arrays (copies out of its frame)
+    _lazy_reason = ""
 
     def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None,
                  compile: bool = True):
@@ -64,10 +64,10 @@ class LLVMExecutable:
         self.updates = updates
         targets = list(outputs) + [n for _, n in updates]
         self.nodes = sorted(graph.ancestors(targets))
-        # `if` picks one branch: a function with one runs on the reference evaluator
-        self._lazy = any(graph.op(n).lazy for n in self.nodes)
-        self._reference = ReferenceExecutable(graph, outputs, updates) if self._lazy else None
-        self._has_scan = any(graph.op(n).name == "scan" for n in self.nodes)
+        # a lazy `if` is a branch in the native code; only when one of its sides has a node with
+        # no native code does the fn run on the reference evaluator (`_lazy`)
+        self._lazy = False
+        self._reference = None
         self.plan = plan if plan is not None else plan_memory(graph, list(outputs), list(updates))
         self.inplace = dict(self.plan.inplace)
         self._inplace_nodes = {v: name for name, v in self.inplace.items()}
@@ -81,8 +81,15 @@ class LLVMExecutable:
         self._bindings: dict[tuple, _Binding] = {}
         self.program = None
         self.module = None
-        if not self._lazy:
+        try:
             self.program = self._lower(compile)
+        except BranchHostStep as e:
+            self._lazy = True
+            self._lazy_reason = (f"a side of a lazy `if` has a host step ({graph.op(e.node).name}: {e.reason}): "
+                                 "the fn runs on the reference evaluator")
+            self._reference = ReferenceExecutable(graph, outputs, updates)
+        # a loop run as host steps (its body has a node with no native code): its nodes share a run
+        self._has_scan = any(graph.op(n).name == "scan" for n in self.host_steps())
         self._direct = self.direct_outputs()
 
     # ------------------------------------------------------------ compile
@@ -160,15 +167,14 @@ class LLVMExecutable:
     def host_steps(self) -> dict[int, str]:
         """The nodes run on the host: node -> why (`--emit plan` lists them)."""
         if self.program is None:
-            return {n: "the fn has a lazy `if`: it runs on the reference evaluator" for n in self.nodes
-                    if not self.graph.op(n).leaf}
+            return {n: self._lazy_reason for n in self.nodes if not self.graph.op(n).leaf}
         return {s.node: s.detail for s in self.program.steps if s.kind == "host"}
 
     def plan_text(self, ids: dict[int, str]) -> list[str]:
         """The steps as `--emit plan` lists them; `ids` names the nodes as the IR dump does."""
         g = self.graph
         if self.program is None:
-            return ["  (the whole fn runs on the reference evaluator: it has a lazy `if`)"]
+            return [f"  (the whole fn runs on the reference evaluator: {self._lazy_reason})"]
         rows = []
         for s in self.program.steps:
             if s.kind == "leaf":
@@ -184,7 +190,7 @@ class LLVMExecutable:
         """What one call of the fn runs: "1 native call, nothing on the host", or
         "3 native calls and 2 host steps"."""
         if self.program is None:
-            return "no native code (a lazy `if`: the reference evaluator runs the fn)"
+            return f"no native code ({self._lazy_reason})"
         native = sum(1 for s in self.program.segments if s.host is None)
         host = sum(1 for s in self.program.segments if s.host is not None)
         calls = f"{native} native call{'' if native == 1 else 's'}"
@@ -294,8 +300,8 @@ class LLVMExecutable:
         finally:
             ctx[HOOK_SLOT] = 0
         if record is not None:  # views and folded transposes: from what they view, as it was
-            for n in self.nodes:
-                if n not in record:
+            for n in self.nodes:  # (a node on the side of an `if` not taken has no value)
+                if n not in record and (g.op(n).view or n in binding.folded) and g.operands(n)[0] in record:
                     src = record[g.operands(n)[0]]
                     record[n] = (np.transpose(src, g.attrs(n)["axes"]) if n in binding.folded
                                  else src.reshape(binding.shapes[n])).copy()
@@ -391,7 +397,8 @@ class _Binding:
         program = ex.program
         self.ex = ex
         self.env = env = dict(env)
-        for name in sorted(dims_used(g, ex.nodes), key=len):
+        names = dims_used(g, ex.nodes) | {key[1] for key in program.slot if key[0] == "dim"}  # (a loop body's too)
+        for name in sorted(names, key=len):
             env[name] = _dim_value(name, env)
         for n in ex.nodes:  # every value of these dims fits in memory, or a located error now
             if not g.op(n).leaf:
@@ -423,6 +430,10 @@ class _Binding:
                 self.ctx[self.slot[n]] = _address(v)
             elif n in ex._inplace_nodes:
                 self.inplace_nodes.append((ex._inplace_nodes[n], n))
+        for kind, slot, value in (s for s in program.statics if s[0] != "buffer"):  # a loop body's leaves
+            v = np.ascontiguousarray(value) if kind == "const" else np.array(resolve_dim(value, env), dtype=np.int64)
+            self.consts.append(v)
+            self.ctx[slot] = _address(v)
         self.folded = {s.node for s in program.steps if s.kind == "none"}
         self.frames: list[_Frame] = [_Frame(self)]  # the free ones
 
@@ -460,6 +471,16 @@ class _Frame:
                 raise allocation_failed(g, n, env) from None
             self.arrays[n] = arr
             self.ctx[binding.slot[n]] = _address(arr)
+        self.statics = []  # a loop body's buffers (entry.NativeProgram.statics)
+        for _, slots, dtype, shape in (s for s in ex.program.statics if s[0] == "buffer"):
+            nbytes = int(np.prod([resolve_dim(d, env) for d in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+            try:
+                arr = np.empty(max(nbytes, 1), dtype=np.uint8)
+            except MemoryError:
+                raise allocation_failed(g, ex.nodes[-1], env) from None
+            self.statics.append(arr)
+            for s in slots:
+                self.ctx[s] = _address(arr)
 
 
 class LLVMBackend:

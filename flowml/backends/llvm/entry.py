@@ -20,6 +20,7 @@ node's value as it is computed — check mode checks the very code that runs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ...ir.graph import Graph
@@ -50,6 +51,15 @@ class Segment:
     host: int | None = None
 
 
+class BranchHostStep(Exception):
+    """A node on one side of a lazy `if` has no native code: the branch cannot be native (the
+    LLVM backend then runs the whole fn on the reference evaluator)."""
+
+    def __init__(self, node: int, reason: str):
+        super().__init__(reason)
+        self.node, self.reason = node, reason
+
+
 class Lowerer:
     """What a lowering may use while writing node n's code: the graph, the entry function being
     written (`fn`), kernels beside it, BLAS declarations, error codes."""
@@ -60,6 +70,8 @@ class Lowerer:
         self.mathlib = program.mathlib
         self.fn: IRFunction | None = None
         self.detail = ""
+        self.group: list[int] = []  # the nodes being lowered together (a loop's scan nodes)
+        self.branch = None  # the `schedule.Branch` of the `ifelse` being lowered
 
     # ---- the graph
     def type(self, n):
@@ -156,6 +168,8 @@ def _record_hook(fn: IRFunction, n: int) -> None:
 class NativeProgram:
     """The lowered function: its steps, segments, slots, error table and module text."""
 
+    statics: list = ()  # (see __init__; the default of a program pickled before there were any)
+
     def __init__(self, graph: Graph, nodes: list[int], results: set[int], alias: dict[int, int]):
         self.graph = graph
         self.nodes = nodes
@@ -177,13 +191,19 @@ class NativeProgram:
         self._ids = 0
         self.steps: list[Step] = []
         self.segments: list[Segment] = []
+        # what each frame needs beyond the memory plan's buffers (a loop body's values, its
+        # constants and dims): ("buffer", slots, dtype, shape) one array per frame whose address
+        # goes into every slot; ("const", slot, array) / ("dim", slot, dim) set once per binding
+        self.statics: list[tuple] = []
+        self.records = True  # check mode's hook after each node (not inside a loop's body)
+        self.kernel_prefix = ""  # of fused kernels' names (k<node>)
         self._lower_all()
 
     # The lowering's scaffolding (the functions being written, the math library...): a pickled
     # program (the warm model cache, flowml/modelcache.py) leaves it and keeps what calls need
     # (steps, segments, slots, the error table, the module text...).
     SCAFFOLDING = ("graph", "users", "mathlib", "helpers", "functions", "pending", "_ids", "_index_dims",
-                   "entries", "module")
+                   "entries", "module", "_segment")
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in self.SCAFFOLDING}
@@ -206,13 +226,25 @@ class NativeProgram:
 
     # ---- lowering
     def _lower_all(self) -> None:
+        from ...ir.schedule import schedule
+        w = Lowerer(self)
+        self._segment = None
+        self._lower_items(w, schedule(self.graph, sorted(self.results)), top=True)
+        self._close(w)
+        self.segments = [s for s in self.segments if s.host is not None or s.nodes]
+
+    def _lower_items(self, w: "Lowerer", items: list, top: bool) -> None:
+        """Lower the scheduled items (`flowml.ir.schedule`) into `w.fn`. At the top, a node that
+        is not lowered becomes a host step between two entry points; inside a branch it cannot
+        (raises BranchHostStep)."""
         # (imported here: the lowering table imports every family, which a program loaded from
         # the warm model cache never needs)
+        from ...ir.schedule import Branch, Loop
         from .lowering import LOWERINGS, HostStep
         g = self.graph
-        w = Lowerer(self)
-        current: Segment | None = None
-        for n in self.nodes:
+        for item in items:
+            nodes = item.nodes if isinstance(item, Loop) else [item.node if isinstance(item, Branch) else item]
+            n = nodes[0]
             op = g.op(n)
             if op.leaf:
                 self.steps.append(Step(n, "leaf"))
@@ -225,42 +257,54 @@ class NativeProgram:
             if lower is None:
                 reason = "no LLVM lowering"
             else:
-                if current is None:
-                    current = Segment(f"flowml_entry{len(self.segments)}")
-                    self.segments.append(current)
-                    w.fn = IRFunction(current.name, self.slot_of, "i32", "ptr noalias %ctx")
+                if top and self._segment is None:
+                    self._segment = Segment(f"flowml_entry{len(self.segments)}")
+                    self.segments.append(self._segment)
+                    w.fn = IRFunction(self._segment.name, self.slot_of, "i32", "ptr noalias %ctx")
                 mark = (len(w.fn.lines), len(w.fn.allocas), len(w.fn.head), dict(w.fn._dims),
-                        len(self.pending), len(self.errors))
+                        len(self.pending), len(self.errors), len(self.statics))
                 w.detail = ""
+                w.group, w.branch = nodes, item if isinstance(item, Branch) else None
                 try:
                     lower(w, n)
                     reason = None
                 except HostStep as e:
                     reason = e.reason
-                    lines, allocas, head, dims, pending, errors = mark
+                    lines, allocas, head, dims, pending, errors, statics = mark
                     del w.fn.lines[lines:], w.fn.allocas[allocas:], w.fn.head[head:]
                     w.fn._dims = dims
-                    del self.pending[pending:], self.errors[errors:]
+                    del self.pending[pending:], self.errors[errors:], self.statics[statics:]
             if reason is None:
-                self.steps.append(Step(n, "native" if w.detail != "folded" else "none", w.detail))
-                if w.detail != "folded":
-                    current.nodes.append(n)
-                    self.slot_of(("ptr", n))
-                    _record_hook(w.fn, n)
+                for k, m in enumerate(nodes):
+                    detail = w.detail if k == 0 else f"computed by the loop of node {n}"
+                    self.steps.append(Step(m, "native" if detail != "folded" else "none", detail))
+                    if detail != "folded":
+                        if self._segment is not None:
+                            self._segment.nodes.append(m)
+                        self.slot_of(("ptr", m))
+                        if self.records:
+                            _record_hook(w.fn, m)
                 continue
-            current = self._close(w, current)
-            self.steps.append(Step(n, "host", reason))
-            self.segments.append(Segment(host=n))
-            self.slot_of(("ptr", n))
-        self._close(w, current)
-        self.segments = [s for s in self.segments if s.host is not None or s.nodes]
+            if not top:
+                raise BranchHostStep(n, reason)
+            self._close(w)
+            for m in nodes:
+                self.steps.append(Step(m, "host", reason))
+                self.segments.append(Segment(host=m))
+                self.slot_of(("ptr", m))
 
-    def _close(self, w: Lowerer, segment: Segment | None) -> None:
-        if segment is not None and w.fn is not None:
+    def lower_branch(self, w: "Lowerer", items: list) -> None:
+        """Lower the items of one side of an `if` (`lowering/control.py`) into `w.fn`."""
+        group, branch, detail = w.group, w.branch, w.detail
+        self._lower_items(w, items, top=False)
+        w.group, w.branch, w.detail = group, branch, detail
+
+    def _close(self, w: Lowerer) -> None:
+        if self._segment is not None and w.fn is not None:
             w.fn.line("ret i32 0")
             self.functions.append(w.fn)
             w.fn = None
-        return None
+        self._segment = None
 
     # ---- the module
     def module_text(self) -> str:
@@ -292,3 +336,84 @@ def dims_used(graph: Graph, nodes) -> set[str]:
             names |= dim_names(shape)
     return names
 
+
+
+class BodyProgram(NativeProgram):
+    """A loop's body (a scan node's `body` graph), lowered as the function `i32 @<fn_name>(ptr
+    %ctx)` of the enclosing program's module, through the same lowering table. Its values live
+    in the same call frame: slot keys ("sub", tag, node) and buffers of their own (`statics`,
+    allocated once per frame); its kernels, helpers and declarations are the module's; its
+    failures are entries of the enclosing error table, described with the body's graph.
+
+    `roots`: the body outputs the loop needs; `direct`: those the loop points at their
+    destination before each step (a history slice, a carry's next buffer), which need no buffer.
+    Raises HostStep if a body node has no native code (the loop then runs on the host)."""
+
+    def __init__(self, parent: NativeProgram, graph: Graph, roots: list[int], node: int, direct: set[int]):
+        from ...ir import ops as P
+        from ...ir.schedule import schedule
+        from ...passes.memory import plan_memory
+        from .lowering import HostStep
+        self.parent, self.node = parent, node
+        self.graph = graph
+        self.results = set(roots)
+        self.nodes = sorted(graph.ancestors(roots))
+        if any(graph.op(m) is P.param for m in self.nodes):
+            raise HostStep("its body reads a param")
+        plan = plan_memory(graph, list(roots), [])
+        self.alias = {}
+        for v in plan.alias:
+            root = v
+            while root in plan.alias:
+                root = plan.alias[root]
+            self.alias[v] = root
+        self.users = {}
+        for m in self.nodes:
+            for o in graph.operands(m):
+                self.users.setdefault(o, []).append(m)
+        self.tag = parent.next_id()
+        self.fn_name = f"flowml.loop.{self.tag}"
+        self.kernel_prefix = f"loop{self.tag}."
+        self.mathlib, self.helpers, self.blas = parent.mathlib, parent.helpers, parent.blas
+        self.pending, self.errors, self.world_keys = parent.pending, parent.errors, parent.world_keys
+        self.functions, self.steps, self.segments, self.statics = [], [], [], []
+        self.uses_parallel, self.records, self._segment = False, False, None
+        w = Lowerer(self)
+        w.fn = IRFunction(self.fn_name, self.slot_of, "i32", "ptr noalias %ctx")
+        try:
+            self._lower_items(w, schedule(graph, sorted(self.results)), top=False)
+        except BranchHostStep as e:
+            raise HostStep(f"its body's {graph.op(e.node).name} has no native code ({e.reason})") from None
+        w.fn.line("ret i32 0")
+        self.pending.append(w.fn)
+        parent.uses_parallel |= self.uses_parallel
+        folded = {s.node for s in self.steps if s.kind == "none"}
+        buffers: dict[int, list[int]] = {}
+        for m in self.nodes:
+            op = graph.op(m)
+            if op is P.const:
+                self.statics.append(("const", self.slot_of(("ptr", m)), graph.attrs(m)["value"]))
+            elif op is P.dim:
+                self.statics.append(("dim", self.slot_of(("ptr", m)), graph.attrs(m)["dim"]))
+            elif not (op.leaf or op.view or m in folded or m in direct):
+                buffers.setdefault(plan.assign.get(m, -1 - m), []).append(self.slot_of(("ptr", m)))
+        for b, slots in buffers.items():
+            t = plan.buffers[b] if b >= 0 else graph.type(-1 - b)
+            self.statics.append(("buffer", tuple(slots), t.dtype.str, tuple(t.shape)))
+        parent.statics.extend(self.statics)
+
+    def slot_of(self, key) -> int:
+        if key[0] == "ptr":
+            return self.parent.slot_of(("sub", self.tag, self.alias.get(key[1], key[1])))
+        return self.parent.slot_of(key)  # (dims and the frame's other words are the enclosing ones)
+
+    def next_id(self) -> int:
+        return self.parent.next_id()
+
+    def error_code(self, n: int, describe) -> int:
+        return self.parent.error_code(self.node, functools.partial(_in_body, self.graph, n, describe))
+
+
+def _in_body(body: Graph, body_node: int, describe, graph, node, info, env):
+    """The error of node `body_node` of a loop's body (an entry point's error describer)."""
+    return describe(body, body_node, info, env)

@@ -62,7 +62,7 @@ HEADER = ("fallback", "on_error", "entry", "new_array", "array_type", "float_typ
 def unavailable(ex) -> str | None:
     """Why executable `ex` has no CPython entry (its calls stay on the Python path), or None."""
     if ex.program is None:
-        return "a lazy `if`: the reference evaluator runs the fn"
+        return ex._lazy_reason
     if any(s.host is not None for s in ex.program.segments):
         return "host steps run between its native segments"
     if any(ex.inplace.get(name) != n for name, n in ex.updates):

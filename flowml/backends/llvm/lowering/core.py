@@ -16,7 +16,7 @@ from . import HostStep, lowers
 _FORMULAS = set(S.FORMULAS) | {"cast", "where", "const"}
 
 
-def lower_kernel(w, n, operands, body, reduce, shape) -> None:
+def lower_kernel(w, n, operands, body, reduce, shape, name: str | None = None) -> None:
     g = w.graph
     types = [g.type(o) for o in operands] + [g.type(n)]
     bad = [t for t in types if t.dtype.name not in ITEMSIZE]
@@ -25,7 +25,7 @@ def lower_kernel(w, n, operands, body, reduce, shape) -> None:
     missing = sorted({ins.op for ins in body if ins.op not in _FORMULAS or ins.dtype not in ITEMSIZE})
     if missing:
         raise HostStep(f"no scalar formula for {', '.join(missing)}")
-    name = f"k{n}"
+    name = w.program.kernel_prefix + (name or f"k{n}")  # (a loop body's nodes are numbered apart)
     slots = {k: w.program.slot_of(("ptr", o)) for k, o in enumerate(operands)}
     slots["out"] = w.program.slot_of(("ptr", n))
     dims = {d: w.program.slot_of(("dim", d)) for d in _names(types, shape)}
