@@ -28,6 +28,7 @@ from ..ir.graph import Graph
 from . import canonicalize, specialize, stabilize
 from .fuse import fuse
 from .gemm import gemm_updates
+from .loops import hoist_loops
 from .memory import MemoryPlan, plan_memory
 from .optimized import Optimized
 from .rewrite import Rebuild, Rule, run_phase
@@ -103,7 +104,10 @@ def _specialize(r: _Run) -> None:
 
 
 def _fuse(r: _Run) -> None:
-    r.graph, r.roots = gemm_updates(r.graph, r.roots, r.stats, r.steps)  # (before the kernels take the adds)
+    if "hoist_loops" not in r.exclude:  # (first: the products it builds become gemms too)
+        r.graph, r.roots = hoist_loops(r.graph, r.roots, r.stats, r.steps)
+    if "gemm" not in r.exclude:  # (before the kernels take the adds)
+        r.graph, r.roots = gemm_updates(r.graph, r.roots, r.stats, r.steps)
     r.graph, r.roots = fuse(r.graph, r.roots, r.stats, r.steps)
 
 
@@ -122,6 +126,8 @@ PIPELINE: list[Phase] = [
     Phase("memory", "plan buffers: reuse and in-place param updates", _memory),
 ]
 PHASES = tuple(p.name for p in PIPELINE)
+# the fuse phase's passes over the whole graph, each switched off by its name
+GRAPH_PASSES = ("hoist_loops", "gemm")
 RULE_SETS: dict[str, list[Rule]] = {"canonicalize": canonicalize.RULES, "stabilize": stabilize.RULES,
                                     "specialize": specialize.RULES}
 
@@ -147,13 +153,14 @@ def check_exclude(exclude: Iterable[str] | None) -> frozenset[str]:
     if isinstance(exclude, str):
         exclude = [exclude]
     names = frozenset(exclude)
-    valid = set(PHASES) | set(rule_names())
+    valid = set(PHASES) | set(GRAPH_PASSES) | set(rule_names())
     unknown = sorted(n for n in names if n not in valid)
     if unknown:
         rules = rule_names()
         hint = did_you_mean(unknown[0], sorted(valid))
         raise FlowError(f"cannot exclude {', '.join(repr(n) for n in unknown)}: not an optimizer phase or "
-                        f"rule{' (' + hint + ')' if hint else ''}. The phases are {', '.join(PHASES)}; the rules are "
+                        f"rule{' (' + hint + ')' if hint else ''}. The phases are {', '.join(PHASES)}; the fuse phase's "
+                        f"graph passes are {', '.join(GRAPH_PASSES)}; the rules are "
                         + "; ".join(rules) + " (rules by their text as `flowml compile --stats` "
                         "shows it, or by the name of the function that implements them)")
     return names
