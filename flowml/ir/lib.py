@@ -451,6 +451,54 @@ def outer(a, b):
     return multiply(reshape(a, (-1, 1)), reshape(b, (1, -1)))
 
 
+def _linalg_operands(what, *values):
+    """The operands of a decomposition as Vars of one float dtype (integers become f64, as in
+    numpy.linalg); a matrix operand must have at least two dims."""
+    g = _graph_of(*values)
+    vs = [as_var(v, g) for v in values]
+    if vs[0].ndim < 2:
+        raise FlowTypeError(f"{what} needs a matrix (..., n, n), not {vs[0].type}", current_loc())
+    dt, _ = promote(*(v.type for v in vs))
+    if dt.kind != "f":
+        dt = DTYPES["f64"]
+    return [v if v.type.dtype == dt else _apply(P.cast, [v], dtype=dt) for v in vs]
+
+
+def solve(a, b):
+    """x with a @ x = b (numpy.linalg.solve): b is (..., n, k), or (n,) for one vector."""
+    return _apply(P.solve, _linalg_operands("solve", a, b))
+
+
+def solve_triangular(a, b, lower=False, unit_diagonal=False):
+    """x with a @ x = b for a triangular a (scipy.linalg.solve_triangular): only the triangle
+    `lower` names is read, and not the diagonal when `unit_diagonal` (ones are taken)."""
+    lower = static_bool(lower, "solve_triangular's lower")
+    unit_diagonal = static_bool(unit_diagonal, "solve_triangular's unit_diagonal")
+    return _apply(P.solve_triangular, _linalg_operands("solve_triangular", a, b), lower=lower,
+                  unit_diagonal=unit_diagonal)
+
+
+def cholesky(a):
+    """The lower triangular l with l @ l.T = a of a symmetric positive definite a (reads a's
+    lower triangle, as numpy.linalg.cholesky)."""
+    return _apply(P.cholesky, _linalg_operands("cholesky", a))
+
+
+def inv(a):
+    return _apply(P.inv, _linalg_operands("inv", a))
+
+
+def det(a):
+    return _apply(P.det, _linalg_operands("det", a))
+
+
+def slogdet(a):
+    """(sign, logabsdet) of numpy.linalg.slogdet: det(a) = sign * exp(logabsdet), stable where
+    det itself over- or underflows."""
+    (a,) = _linalg_operands("slogdet", a)
+    return _apply(P.slogdet, [a], part="sign"), _apply(P.slogdet, [a], part="logabsdet")
+
+
 # ----------------------------------------------------------------- shape ops
 
 
@@ -770,4 +818,5 @@ __all__ = [
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
+    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet",
 ]
