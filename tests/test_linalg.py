@@ -135,6 +135,13 @@ def _cases():
         Case(lambda a: L.inv(a), [ab], label="inv"),
         Case(lambda a: L.det(a), [ab], label="det"),
         Case(lambda a: L.slogdet(a)[1], [ab], label="slogdet"),
+        # (eigenvectors have a sign of LAPACK's choosing: their squares are a function of a; and
+        # a need not be symmetric: eigh reads its lower triangle)
+        Case(lambda a: L.eigh(a)[0], [rng.normal(size=(2, 4, 4))], label="eigh values"),
+        Case(lambda a: L.eigh(a)[1] ** 2, [rng.normal(size=(4, 4))], label="eigh vectors"),
+        Case(lambda x: L.norm(x), [rng.normal(size=(3, 4))], label="norm fro"),
+        Case(lambda x: L.norm(x, 3.0, axis=1), [rng.normal(size=(3, 4))], label="norm p"),
+        Case(lambda x: L.norm(x, 2, axis=(0, 1)), [rng.normal(size=(4, 3))], label="norm 2 (matrix)"),
     ]
 
 
@@ -170,6 +177,55 @@ def test_cholesky_reads_the_lower_triangle_and_so_does_its_gradient():
     np.testing.assert_allclose(f(junk), np.linalg.cholesky(s))
     g = flowml.function([x], flowml.grad(flowml.sum(flowml.cholesky(x)), x))
     assert np.all(np.triu(g(junk), 1) == 0)
+
+
+# ---------------------------------------------------------------- eigh and norm
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["opencl"])
+def test_eigh_matches_numpy_and_is_the_same_on_every_backend(backend):
+    src = "input a : f64[B, N, N]\nfn f(a) -> w, v, eigvalsh(a) {\n  w, v = eigh(a)\n}\n"
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(3, 6, 6))  # (not symmetric: the lower triangle is read, as numpy's)
+    w, v, w2 = flowml.loads(src, backend=backend).f(a)
+    want_w, want_v = np.linalg.eigh(a)
+    np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w2, want_w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.abs(v), np.abs(want_v), rtol=1e-10, atol=1e-12)  # (signs are LAPACK's)
+    ref_w, ref_v, _ = flowml.loads(src, backend="reference").f(a)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-10, atol=1e-12)  # ... the same on every backend
+    sym = np.tril(a) + np.swapaxes(np.tril(a, -1), -1, -2)
+    np.testing.assert_allclose(sym @ v, v * w[:, None, :], atol=1e-10)
+
+
+NORMS = [(None, None), (None, -1), (1, 0), ("inf", 1), ("-inf", 2), (0, 2), (3.5, 1), ("fro", (1, 2)),
+         (1, (1, 2)), (-1, (2, 1)), ("inf", (0, 2)), ("-inf", (1, 2)), (2, (1, 2)), (2, (2, 0))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_matches_numpy_for_every_ord(backend):
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", "f64[3, 4, 5]")
+    outs = [flowml.norm(x, ord=o, axis=a) for o, a in NORMS] + [flowml.norm(x, 2, (1, 2), keepdims=True)]
+    f = flowml.function([x], outs, backend=backend)
+    value = np.random.default_rng(6).normal(size=(3, 4, 5))
+    ords = [float(o) if isinstance(o, str) and "inf" in o else o for o, _ in NORMS]
+    want = [np.linalg.norm(value, ord=o, axis=a) for o, (_, a) in zip(ords, NORMS)]
+    for i, (got, w) in enumerate(zip(f(value), want + [np.linalg.norm(value, 2, (1, 2), keepdims=True)])):
+        np.testing.assert_allclose(got, w, rtol=1e-10, err_msg=f"norm #{i}")
+    big = flowml.function([x], flowml.norm(x * 1e200), backend=backend)(value)
+    np.testing.assert_allclose(big, np.linalg.norm(value) * 1e200, rtol=1e-12)  # (no overflow)
+
+
+def test_norm_refuses_what_it_cannot_do():
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", "f64[3, 4]")
+    with pytest.raises(FlowTypeError, match="needs the singular values"):
+        flowml.norm(x, "nuc")
+    with pytest.raises(FlowTypeError, match="is a matrix norm"):
+        flowml.norm(x, "fro", axis=0)
+    with pytest.raises(FlowTypeError, match="ord must be"):
+        flowml.norm(x, "max")
 
 
 # ---------------------------------------------------------------- stability rewrites

@@ -9,6 +9,7 @@ promotion, negative axes, `axis=None`, `keepdims` — and then apply one primiti
 from __future__ import annotations
 
 import builtins
+import math
 import numbers
 from typing import Sequence
 
@@ -499,6 +500,110 @@ def slogdet(a):
     return _apply(P.slogdet, [a], part="sign"), _apply(P.slogdet, [a], part="logabsdet")
 
 
+def eigh(a):
+    """(w, v) of numpy.linalg.eigh for a symmetric a (its lower triangle read): the eigenvalues
+    ascending, and the eigenvectors as the columns of v."""
+    (a,) = _linalg_operands("eigh", a)
+    return _apply(P.eigh, [a], part="values"), _apply(P.eigh, [a], part="vectors")
+
+
+def _norm_order(ord):
+    """numpy's `ord` of `norm` as None, a float or 'fro' / 'nuc' ('inf' and '-inf' as strings too,
+    for .flow, which has no inf literal)."""
+    value = const_value(ord)
+    if value is None or value in ("fro", "nuc"):
+        return value
+    if value in ("inf", "-inf"):
+        return float(value)
+    if isinstance(value, (numbers.Number, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    raise FlowTypeError(f"norm's ord must be a number, inf, -inf, 'fro' or 'nuc', not {_describe(ord)}", current_loc())
+
+
+def _two_norm(x, axes):
+    """sqrt(sum(x ** 2)) over `axes` (kept), scaled by the largest |x| so that it overflows only
+    when the norm does (numpy's overflows at 1e155)."""
+    m = stop_gradient(max(abs(x), axis=axes, keepdims=True))
+    safe = where(m > 0, m, ones_like(m))
+    r = safe * sqrt(sum((x / safe) * (x / safe), axis=axes, keepdims=True))
+    return where(m == math.inf, m, r)
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    """numpy.linalg.norm: a vector norm over one axis (ord 2 by default; inf, -inf, 0, 1, any p),
+    a matrix norm over two ('fro' by default; 1, -1, inf, -inf, 2), the 2-norm of everything
+    when both ord and axis are None."""
+    g = _graph_of(x)
+    x = as_var(x, g)
+    if x.dtype.kind != "f":
+        x = cast(x, "f64")
+    order = _norm_order(ord)
+    if axis is None:
+        if order is not None and x.ndim not in (1, 2):
+            raise FlowTypeError(f"norm with an ord needs a vector or a matrix, or axis=, not {x.type}", current_loc())
+        axes = tuple(range(x.ndim))
+    else:
+        raw = axis if isinstance(axis, (tuple, list)) else (axis,)
+        _normalize_axis(raw, x.ndim, "norm's axis")  # (checks range and repeats)
+        axes = tuple(static_int(a, "norm's axis") % x.ndim for a in raw)
+    if order is None and axis is None:
+        r = _two_norm(x, axes)
+    elif len(axes) == 1:
+        r = _vector_norm(x, order, axes)
+    elif len(axes) == 2:
+        r = _matrix_norm(x, order, axes)
+    else:
+        raise FlowTypeError(f"norm's axis names one axis (a vector norm) or two (a matrix norm), not {len(axes)}",
+                            current_loc())
+    if keepdims:
+        return r
+    return reshape(r, tuple(d for i, d in enumerate(r.type.shape) if i not in axes))
+
+
+def _vector_norm(x, order, axes):
+    a = abs(x)
+    if order is None or order == 2:
+        return _two_norm(x, axes)
+    if order == math.inf:
+        return max(a, axis=axes, keepdims=True)
+    if order == -math.inf:
+        return min(a, axis=axes, keepdims=True)
+    if order == 0:
+        return sum(cast(x != 0, x.dtype), axis=axes, keepdims=True)
+    if order == 1:
+        return sum(a, axis=axes, keepdims=True)
+    if isinstance(order, str):
+        raise FlowTypeError(f"norm's ord {order!r} is a matrix norm: give two axes", current_loc())
+    return sum(a ** order, axis=axes, keepdims=True) ** (1.0 / order)
+
+
+def _matrix_norm(x, order, axes):
+    rows, cols = axes
+    a = abs(x)
+    if order in (None, "fro"):
+        return _two_norm(x, axes)
+    if order in (1, -1):
+        col_sums = sum(a, axis=rows, keepdims=True)
+        return (max if order == 1 else min)(col_sums, axis=cols, keepdims=True)
+    if order in (math.inf, -math.inf):
+        row_sums = sum(a, axis=cols, keepdims=True)
+        return (max if order > 0 else min)(row_sums, axis=rows, keepdims=True)
+    if order == 2:  # the largest singular value: sqrt of the largest eigenvalue of m^T m
+        rest = [i for i in range(x.ndim) if i not in axes]
+        m = transpose(x, tuple(rest) + (rows, cols))
+        top = max(eigvalsh(matmul(swap_last(m), m)), axis=-1)
+        top = sqrt(maximum(top, 0.0))
+        return reshape(top, tuple(1 if i in axes else d for i, d in enumerate(x.type.shape)))
+    raise FlowTypeError(f"norm's matrix ord {order!r} needs the singular values (svd), which flowml does not have "
+                        "yet; ord 'fro', 1, -1, inf, -inf and 2 work", current_loc())
+
+
+def eigvalsh(a):
+    """The eigenvalues of a symmetric a, ascending (numpy.linalg.eigvalsh)."""
+    (a,) = _linalg_operands("eigvalsh", a)
+    return _apply(P.eigh, [a], part="values")
+
+
 # ----------------------------------------------------------------- shape ops
 
 
@@ -818,5 +923,5 @@ __all__ = [
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
-    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet",
+    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm",
 ]

@@ -50,7 +50,9 @@ SIGNATURES = {
 #   getrs(trans, n, nrhs, a, lda, ipiv, b, ldb, info)     solve with getrf's factors
 #   potrf(uplo, n, a, lda, info)                          Cholesky
 #   trtrs(uplo, trans, diag, n, nrhs, a, lda, b, ldb, info)  triangular solve
+#   syevd(jobz, uplo, n, a, lda, w, work, lwork, iwork, liwork, info)  symmetric eigenproblem
 LAPACK = {
+    "ssyevd": ("void", 11), "dsyevd": ("void", 11),
     "sgetrf": ("void", 6), "dgetrf": ("void", 6),
     "sgetrs": ("void", 9), "dgetrs": ("void", 9),
     "spotrf": ("void", 5), "dpotrf": ("void", 5),

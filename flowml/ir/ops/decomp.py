@@ -345,3 +345,75 @@ cholesky = Cholesky()
 inv = Inv()
 det = Det()
 slogdet = Slogdet()
+
+
+class Eigh(_Decomp):
+    """One part of numpy.linalg.eigh(a) of a symmetric a (its lower triangle read): `part`
+    'values' (ascending, [..., n]) or 'vectors' (the columns, [..., n, n]). `flowml.ir.lib.eigh`
+    returns both. The derivative of the vectors is undefined where eigenvalues repeat (inf or
+    NaN, as in JAX)."""
+
+    def __init__(self):
+        super().__init__("eigh", verb="take the eigendecomposition of")
+
+    def infer(self, types, attrs):
+        (a,) = types
+        _square(a, "eigh")
+        if attrs["part"] not in ("values", "vectors"):
+            raise ShapeError(f"eigh's part is 'values' or 'vectors', not {attrs['part']!r}")
+        return a if attrs["part"] == "vectors" else TensorType(a.dtype, a.shape[:-1])
+
+    @staticmethod
+    def impl(a, part):
+        # scipy's syevd, the routine the native code calls: eigenvectors are defined up to sign,
+        # and numpy's own LAPACK may pick the other one
+        import scipy.linalg
+        w = np.empty(a.shape[:-1], a.dtype)
+        v = np.empty(a.shape, a.dtype)
+        for i in np.ndindex(*a.shape[:-2]):
+            w[i], v[i] = scipy.linalg.eigh(a[i], lower=True, driver="evd", check_finite=False)
+        return w if part == "values" else v
+
+    @staticmethod
+    def rule(g, y, a, part):
+        # with g = V (diag(gw) + F o (V^T gV)) V^T, F_ij = 1 / (w_j - w_i) off the diagonal, and
+        # only a's lower triangle read: ga = tril(g + g^T, -1) + diag(g)
+        def grad_a():
+            w, v = L.eigh(a)
+            if part == "values":
+                inner = L.multiply(L.expand_dims(g, -1), _eye_like(v))
+            else:
+                inner = L.multiply(_gap_inverse(w), L.matmul(L.swap_last(v), g))
+            full = L.matmul(L.matmul(v, inner), L.swap_last(v))
+            return L.add(triangle(L.add(full, L.swap_last(full)), True, strict=True), _diagonal_part(full))
+        return [grad_a]
+
+    @staticmethod
+    def tangent(tangents, y, a, part):
+        (ta,) = tangents
+        if ta is None:
+            return None
+        w, v = L.eigh(a)
+        low = triangle(ta, True, strict=True)
+        da = L.add(L.add(low, L.swap_last(low)), _diagonal_part(ta))  # the symmetric matrix read
+        m = L.matmul(L.matmul(L.swap_last(v), da), v)
+        if part == "values":
+            return L.sum(_diagonal_part(m), axis=-1)
+        return L.matmul(v, L.multiply(_gap_inverse(w), m))
+
+
+def _eye_like(m):
+    return _diagonal_part(L.add(L.zeros_like(m), 1.0))
+
+
+def _gap_inverse(w):
+    """F_ij = 1 / (w_j - w_i) for i != j, 0 on the diagonal ([..., n, n] from w [..., n])."""
+    gap = L.subtract(L.expand_dims(w, -2), L.expand_dims(w, -1))
+    n = w.type.shape[-1]
+    rows = L.reshape(L.arange(w.graph, n), (n, 1))
+    cols = L.reshape(L.arange(w.graph, n), (1, n))
+    off = L.not_equal(rows, cols)
+    return L.where(off, L.divide(1.0, L.where(off, gap, 1.0)), 0.0)
+
+
+eigh = Eigh()

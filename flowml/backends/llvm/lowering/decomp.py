@@ -1,4 +1,4 @@
-"""solve, solve_triangular, cholesky, inv, det, slogdet: scipy's LAPACK (`..blas`: the capsules
+"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh: scipy's LAPACK (`..blas`: the capsules
 of `scipy.linalg.cython_lapack`) called by pointer from the entry point, one call per matrix of
 the batch, in scratch buffers of the call frame (LAPACK overwrites its operands).
 
@@ -293,3 +293,44 @@ def lower_det(w, n):
             value = fn.emit(f"fmul {ft} {s}, {fn.emit(w.mathlib.call('exp', lp.dt, lg), 'e')}", "det")
         fn.store(lp.t, value, px, bi)
     w.note(f"LAPACK {_PREFIX[lp.dt]}getrf per matrix")
+
+
+@lowers("eigh")
+def lower_eigh(w, n):
+    """syevd('L') of a copied column-major (the path scipy.linalg.eigh(lower=True) takes, so that
+    the eigenvectors' signs are the reference's): eigenvalues ascending, eigenvectors as the
+    columns of the column-major result, transposed into place. Its workspaces are the
+    documented minimums, bounded by 9 n^2 and 8 n."""
+    (a_node,) = w.operands(n)
+    lp = _Lapack(w, n)
+    fn = w.fn
+    vectors = w.attrs(n)["part"] == "vectors"
+    at = w.type(a_node)
+    N = w.dim(at.shape[-1])
+    dims = at.shape[-2:]
+    cm = lp.scratch(lp.dt, dims)
+    values = lp.scratch(lp.dt, dims[-1:])
+    work_shape, iwork_shape = ((9,) + dims, (8, dims[-1])) if vectors else ((3, dims[-1]), (dims[-1],))
+    work, iwork = lp.scratch(lp.dt, work_shape), lp.scratch("int32", iwork_shape)
+    syevd = lp.routine("syevd")
+    jobz, uplo = lp.char("V" if vectors else "N"), lp.char("L")
+    n32, lda = lp.i32(N), lp.ld(N)
+    lwork = lp.i32(w.size(work_shape))
+    liwork = lp.i32(w.size(iwork_shape))
+    pa, px = w.ptr(a_node), w.ptr(n)
+    nn = fn.mul(N, N)
+    with fn.if_(fn.emit(f"icmp sgt i64 {N}, 0", "c")):
+        with fn.loop("0", w.size(at.shape[:-2]), "lb") as bi:
+            lp.transpose(cm, fn.gep(lp.t, pa, fn.mul(bi, nn)), N, N)
+            fn.line(f"call void {syevd}(ptr {jobz}, ptr {uplo}, ptr {n32}, ptr {cm}, ptr {lda}, ptr {values}, "
+                    f"ptr {work}, ptr {lwork}, ptr {iwork}, ptr {liwork}, ptr {lp.info})")
+            lp.fail_on_info(_no_convergence)
+            if vectors:
+                lp.transpose(fn.gep(lp.t, px, fn.mul(bi, nn)), cm, N, N)
+            else:
+                lp.copy(fn.gep(lp.t, px, fn.mul(bi, N)), values, N)
+    w.note(f"LAPACK {_PREFIX[lp.dt]}syevd per matrix")
+
+
+def _no_convergence(graph, node, info, env):
+    return op_failed(graph, node, np.linalg.LinAlgError("Eigenvalues did not converge"))
