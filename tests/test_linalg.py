@@ -139,9 +139,16 @@ def _cases():
         # a need not be symmetric: eigh reads its lower triangle)
         Case(lambda a: L.eigh(a)[0], [rng.normal(size=(2, 4, 4))], label="eigh values"),
         Case(lambda a: L.eigh(a)[1] ** 2, [rng.normal(size=(4, 4))], label="eigh vectors"),
+        Case(lambda x: L.svd(x, compute_uv=False), [rng.normal(size=(2, 4, 3))], label="svd values"),
+        Case(lambda x: L.svd(x, full_matrices=False)[0] ** 2, [rng.normal(size=(4, 3))], label="svd u tall"),
+        Case(lambda x: L.svd(x, full_matrices=False)[2] ** 2, [rng.normal(size=(4, 3))], label="svd vt tall"),
+        Case(lambda x: L.svd(x, full_matrices=False)[0] ** 2, [rng.normal(size=(3, 5))], label="svd u wide"),
+        Case(lambda x: L.svd(x, full_matrices=False)[2] ** 2, [rng.normal(size=(3, 5))], label="svd vt wide"),
+        Case(lambda x: L.pinv(x), [rng.normal(size=(4, 3))], label="pinv"),
         Case(lambda x: L.norm(x), [rng.normal(size=(3, 4))], label="norm fro"),
         Case(lambda x: L.norm(x, 3.0, axis=1), [rng.normal(size=(3, 4))], label="norm p"),
         Case(lambda x: L.norm(x, 2, axis=(0, 1)), [rng.normal(size=(4, 3))], label="norm 2 (matrix)"),
+        Case(lambda x: L.norm(x, "nuc"), [rng.normal(size=(4, 3))], label="norm nuc"),
     ]
 
 
@@ -198,8 +205,49 @@ def test_eigh_matches_numpy_and_is_the_same_on_every_backend(backend):
     np.testing.assert_allclose(sym @ v, v * w[:, None, :], atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["opencl"])
+@pytest.mark.parametrize("shape", [(4, 3), (3, 5), (4, 4)])
+def test_svd_pinv_lstsq_match_numpy(backend, shape):
+    m, n = shape
+    src = (f"input a : f64[B, {m}, {n}]\ninput b : f64[{m}, 2]\n"
+           "fn f(a, b) -> u, s, vt, uf, vtf, svd(a, compute_uv=false), pinv(a), x, res, rk, sv {\n"
+           "  u, s, vt = svd(a, full_matrices=false)\n  uf, s2, vtf = svd(a)\n"
+           "  x, res, rk, sv = lstsq(a[0], b)\n}\n")
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(2, m, n)), rng.normal(size=(m, 2))
+    got = flowml.loads(src, backend=backend).f(a, b)
+    u, s, vt, uf, vtf, s_only, pinv, x, res, rank, sv = got
+    want_u, want_s, want_vt = np.linalg.svd(a, full_matrices=False)
+    for v, w_ in ((s, want_s), (s_only, want_s), (sv, want_s[0])):
+        np.testing.assert_allclose(v, w_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.abs(u), np.abs(want_u), atol=1e-10)
+    np.testing.assert_allclose(np.abs(vt), np.abs(want_vt), atol=1e-10)
+    np.testing.assert_allclose((u * s[:, None, :]) @ vt, a, atol=1e-12)
+    assert uf.shape == (2, m, m) and vtf.shape == (2, n, n)
+    np.testing.assert_allclose(uf @ np.swapaxes(uf, -1, -2), np.broadcast_to(np.eye(m), (2, m, m)), atol=1e-12)
+    np.testing.assert_allclose(pinv, np.linalg.pinv(a), atol=1e-12)
+    want_x, want_res, want_rank, _ = np.linalg.lstsq(a[0], b)
+    np.testing.assert_allclose(x, want_x, atol=1e-12)
+    assert rank == want_rank and rank.dtype == np.int64
+    if want_res.size:  # (numpy gives residuals only for a full-rank tall a)
+        np.testing.assert_allclose(res, want_res, rtol=1e-10)
+    ref = flowml.loads(src, backend="reference").f(a, b)
+    for i in (0, 2, 3, 4):  # the vectors' signs are the same on every backend
+        np.testing.assert_allclose(got[i], ref[i], atol=1e-12)
+
+
+def test_svd_of_full_matrices_has_no_derivative():
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", "f64[3, 2]")
+    with pytest.raises(flowml.FlowError, match="full_matrices=false"):
+        flowml.grad(flowml.sum(flowml.svd(x)[0]), x)
+    (g,) = [flowml.grad(flowml.sum(flowml.svd(x)[1]), x)]  # the values' derivative is defined
+    assert g.type.shape == (3, 2)
+
+
 NORMS = [(None, None), (None, -1), (1, 0), ("inf", 1), ("-inf", 2), (0, 2), (3.5, 1), ("fro", (1, 2)),
-         (1, (1, 2)), (-1, (2, 1)), ("inf", (0, 2)), ("-inf", (1, 2)), (2, (1, 2)), (2, (2, 0))]
+         (1, (1, 2)), (-1, (2, 1)), ("inf", (0, 2)), ("-inf", (1, 2)), (2, (1, 2)), (2, (2, 0)), (-2, (1, 2)),
+         ("nuc", (0, 1))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -220,8 +268,8 @@ def test_norm_matches_numpy_for_every_ord(backend):
 def test_norm_refuses_what_it_cannot_do():
     flowml.reset_default_graph()
     x = flowml.tensor("x", "f64[3, 4]")
-    with pytest.raises(FlowTypeError, match="needs the singular values"):
-        flowml.norm(x, "nuc")
+    with pytest.raises(FlowTypeError, match="needs min"):
+        flowml.norm(flowml.tensor("y", "f64[N, M]"), "nuc")
     with pytest.raises(FlowTypeError, match="is a matrix norm"):
         flowml.norm(x, "fro", axis=0)
     with pytest.raises(FlowTypeError, match="ord must be"):

@@ -507,6 +507,56 @@ def eigh(a):
     return _apply(P.eigh, [a], part="values"), _apply(P.eigh, [a], part="vectors")
 
 
+def svd(a, full_matrices=True, compute_uv=True):
+    """numpy.linalg.svd: (u, s, vt) with a = u @ (s[..., None] * vt) (full_matrices: u and vt
+    square), or s alone (compute_uv=False); the singular values descending."""
+    (a,) = _linalg_operands("svd", a)
+    full = static_bool(full_matrices, "svd's full_matrices")
+    if not static_bool(compute_uv, "svd's compute_uv"):
+        return _apply(P.svd, [a], part="s", full_matrices=False)
+    return (_apply(P.svd, [a], part="u", full_matrices=full), _apply(P.svd, [a], part="s", full_matrices=False),
+            _apply(P.svd, [a], part="vt", full_matrices=full))
+
+
+def _cutoff(s, rcond, m, n):
+    """numpy's: singular values at most rcond * the largest count as zero (rcond: max(m, n) * eps
+    by default)."""
+    if rcond is None:
+        rcond = builtins.max(_static_or(m, 1), _static_or(n, 1)) * float(np.finfo(s.dtype).eps)
+    return multiply(max(s, axis=-1, keepdims=True), rcond)
+
+
+def _static_or(d, default):
+    return d if isinstance(d, int) else default
+
+
+def pinv(a, rcond=None):
+    """The Moore-Penrose pseudo-inverse (numpy.linalg.pinv): v diag(1/s) u^T over the singular
+    values above the cutoff (rcond * the largest; max(m, n) * eps by default)."""
+    (a,) = _linalg_operands("pinv", a)
+    rcond = None if const_value(rcond) is None else float(const_value(rcond))
+    u, s, vt = svd(a, full_matrices=False)
+    keep = s > _cutoff(s, rcond, *a.type.shape[-2:])
+    s_inv = where(keep, 1.0 / where(keep, s, ones_like(s)), zeros_like(s))
+    return matmul(swap_last(vt) * expand_dims(s_inv, -2), swap_last(u))
+
+
+def lstsq(a, b, rcond=None):
+    """numpy.linalg.lstsq: (x, residuals, rank, s), x minimizing |a @ x - b| (the least-norm one
+    when a is rank deficient). `residuals` are the sums of squared residuals of b's columns
+    (numpy gives an empty array instead when rank < n or m <= n: a flowml value has one shape);
+    `rank` counts the singular values above the cutoff (rcond * the largest; max(m, n) * eps by
+    default)."""
+    a, b = _linalg_operands("lstsq", a, b)
+    rcond = None if const_value(rcond) is None else float(const_value(rcond))
+    s = svd(a, compute_uv=False)
+    x = matmul(pinv(a, rcond), b)
+    r = matmul(a, x) - b
+    residuals = sum(r * r, axis=0) if b.ndim > 1 else sum(r * r, axis=-1, keepdims=True)
+    rank = sum(cast(s > _cutoff(s, rcond, *a.type.shape[-2:]), "i64"), axis=-1)
+    return x, residuals, rank, s
+
+
 def _norm_order(ord):
     """numpy's `ord` of `norm` as None, a float or 'fro' / 'nuc' ('inf' and '-inf' as strings too,
     for .flow, which has no inf literal)."""
@@ -531,8 +581,8 @@ def _two_norm(x, axes):
 
 def norm(x, ord=None, axis=None, keepdims=False):
     """numpy.linalg.norm: a vector norm over one axis (ord 2 by default; inf, -inf, 0, 1, any p),
-    a matrix norm over two ('fro' by default; 1, -1, inf, -inf, 2), the 2-norm of everything
-    when both ord and axis are None."""
+    a matrix norm over two ('fro' by default; 'nuc', 1, -1, 2, -2, inf, -inf), the 2-norm of
+    everything when both ord and axis are None."""
     g = _graph_of(x)
     x = as_var(x, g)
     if x.dtype.kind != "f":
@@ -588,14 +638,21 @@ def _matrix_norm(x, order, axes):
     if order in (math.inf, -math.inf):
         row_sums = sum(a, axis=cols, keepdims=True)
         return (max if order > 0 else min)(row_sums, axis=rows, keepdims=True)
-    if order == 2:  # the largest singular value: sqrt of the largest eigenvalue of m^T m
+    if order in (2, -2, "nuc"):  # of the singular values
         rest = [i for i in range(x.ndim) if i not in axes]
         m = transpose(x, tuple(rest) + (rows, cols))
-        top = max(eigvalsh(matmul(swap_last(m), m)), axis=-1)
-        top = sqrt(maximum(top, 0.0))
-        return reshape(top, tuple(1 if i in axes else d for i, d in enumerate(x.type.shape)))
-    raise FlowTypeError(f"norm's matrix ord {order!r} needs the singular values (svd), which flowml does not have "
-                        "yet; ord 'fro', 1, -1, inf, -inf and 2 work", current_loc())
+        mdim, ndim = m.type.shape[-2:]
+        if mdim == ndim or (isinstance(mdim, int) and isinstance(ndim, int)):
+            s = svd(m, compute_uv=False)
+            r = max(s, axis=-1) if order == 2 else min(s, axis=-1) if order == -2 else sum(s, axis=-1)
+        elif order == 2:  # (dims of unknown order: the largest eigenvalue of m^T m)
+            r = sqrt(maximum(max(eigvalsh(matmul(swap_last(m), m)), axis=-1), 0.0))
+        else:
+            raise FlowTypeError(f"norm's ord {order!r} of {x.type} needs min(m, n) singular values: make the "
+                                "matrix dims ints, or equal", current_loc())
+        return reshape(r, tuple(1 if i in axes else d for i, d in enumerate(x.type.shape)))
+    raise FlowTypeError(f"norm's matrix ord must be 'fro', 'nuc', 1, -1, 2, -2, inf or -inf, not {order!r}",
+                        current_loc())
 
 
 def eigvalsh(a):
@@ -923,5 +980,5 @@ __all__ = [
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
-    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm",
+    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm", "svd", "pinv", "lstsq",
 ]

@@ -51,7 +51,9 @@ SIGNATURES = {
 #   potrf(uplo, n, a, lda, info)                          Cholesky
 #   trtrs(uplo, trans, diag, n, nrhs, a, lda, b, ldb, info)  triangular solve
 #   syevd(jobz, uplo, n, a, lda, w, work, lwork, iwork, liwork, info)  symmetric eigenproblem
+#   gesdd(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info)  SVD, divide and conquer
 LAPACK = {
+    "sgesdd": ("void", 14), "dgesdd": ("void", 14),
     "ssyevd": ("void", 11), "dsyevd": ("void", 11),
     "sgetrf": ("void", 6), "dgetrf": ("void", 6),
     "sgetrs": ("void", 9), "dgetrs": ("void", 9),

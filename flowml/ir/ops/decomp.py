@@ -417,3 +417,148 @@ def _gap_inverse(w):
 
 
 eigh = Eigh()
+
+
+def _smaller_dim(t, what):
+    """min(m, n) of matrices t [..., m, n], which a type needs: known when both are ints or they
+    are the same symbol."""
+    m, n = t.shape[-2], t.shape[-1]
+    if m == n:
+        return m
+    if isinstance(m, int) and isinstance(n, int):
+        return m if m < n else n
+    raise ShapeError(f"{what} of {t} needs to know the smaller of its last two dims: make them ints, or equal")
+
+
+class Svd(_Decomp):
+    """One part of numpy.linalg.svd(a, full_matrices): `part` 's' (the singular values,
+    descending, [..., k] with k = min(m, n)), 'u' ([..., m, k], or m x m with full matrices) or
+    'vt' ([..., k, n], or n x n). `flowml.ir.lib.svd` returns (u, s, vt), or s alone. The
+    vectors have the signs LAPACK's gesdd gives (the same on every backend); their derivative
+    is that of the reduced decomposition (none with full matrices, as in JAX), undefined where
+    singular values repeat or, for the vectors of a non-square matrix, vanish."""
+
+    def __init__(self):
+        super().__init__("svd", verb="take the singular value decomposition of")
+
+    def infer(self, types, attrs):
+        (a,) = types
+        if a.ndim < 2 or a.dtype.kind != "f":
+            raise ShapeError(f"svd needs float matrices (..., m, n), not {a}")
+        k = _smaller_dim(a, "svd")
+        m, n = a.shape[-2:]
+        part, full = attrs["part"], attrs["full_matrices"]
+        if part == "s":
+            return TensorType(a.dtype, a.shape[:-2] + (k,))
+        if part == "u":
+            return TensorType(a.dtype, a.shape[:-2] + (m, m if full else k))
+        if part == "vt":
+            return TensorType(a.dtype, a.shape[:-2] + (n if full else k, n))
+        raise ShapeError(f"svd's part is 's', 'u' or 'vt', not {part!r}")
+
+    @staticmethod
+    def impl(a, part, full_matrices):
+        # scipy's gesdd on the column-major copy: the routine and layout the native code uses
+        import scipy.linalg
+        out = None
+        for i in np.ndindex(*a.shape[:-2]):
+            if part == "s":
+                r = scipy.linalg.svd(a[i], compute_uv=False, lapack_driver="gesdd", check_finite=False)
+            else:
+                u, s, vt = scipy.linalg.svd(a[i], full_matrices=full_matrices, lapack_driver="gesdd",
+                                            check_finite=False)
+                r = u if part == "u" else vt
+            if out is None:
+                out = np.empty(a.shape[:-2] + r.shape, a.dtype)
+            out[i] = r
+        if out is None:  # (an empty batch)
+            k = min(a.shape[-2:])
+            m, n = a.shape[-2:]
+            inner = {"s": (k,), "u": (m, m if full_matrices else k), "vt": (n if full_matrices else k, n)}[part]
+            out = np.empty(a.shape[:-2] + inner, a.dtype)
+        return out
+
+    @staticmethod
+    def rule(g, y, a, part, full_matrices):
+        if part != "s" and full_matrices:
+            from ...errors import FlowGradError
+            raise FlowGradError("svd with full_matrices=true has no derivative (its extra vectors are any basis "
+                                "of the complement): use full_matrices=false")
+        return [lambda: _svd_vjp(a, part, g)]
+
+    @staticmethod
+    def tangent(tangents, y, a, part, full_matrices):
+        (ta,) = tangents
+        if ta is None:
+            return None
+        if part != "s" and full_matrices:
+            from ...errors import FlowGradError
+            raise FlowGradError("svd with full_matrices=true has no derivative: use full_matrices=false")
+        u, s, vt = L.svd(a, full_matrices=False)
+        v = L.swap_last(vt)
+        ds_mat = L.matmul(L.matmul(L.swap_last(u), ta), v)  # u^T da v
+        if part == "s":
+            return L.sum(_diagonal_part(ds_mat), axis=-1)
+        f = _svd_gaps(s)
+        srow = L.expand_dims(s, -2)  # [..., 1, k]: entry (i, j) is s_j
+        scol = L.expand_dims(s, -1)  # s_i
+        m, n = a.type.shape[-2:]
+        if part == "u":  # du = u (F o (dS S + S dS^T)) + (I - u u^T) da v S^-1
+            dss = L.multiply(ds_mat, srow)
+            du = L.matmul(u, L.multiply(f, L.add(dss, L.swap_last(dss))))
+            if _maybe_greater(m, n):
+                dav = L.matmul(ta, v)
+                du = L.add(du, L.divide(L.subtract(dav, L.matmul(u, L.matmul(L.swap_last(u), dav))), srow))
+            return du
+        sds = L.multiply(scol, ds_mat)  # dv = v (F o (S dS + dS^T S)) + (I - v v^T) da^T u S^-1
+        dv = L.matmul(v, L.multiply(f, L.add(sds, L.swap_last(sds))))
+        if _maybe_greater(n, m):
+            dau = L.matmul(L.swap_last(ta), u)
+            dv = L.add(dv, L.divide(L.subtract(dau, L.matmul(v, L.matmul(vt, dau))), srow))
+        return L.swap_last(dv)
+
+
+def _maybe_greater(p, q) -> bool:
+    """p > q, or not known to be false (symbolic dims)."""
+    return not (isinstance(p, int) and isinstance(q, int)) or p > q
+
+
+def _svd_gaps(s):
+    """F_ij = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it."""
+    srow, scol = L.expand_dims(s, -2), L.expand_dims(s, -1)
+    gap = L.multiply(L.add(srow, scol), L.subtract(srow, scol))
+    k = s.type.shape[-1]
+    off = L.not_equal(L.reshape(L.arange(s.graph, k), (k, 1)), L.reshape(L.arange(s.graph, k), (1, k)))
+    return L.where(off, L.divide(1.0, L.where(off, gap, 1.0)), 0.0)
+
+
+def _svd_vjp(a, part, g):
+    """The cotangent of a from that of one part of its reduced SVD (the transpose of `tangent`):
+    u [diag(gs) + (J + J^T) S + S (K + K^T)] v^T, J = F o (u^T gu), K = F o (v^T gv), plus the
+    parts off the span of u (m > n) or v (n > m)."""
+    u, s, vt = L.svd(a, full_matrices=False)
+    v = L.swap_last(vt)
+    srow, scol = L.expand_dims(s, -2), L.expand_dims(s, -1)
+    m, n = a.type.shape[-2:]
+    if part == "s":
+        return L.matmul(L.multiply(u, L.expand_dims(g, -2)), vt)  # u diag(gs) v^T
+    f = _svd_gaps(s)
+    if part == "u":
+        j = L.multiply(f, L.matmul(L.swap_last(u), g))
+        inner = L.multiply(L.add(j, L.swap_last(j)), srow)
+        ga = L.matmul(L.matmul(u, inner), vt)
+        if _maybe_greater(m, n):
+            off = L.subtract(g, L.matmul(u, L.matmul(L.swap_last(u), g)))  # (I - u u^T) gu
+            ga = L.add(ga, L.matmul(L.divide(off, srow), vt))
+        return ga
+    gv = L.swap_last(g)
+    kk = L.multiply(f, L.matmul(vt, gv))
+    inner = L.multiply(scol, L.add(kk, L.swap_last(kk)))
+    ga = L.matmul(L.matmul(u, inner), vt)
+    if _maybe_greater(n, m):
+        off = L.subtract(gv, L.matmul(v, L.matmul(vt, gv)))  # (I - v v^T) gv
+        ga = L.add(ga, L.matmul(u, L.swap_last(L.divide(off, srow))))
+    return ga
+
+
+svd = Svd()

@@ -1,4 +1,4 @@
-"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh: scipy's LAPACK (`..blas`: the capsules
+"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd: scipy's LAPACK (`..blas`: the capsules
 of `scipy.linalg.cython_lapack`) called by pointer from the entry point, one call per matrix of
 the batch, in scratch buffers of the call frame (LAPACK overwrites its operands).
 
@@ -334,3 +334,61 @@ def lower_eigh(w, n):
 
 def _no_convergence(graph, node, info, env):
     return op_failed(graph, node, np.linalg.LinAlgError("Eigenvalues did not converge"))
+
+
+@lowers("svd")
+def lower_svd(w, n):
+    """gesdd of a copied column-major (scipy.linalg.svd's routine and layout, so the vectors'
+    signs are the reference's): jobz 'N' for the values, 'S' or 'A' for the vectors; the part
+    asked for is transposed (or copied) into place. The matrix dims are ints, or one symbol for
+    both (the type needs min(m, n)); the workspaces are LAPACK's documented minimums or more."""
+    (a_node,) = w.operands(n)
+    lp = _Lapack(w, n)
+    fn = w.fn
+    attrs = w.attrs(n)
+    part, full = attrs["part"], attrs["full_matrices"]
+    at = w.type(a_node)
+    m_dim, n_dim = at.shape[-2:]
+    k_dim = m_dim if m_dim == n_dim else min(m_dim, n_dim)
+    M, N, K = w.dim(m_dim), w.dim(n_dim), w.dim(k_dim)
+    vectors = part != "s"
+    ucols = m_dim if full else k_dim
+    vrows = n_dim if full else k_dim
+    if isinstance(k_dim, int):
+        big = max(m_dim, n_dim)
+        work_shape = (4 * k_dim * k_dim + 8 * k_dim + big + 64,) if vectors else (3 * k_dim + max(big, 7 * k_dim) + 64,)
+        iwork_shape = (8 * k_dim + 8,)
+    else:  # m = n = k, a symbol
+        work_shape = (13, k_dim, k_dim) if vectors else (11, k_dim)
+        iwork_shape = (8, k_dim)
+    cm = lp.scratch(lp.dt, (m_dim, n_dim))
+    values = lp.scratch(lp.dt, (k_dim,))
+    u = lp.scratch(lp.dt, (m_dim, ucols)) if vectors else values
+    vt = lp.scratch(lp.dt, (vrows, n_dim)) if vectors else values
+    work, iwork = lp.scratch(lp.dt, work_shape), lp.scratch("int32", iwork_shape)
+    gesdd = lp.routine("gesdd")
+    jobz = lp.char("N" if not vectors else ("A" if full else "S"))
+    m32, n32, lda = lp.i32(M), lp.i32(N), lp.ld(M)
+    ldu, ldvt = lp.ld(M), lp.ld(w.dim(vrows) if vectors else "1")
+    lwork, liwork = lp.i32(w.size(work_shape)), lp.i32(w.size(iwork_shape))
+    pa, px = w.ptr(a_node), w.ptr(n)
+    mn = fn.mul(M, N)
+    out_size = w.size(w.type(n).shape[-1:] if part == "s" else w.type(n).shape[-2:])
+    with fn.if_(fn.emit(f"icmp sgt i64 {K}, 0", "c")):
+        with fn.loop("0", w.size(at.shape[:-2]), "lb") as bi:
+            lp.transpose(cm, fn.gep(lp.t, pa, fn.mul(bi, mn)), M, N)
+            fn.line(f"call void {gesdd}(ptr {jobz}, ptr {m32}, ptr {n32}, ptr {cm}, ptr {lda}, ptr {values}, "
+                    f"ptr {u}, ptr {ldu}, ptr {vt}, ptr {ldvt}, ptr {work}, ptr {lwork}, ptr {iwork}, ptr {lp.info})")
+            lp.fail_on_info(_svd_no_convergence)
+            dst = fn.gep(lp.t, px, fn.mul(bi, out_size))
+            if part == "s":
+                lp.copy(dst, values, K)
+            elif part == "u":  # (column-major m x c is row-major c x m)
+                lp.transpose(dst, u, w.dim(ucols), M)
+            else:
+                lp.transpose(dst, vt, N, w.dim(vrows))
+    w.note(f"LAPACK {_PREFIX[lp.dt]}gesdd per matrix")
+
+
+def _svd_no_convergence(graph, node, info, env):
+    return op_failed(graph, node, np.linalg.LinAlgError("SVD did not converge"))
