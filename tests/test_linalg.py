@@ -145,6 +145,10 @@ def _cases():
         Case(lambda x: L.svd(x, full_matrices=False)[0] ** 2, [rng.normal(size=(3, 5))], label="svd u wide"),
         Case(lambda x: L.svd(x, full_matrices=False)[2] ** 2, [rng.normal(size=(3, 5))], label="svd vt wide"),
         Case(lambda x: L.pinv(x), [rng.normal(size=(4, 3))], label="pinv"),
+        Case(lambda x: L.qr(x)[0], [rng.normal(size=(2, 4, 3))], label="qr q"),
+        Case(lambda x: L.qr(x)[1], [rng.normal(size=(4, 3))], label="qr r"),
+        Case(lambda x: L.qr(x, "complete")[1], [rng.normal(size=(3, 3))], label="qr r square"),
+        Case(lambda c, b: L.cho_solve((c, True), b), [np.linalg.cholesky(s), m], label="cho_solve"),
         Case(lambda x: L.norm(x), [rng.normal(size=(3, 4))], label="norm fro"),
         Case(lambda x: L.norm(x, 3.0, axis=1), [rng.normal(size=(3, 4))], label="norm p"),
         Case(lambda x: L.norm(x, 2, axis=(0, 1)), [rng.normal(size=(4, 3))], label="norm 2 (matrix)"),
@@ -234,6 +238,31 @@ def test_svd_pinv_lstsq_match_numpy(backend, shape):
     ref = flowml.loads(src, backend="reference").f(a, b)
     for i in (0, 2, 3, 4):  # the vectors' signs are the same on every backend
         np.testing.assert_allclose(got[i], ref[i], atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["opencl"])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 4)])
+def test_qr_and_cho_solve_match_numpy_and_scipy(backend, shape):
+    m, n = shape
+    src = (f"input a : f64[B, {m}, {n}]\ninput c : f64[{m}, {m}]\ninput b : f64[{m}, 2]\n"
+           "fn f(a, c, b) -> q, r, qc, rc, qr(a, \"r\"), cho_solve((c, true), b), cho_solve(c.T, b, lower=false) {\n"
+           "  q, r = qr(a)\n  qc, rc = qr(a, \"complete\")\n}\n")
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(2, m, n)), rng.normal(size=(m, 2))
+    spd_a = spd(rng, m, m)
+    c = np.linalg.cholesky(spd_a)
+    q, r, qc, rc, r_only, x1, x2 = flowml.loads(src, backend=backend).f(a, c, b)
+    for got, want in zip((q, r, qc, rc, r_only), (*np.linalg.qr(a), *np.linalg.qr(a, "complete"), np.linalg.qr(a)[1])):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    for x in (x1, x2):
+        np.testing.assert_allclose(x, np.linalg.solve(spd_a, b), rtol=1e-10)
+
+
+def test_qr_derivative_needs_a_tall_matrix():
+    flowml.reset_default_graph()
+    x = flowml.tensor("x", "f64[2, 3]")
+    with pytest.raises(flowml.FlowError, match="m >= n"):
+        flowml.grad(flowml.sum(flowml.qr(x)[1]), x)
 
 
 def test_svd_of_full_matrices_has_no_derivative():

@@ -518,6 +518,33 @@ def svd(a, full_matrices=True, compute_uv=True):
             _apply(P.svd, [a], part="vt", full_matrices=full))
 
 
+def qr(a, mode="reduced"):
+    """numpy.linalg.qr: (q, r) with a = q @ r, q's columns orthonormal and r upper triangular;
+    mode 'reduced' (q [..., m, k], r [..., k, n]), 'complete' (q square, r [..., m, n]) or 'r'
+    (r alone, as reduced)."""
+    (a,) = _linalg_operands("qr", a)
+    mode = const_value(mode)
+    if mode not in ("reduced", "complete", "r"):
+        raise FlowTypeError(f"qr's mode is 'reduced', 'complete' or 'r', not {mode!r}", current_loc())
+    complete = mode == "complete"
+    r = _apply(P.qr, [a], part="r", complete=complete)
+    return r if mode == "r" else (_apply(P.qr, [a], part="q", complete=complete), r)
+
+
+def cho_solve(c_and_lower, b, lower=None):
+    """scipy.linalg.cho_solve((c, lower), b): x with a @ x = b from a's Cholesky factor c (lower:
+    a = c @ c.T, else a = c.T @ c); also cho_solve(c, b, lower=true)."""
+    if isinstance(c_and_lower, tuple):
+        c, low = c_and_lower
+    else:
+        c, low = c_and_lower, True if lower is None else lower
+    low = static_bool(low, "cho_solve's lower")
+    c, b = _linalg_operands("cho_solve", c, b)
+    if low:  # c c^T x = b
+        return solve_triangular(swap_last(c), solve_triangular(c, b, lower=True), lower=False)
+    return solve_triangular(c, solve_triangular(swap_last(c), b, lower=True), lower=False)
+
+
 def _cutoff(s, rcond, m, n):
     """numpy's: singular values at most rcond * the largest count as zero (rcond: max(m, n) * eps
     by default)."""
@@ -981,4 +1008,5 @@ __all__ = [
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
     "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm", "svd", "pinv", "lstsq",
+    "qr", "cho_solve",
 ]

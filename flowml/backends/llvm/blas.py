@@ -52,7 +52,11 @@ SIGNATURES = {
 #   trtrs(uplo, trans, diag, n, nrhs, a, lda, b, ldb, info)  triangular solve
 #   syevd(jobz, uplo, n, a, lda, w, work, lwork, iwork, liwork, info)  symmetric eigenproblem
 #   gesdd(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info)  SVD, divide and conquer
+#   geqrf(m, n, a, lda, tau, work, lwork, info)           Householder QR
+#   orgqr(m, n, k, a, lda, tau, work, lwork, info)        its q
 LAPACK = {
+    "sgeqrf": ("void", 8), "dgeqrf": ("void", 8),
+    "sorgqr": ("void", 9), "dorgqr": ("void", 9),
     "sgesdd": ("void", 14), "dgesdd": ("void", 14),
     "ssyevd": ("void", 11), "dsyevd": ("void", 11),
     "sgetrf": ("void", 6), "dgetrf": ("void", 6),

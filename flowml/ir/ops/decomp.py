@@ -562,3 +562,81 @@ def _svd_vjp(a, part, g):
 
 
 svd = Svd()
+
+
+class Qr(_Decomp):
+    """One part of numpy.linalg.qr(a, mode): `part` 'q' ([..., m, k], or m x m when `complete`)
+    or 'r' ([..., k, n], or m x n), k = min(m, n). Householder QR (LAPACK's geqrf, orgqr): r's
+    diagonal may be negative, as numpy's. Derivatives for m >= n without `complete` (PyTorch's
+    rule), none otherwise."""
+
+    def __init__(self):
+        super().__init__("qr", verb="take the QR decomposition of")
+
+    def infer(self, types, attrs):
+        (a,) = types
+        if a.ndim < 2 or a.dtype.kind != "f":
+            raise ShapeError(f"qr needs float matrices (..., m, n), not {a}")
+        k = _smaller_dim(a, "qr")
+        m, n = a.shape[-2:]
+        rows = m if attrs["complete"] else k
+        if attrs["part"] == "q":
+            return TensorType(a.dtype, a.shape[:-2] + (m, rows))
+        if attrs["part"] == "r":
+            return TensorType(a.dtype, a.shape[:-2] + (rows, n))
+        raise ShapeError(f"qr's part is 'q' or 'r', not {attrs['part']!r}")
+
+    @staticmethod
+    def impl(a, part, complete):
+        import scipy.linalg
+        m, n = a.shape[-2:]
+        rows = m if complete else min(m, n)
+        out = np.empty(a.shape[:-2] + ((m, rows) if part == "q" else (rows, n)), a.dtype)
+        for i in np.ndindex(*a.shape[:-2]):
+            q, r = scipy.linalg.qr(a[i], mode="full" if complete else "economic", check_finite=False)
+            out[i] = q if part == "q" else r
+        return out
+
+    @staticmethod
+    def _differentiable(a, complete):
+        m, n = a.type.shape[-2:]
+        if complete and m != n or not (m == n or (isinstance(m, int) and isinstance(n, int) and m >= n)):
+            from ...errors import FlowGradError
+            raise FlowGradError(f"qr of {a.type} has no derivative here: flowml differentiates qr of matrices "
+                                "with m >= n (known from the type), without mode='complete'")
+
+    @staticmethod
+    def rule(g, y, a, part, complete):
+        Qr._differentiable(a, complete)
+
+        def grad_a():
+            q, r = L.qr(a)
+            # (PyTorch's linalg_qr_backward) ga = [gq + q syminvadj(triu(gr r^T - q^T gq))] r^-T
+            m = L.matmul(g, L.swap_last(r)) if part == "r" else L.negative(L.matmul(L.swap_last(q), g))
+            t = triangle(m, lower=False)
+            sym = L.subtract(L.add(t, L.swap_last(t)), _diagonal_part(t))
+            x = L.matmul(q, sym)
+            if part == "q":
+                x = L.add(x, g)
+            # x r^-T = (r^-1 x^T)^T
+            return L.swap_last(L.solve_triangular(r, L.swap_last(x), lower=False))
+        return [grad_a]
+
+    @staticmethod
+    def tangent(tangents, y, a, part, complete):
+        (ta,) = tangents
+        if ta is None:
+            return None
+        Qr._differentiable(a, complete)
+        q, r = L.qr(a)
+        # (JAX's qr_jvp_rule) with dx r^-1 = (r^-T dx^T)^T
+        dx_rinv = L.swap_last(L.solve_triangular(L.swap_last(r), L.swap_last(ta), lower=True))
+        qt = L.matmul(L.swap_last(q), dx_rinv)
+        low = triangle(qt, lower=True, strict=True)
+        do = L.subtract(low, L.swap_last(low))
+        if part == "q":
+            return L.add(L.matmul(q, L.subtract(do, qt)), dx_rinv)
+        return L.matmul(L.subtract(qt, do), r)
+
+
+qr = Qr()

@@ -1,4 +1,4 @@
-"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd: scipy's LAPACK (`..blas`: the capsules
+"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd, qr: scipy's LAPACK (`..blas`: the capsules
 of `scipy.linalg.cython_lapack`) called by pointer from the entry point, one call per matrix of
 the batch, in scratch buffers of the call frame (LAPACK overwrites its operands).
 
@@ -392,3 +392,53 @@ def lower_svd(w, n):
 
 def _svd_no_convergence(graph, node, info, env):
     return op_failed(graph, node, np.linalg.LinAlgError("SVD did not converge"))
+
+
+@lowers("qr")
+def lower_qr(w, n):
+    """geqrf of a copied column-major (scipy.linalg.qr's routine and layout), then r read off its
+    upper triangle, or q built by orgqr from the reflectors (their first k columns copied into a
+    buffer of q's columns)."""
+    (a_node,) = w.operands(n)
+    lp = _Lapack(w, n)
+    fn = w.fn
+    attrs = w.attrs(n)
+    at = w.type(a_node)
+    m_dim, n_dim = at.shape[-2:]
+    k_dim = m_dim if m_dim == n_dim else min(m_dim, n_dim)
+    M, N, K = w.dim(m_dim), w.dim(n_dim), w.dim(k_dim)
+    rows_dim = m_dim if attrs["complete"] else k_dim  # q's columns, r's rows
+    R = w.dim(rows_dim)
+    work_shape = (64 * max(m_dim, n_dim) + 64,) if isinstance(k_dim, int) else (64, k_dim)
+    cm = lp.scratch(lp.dt, (m_dim, n_dim))
+    tau = lp.scratch(lp.dt, (k_dim,))
+    work = lp.scratch(lp.dt, work_shape)
+    m32, n32, k32, lda = lp.i32(M), lp.i32(N), lp.i32(K), lp.ld(M)
+    lwork = lp.i32(w.size(work_shape))
+    pa, px = w.ptr(a_node), w.ptr(n)
+    mn = fn.mul(M, N)
+    zero = float_literal(0.0, lp.dt)
+    if attrs["part"] == "q":
+        qbuf = lp.scratch(lp.dt, (m_dim, rows_dim))
+        out_size, r32 = fn.mul(M, R), lp.i32(R)
+    else:
+        out_size = fn.mul(R, N)
+    with fn.loop("0", w.size(at.shape[:-2]), "lb") as bi:
+        lp.transpose(cm, fn.gep(lp.t, pa, fn.mul(bi, mn)), M, N)
+        fn.line(f"call void {lp.routine('geqrf')}(ptr {m32}, ptr {n32}, ptr {cm}, ptr {lda}, ptr {tau}, ptr {work}, "
+                f"ptr {lwork}, ptr {lp.info})")
+        dst = fn.gep(lp.t, px, fn.mul(bi, out_size))
+        if attrs["part"] == "r":  # r[i, j] = cm[i + j m] on and above the diagonal
+            with fn.loop("0", R, "ri") as i:
+                with fn.loop("0", N, "rj") as j:
+                    upper = fn.emit(f"icmp sle i64 {i}, {j}", "c")
+                    v = fn.load(lp.t, cm, fn.add(i, fn.mul(j, M)))
+                    fn.store(lp.t, fn.emit(f"select i1 {upper}, {IR_TYPE[lp.dt]} {v}, {IR_TYPE[lp.dt]} {zero}", "r"),
+                             dst, fn.add(fn.mul(i, N), j))
+        else:
+            lp.copy(qbuf, cm, fn.mul(M, K))  # (the reflectors: the first k columns)
+            fn.line(f"call void {lp.routine('orgqr')}(ptr {m32}, ptr {r32}, ptr {k32}, ptr {qbuf}, ptr {lda}, "
+                    f"ptr {tau}, ptr {work}, ptr {lwork}, ptr {lp.info})")
+            lp.transpose(dst, qbuf, R, M)
+    w.note(f"LAPACK {_PREFIX[lp.dt]}geqrf" + (f" + {_PREFIX[lp.dt]}orgqr" if attrs["part"] == "q" else "")
+           + " per matrix")
