@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "R", "M"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W11", "R", "M"]
 THREADED = ["W1", "W2"]          # also run at every extra thread count (--threads 1,2)
 
 DESCRIPTIONS = {
@@ -16,6 +16,7 @@ DESCRIPTIONS = {
     "W6": "build + first call of W3's train, fresh process (cold / warm cache)",
     "W7": "Hessian-vector product of W4's loss w.r.t. all params, batch 256",
     "W8": "LSTM 64-128, 50 steps, batch 32, f32: loss + gradients of all weights (BPTT)",
+    "W11": "linear algebra, f64: solve / cholesky / slogdet / eigh of 512 x 512, and 1,000 solves of 4 x 4",
     "R": "peak RSS of W4's batch-256 training in a fresh process (and above the imports)",
     "M": "machine context: copy bandwidth, BLAS dgemm/sgemm 1024x1024",
 }
@@ -65,6 +66,11 @@ METRICS = [
     Metric("W6.warm", "W6 build+1st call, warm cache", "s", "lower"),
     Metric("W7", "W7 MLP HVP batch 256", "ms", "lower"),
     Metric("W8", "W8 LSTM loss+grads (BPTT)", "ms", "lower"),
+    Metric("W11.solve", "W11 solve 512 (one rhs)", "ms", "lower"),
+    Metric("W11.cholesky", "W11 cholesky 512", "ms", "lower"),
+    Metric("W11.slogdet", "W11 slogdet 512", "ms", "lower"),
+    Metric("W11.eigh", "W11 eigh 512 (values + vectors)", "ms", "lower"),
+    Metric("W11.batch", "W11 1,000 solves of 4 x 4", "ms", "lower"),
     Metric("R", "W4 b256 peak RSS", "MB", "lower"),
     Metric("R.model", "W4 b256 peak RSS above imports", "MB", "lower"),
 ]

@@ -73,4 +73,18 @@ def w8() -> dict[str, np.ndarray]:
             "b": np.zeros(4 * n_hid, np.float32)}
 
 
+W11_N, W11_BATCH = 512, 1000
+
+
+def w11() -> dict[str, np.ndarray]:
+    """W11's matrices: a well-conditioned a [512, 512] with a right-hand side b, a symmetric
+    positive definite s, and 1,000 small systems (a4 [1000, 4, 4], b4 [1000, 4, 1]), f64."""
+    rng = np.random.default_rng(11)
+    n = W11_N
+    a = rng.standard_normal((n, n)) + np.sqrt(n) * np.eye(n)
+    a4 = rng.standard_normal((W11_BATCH, 4, 4)) + 3 * np.eye(4)
+    return {"a": a, "b": rng.standard_normal(n), "s": a @ a.T, "a4": a4,
+            "b4": rng.standard_normal((W11_BATCH, 4, 1))}
+
+
 PARAM_NAMES = ("W1", "b1", "W2", "b2")

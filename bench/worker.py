@@ -121,6 +121,16 @@ def run_w8(peer, sizes, args):
     return {"W8": _metric(median(ms), "ms", ms)}
 
 
+def run_w11(peer, sizes, args):
+    """Each of W11's operations (a peer's `w11(d)` gives {name: callable}), timed per call."""
+    res = {}
+    for name, fn in peer.w11(data.w11()).items():
+        secs = per_call(fn, min_time=sizes.min_time_s, repeats=sizes.rate_repeats, block=peer.block)
+        ms = [s * 1e3 for s in secs]
+        res[f"W11.{name}"] = _metric(median(ms), "ms", ms)
+    return res
+
+
 def run_w6(peer, sizes, args):
     """Two fresh processes with the same (initially empty) cache folder: cold, then warm."""
     res = {}
@@ -190,7 +200,8 @@ def run_m(peer, sizes, args):
 
 
 RUNNERS = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W4": run_w4, "W5": run_w5,
-           "W6": run_w6, "W7": run_w7, "W8": run_w8, "R": run_r, "M": run_m}
+           "W6": run_w6, "W7": run_w7, "W8": run_w8, "W11": run_w11, "R": run_r,
+           "M": run_m}
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "R")
 W8 = ("W8",)  # the LSTM: the peers with a scan and reverse mode through it (or eager autograd)
+W11 = ("W11",)  # linear algebra: the peers with LAPACK-backed solves and decompositions
 
 
 @dataclass(frozen=True)
@@ -21,15 +22,15 @@ class PeerSpec:
 
 
 REGISTRY: dict[str, PeerSpec] = {
-    "numpy": PeerSpec("numpy_peer", "NumpyPeer", ALL),
+    "numpy": PeerSpec("numpy_peer", "NumpyPeer", ALL + W11),
     "numexpr": PeerSpec("numexpr_peer", "NumexprPeer", ("W1", "W2")),
     "numba": PeerSpec("numba_peer", "NumbaPeer", ALL),
     "pytensor": PeerSpec("pytensor_peer", "PytensorPeer", ALL),
     "pytensor.numba": PeerSpec("pytensor_peer", "PytensorPeer", ALL, {"linker": "numba"}),
-    "jax": PeerSpec("jax_peer", "JaxPeer", ALL + W8),
-    "torch": PeerSpec("torch_peer", "TorchPeer", ALL + W8),
+    "jax": PeerSpec("jax_peer", "JaxPeer", ALL + W8 + W11),
+    "torch": PeerSpec("torch_peer", "TorchPeer", ALL + W8 + W11),
     "torch.compile": PeerSpec("torch_peer", "TorchCompilePeer", ("W4", "R")),
-    "flowml": PeerSpec("flowml_peer", "FlowmlPeer", ALL + W8),
+    "flowml": PeerSpec("flowml_peer", "FlowmlPeer", ALL + W8 + W11),
     "machine": PeerSpec("machine", "MachinePeer", ("M",)),
 }
 

@@ -74,3 +74,9 @@ class FlowmlPeer(Peer):
         f = self.load("lstm.flow", **{k: d[k] for k in ("Wx", "Wh", "b")}).value_and_grad
         xs, ys = d["xs"], d["ys"]
         return lambda: f(xs, ys)
+
+    def w11(self, d):
+        m = self.load("linalg.flow")
+        a, b, s, a4, b4 = (d[k] for k in ("a", "b", "s", "a4", "b4"))
+        return {"solve": lambda: m.solve(a, b), "cholesky": lambda: m.cholesky(s),
+                "slogdet": lambda: m.slogdet(a), "eigh": lambda: m.eigh(s), "batch": lambda: m.batch(a4, b4)}

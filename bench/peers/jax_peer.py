@@ -129,3 +129,10 @@ class JaxPeer(Peer):
         params = tuple(jnp.asarray(d[k]) for k in ("Wx", "Wh", "b"))
         xs, ys = jnp.asarray(d["xs"]), jnp.asarray(d["ys"])
         return lambda: jax.block_until_ready(lstm_value_and_grad(params, xs, ys))
+
+    def w11(self, d):
+        a, b, s, a4, b4 = (jnp.asarray(d[k]) for k in ("a", "b", "s", "a4", "b4"))
+        ops = {"solve": (jax.jit(jnp.linalg.solve), (a, b)), "cholesky": (jax.jit(jnp.linalg.cholesky), (s,)),
+               "slogdet": (jax.jit(lambda m: jnp.linalg.slogdet(m)[1]), (a,)),
+               "eigh": (jax.jit(jnp.linalg.eigh), (s,)), "batch": (jax.jit(jnp.linalg.solve), (a4, b4))}
+        return {k: (lambda f=f, args=args: jax.block_until_ready(f(*args))) for k, (f, args) in ops.items()}

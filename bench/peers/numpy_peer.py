@@ -96,3 +96,14 @@ class NumpyPeer(Peer):
     def w7(self, d):
         args = [d[k] for k in ("x", "y", "W1", "b1", "W2", "b2", "v1", "v2", "v3", "v4")]
         return lambda: mlp_hvp(*args)
+
+    def w11(self, d):
+        """scipy.linalg for the big matrices (what the floor compares with), numpy's batched
+        solve for the small ones."""
+        import scipy.linalg
+        a, b, s, a4, b4 = (d[k] for k in ("a", "b", "s", "a4", "b4"))
+        return {"solve": lambda: scipy.linalg.solve(a, b, check_finite=False),
+                "cholesky": lambda: scipy.linalg.cholesky(s, lower=True, check_finite=False),
+                "slogdet": lambda: np.linalg.slogdet(a),
+                "eigh": lambda: scipy.linalg.eigh(s, check_finite=False),
+                "batch": lambda: np.linalg.solve(a4, b4)}

@@ -109,6 +109,13 @@ class TorchPeer(Peer):
         return step
 
 
+    def w11(self, d):
+        a, b, s, a4, b4 = (torch.from_numpy(d[k]) for k in ("a", "b", "s", "a4", "b4"))
+        return {"solve": lambda: torch.linalg.solve(a, b), "cholesky": lambda: torch.linalg.cholesky(s),
+                "slogdet": lambda: torch.linalg.slogdet(a)[1], "eigh": lambda: torch.linalg.eigh(s),
+                "batch": lambda: torch.linalg.solve(a4, b4)}
+
+
 class TorchCompilePeer(TorchPeer):
     """torch.compile(mlp_loss) (inductor, CPU C++ codegen): forward and backward compiled,
     the four SGD updates eager. Compiling happens in the warm-up calls."""

@@ -93,3 +93,20 @@ def test_w8_lstm_loss_and_gradients(name):
     assert len(got) == len(want) == 4
     for a, b in zip(got, want):
         close(a, b, 1e-4)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch", "flowml"])
+def test_w11_linear_algebra(name, ref):
+    """The peers with W11 compute numpy/scipy's solve, cholesky, log|det|, eigenvalues (and
+    eigenvectors up to sign) and the small batched solves."""
+    d = data.w11()
+    want = {k: f() for k, f in ref.w11(d).items()}
+    peer = make(name)
+    got = {k: peer.block(f()) for k, f in peer.w11(d).items()}
+    as_np = lambda v: np.asarray(v.detach() if hasattr(v, "detach") else v)  # noqa: E731
+    for k in ("solve", "cholesky", "batch"):
+        close(as_np(got[k]), want[k], 1e-9)
+    close(as_np(got["slogdet"]), want["slogdet"][1], 1e-12)
+    w, v = (as_np(x) for x in got["eigh"])
+    close(w, want["eigh"][0], 1e-10)
+    close(np.abs(v), np.abs(want["eigh"][1]), 1e-6)

@@ -514,7 +514,8 @@ def svd(a, full_matrices=True, compute_uv=True):
     full = static_bool(full_matrices, "svd's full_matrices")
     if not static_bool(compute_uv, "svd's compute_uv"):
         return _apply(P.svd, [a], part="s", full_matrices=False)
-    return (_apply(P.svd, [a], part="u", full_matrices=full), _apply(P.svd, [a], part="s", full_matrices=False),
+    # (s is the same either way; built with u's and vt's attrs, it is computed in their call)
+    return (_apply(P.svd, [a], part="u", full_matrices=full), _apply(P.svd, [a], part="s", full_matrices=full),
             _apply(P.svd, [a], part="vt", full_matrices=full))
 
 

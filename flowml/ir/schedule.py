@@ -2,7 +2,9 @@
 
 Without a lazy `if` this is the topological order (ascending ids), except that the nodes of one
 loop (a loop with k outputs is k `scan` nodes sharing a body and operands) are grouped into a
-`Loop` at the place of the first, since one native loop computes them all. A lazy `ifelse`
+`Loop` at the place of the first, since one native loop computes them all; so are the parts of
+one decomposition (eigh's values and vectors, svd's u, s and vt: an op's `multipart` nodes of
+the same operands), which one LAPACK call computes. A lazy `ifelse`
 becomes a `Branch`: the nodes only its `then` side needs, and those only its `else` side
 needs, are scheduled inside it (run only when that side is taken); what the rest of the
 function needs runs unconditionally. A node that both sides (or two `if`s) need but nothing
@@ -21,7 +23,8 @@ from .graph import Graph
 
 @dataclass
 class Loop:
-    """The scan nodes of one loop (the first is where it runs)."""
+    """The scan nodes of one loop, or the parts of one decomposition (the first is where they
+    are computed)."""
     nodes: list[int]
 
 
@@ -41,6 +44,16 @@ def loop_key(graph: Graph, n: int):
         return None
     a = graph.attrs(n)
     return (id(a["body"]), tuple(a["outputs"][:a["n_carry"]]), a["n_carry"], a["n_seq"], tuple(graph.operands(n)))
+
+
+def group_key(graph: Graph, n: int):
+    """What makes nodes one `Loop` item: one loop's scan nodes (`loop_key`), or the parts of one
+    decomposition: the same multipart op, operands and attrs but the part (None: neither)."""
+    op = graph.op(n)
+    if op.multipart:
+        attrs = graph.attrs(n)
+        return (op.name, tuple(graph.operands(n)), tuple(sorted((k, v) for k, v in attrs.items() if k != op.multipart)))
+    return loop_key(graph, n)
 
 
 def schedule(graph: Graph, roots: list[int], available: frozenset = frozenset()) -> list:
@@ -64,7 +77,7 @@ def schedule(graph: Graph, roots: list[int], available: frozenset = frozenset())
             _, a, b = graph.operands(n)
             items.append(Branch(n, schedule(graph, [a], inner), schedule(graph, [b], inner)))
             continue
-        key = loop_key(graph, n)
+        key = group_key(graph, n)
         if key is None:
             items.append(n)
         elif key in loops:

@@ -276,7 +276,8 @@ class NativeProgram:
                     del self.pending[pending:], self.errors[errors:], self.statics[statics:]
             if reason is None:
                 for k, m in enumerate(nodes):
-                    detail = w.detail if k == 0 else f"computed by the loop of node {n}"
+                    detail = w.detail if k == 0 else (f"computed by the loop of node {n}" if op.name == "scan"
+                                                      else f"computed with node {n}")
                     self.steps.append(Step(m, "native" if detail != "folded" else "none", detail))
                     if detail != "folded":
                         if self._segment is not None:

@@ -46,6 +46,9 @@ class Op:
     # the operand (by position) whose buffer the result may be written over, whatever its other
     # operands are (gemm's c): the memory plan may then update a param in place through it
     accumulates_into = None
+    # the attr naming which of several results of one computation a node is (eigh's "part":
+    # values or vectors): a native backend computes the nodes differing only in it together
+    multipart = None
     # a user's function wrapped as an op (`flowml.op`, flowml/ir/ops/wrapped.py): not in OPS,
     # run on the host by every backend, never rewritten, matched by a rule or fused
     wrapped = False

@@ -33,10 +33,13 @@ def _same_float(a, b, what):
 
 
 class _Decomp(Op):
-    """An op of this family: registered under its name, with its impl, VJP and JVP methods."""
+    """An op of this family: registered under its name, with its impl, VJP and JVP methods. One
+    with several results (slogdet, eigh, svd, qr) is one node per result, its attr `part` saying
+    which: the native backend computes the parts of one matrix in one call."""
 
-    def __init__(self, name, verb=None):
-        super().__init__(name, impl=self.impl, vjp=self.rule, jvp=self.tangent, verb=verb or name)
+    def __init__(self, name, verb=None, multipart=None):
+        super().__init__(name, impl=self.impl, vjp=self.rule, jvp=self.tangent, verb=verb or name,
+                         multipart=multipart)
 
 
 # ----------------------------------------------------------------- solves
@@ -311,7 +314,7 @@ class Slogdet(_Decomp):
     -inf when a is singular). `flowml.ir.lib.slogdet` returns both, as numpy."""
 
     def __init__(self):
-        super().__init__("slogdet", verb="take the log-determinant of")
+        super().__init__("slogdet", verb="take the log-determinant of", multipart="part")
 
     def infer(self, types, attrs):
         (a,) = types
@@ -354,7 +357,7 @@ class Eigh(_Decomp):
     NaN, as in JAX)."""
 
     def __init__(self):
-        super().__init__("eigh", verb="take the eigendecomposition of")
+        super().__init__("eigh", verb="take the eigendecomposition of", multipart="part")
 
     def infer(self, types, attrs):
         (a,) = types
@@ -439,7 +442,7 @@ class Svd(_Decomp):
     singular values repeat or, for the vectors of a non-square matrix, vanish."""
 
     def __init__(self):
-        super().__init__("svd", verb="take the singular value decomposition of")
+        super().__init__("svd", verb="take the singular value decomposition of", multipart="part")
 
     def infer(self, types, attrs):
         (a,) = types
@@ -571,7 +574,7 @@ class Qr(_Decomp):
     rule), none otherwise."""
 
     def __init__(self):
-        super().__init__("qr", verb="take the QR decomposition of")
+        super().__init__("qr", verb="take the QR decomposition of", multipart="part")
 
     def infer(self, types, attrs):
         (a,) = types
