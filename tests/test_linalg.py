@@ -61,7 +61,7 @@ def test_every_function_matches_numpy_batched_and_broadcast(backend, dt):
     dtype = np.float64 if dt == "f64" else np.float32
     tol = 1e-9 if dt == "f64" else 2e-4
     rng = np.random.default_rng(0)
-    for b, n, k in [(1, 1, 1), (3, 4, 2), (2, 7, 5), (4, 3, 1)]:
+    for b, n, k in [(1, 1, 1), (3, 4, 2), (2, 7, 5), (4, 3, 1), (2, 12, 3), (1, 9, 10)]:  # (up to 8: inline LU)
         args = (well_conditioned(rng, b, n, n, dtype=dtype), rng.normal(size=(n, k)).astype(dtype),
                 rng.normal(size=n).astype(dtype), spd(rng, b, n, n, dtype=dtype))
         got = model.f(*args)
@@ -328,3 +328,15 @@ def test_inv_times_b_becomes_solve():
     rng = np.random.default_rng(4)
     a, b = well_conditioned(rng, 5, 5), rng.normal(size=(5, 2))
     np.testing.assert_allclose(model.f(a, b), np.linalg.solve(a, b))
+
+
+def test_small_batched_solves_run_inline_and_name_the_singular_matrix():
+    src = "input a : f64[B, 3, 3]\ninput b : f64[B, 3]\nfn f(a, b) -> solve(a, b)\n"
+    model = flowml.loads(src, file="small.flow", backend="llvm")
+    assert "inline LU" in "\n".join(model.f._executable.plan_text({}))
+    rng = np.random.default_rng(10)
+    a, b = well_conditioned(rng, 500, 3, 3), rng.normal(size=(500, 3))
+    np.testing.assert_allclose(model.f(a, b), np.linalg.solve(a, b[..., None])[..., 0], rtol=1e-10)
+    a[321] = [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 1.0, 1.0]]
+    with pytest.raises(FlowRuntimeError, match=r"small\.flow:3:15.*Singular matrix"):
+        model.f(a, b)
