@@ -331,12 +331,12 @@ def test_inv_times_b_becomes_solve():
 
 
 def test_small_batched_solves_run_inline_and_name_the_singular_matrix():
-    src = "input a : f64[B, 3, 3]\ninput b : f64[B, 3]\nfn f(a, b) -> solve(a, b)\n"
+    src = "input a : f64[B, 3, 3]\ninput b : f64[B, 3, 1]\nfn f(a, b) -> solve(a, b)\n"
     model = flowml.loads(src, file="small.flow", backend="llvm")
     assert "inline LU" in "\n".join(model.f._executable.plan_text({}))
     rng = np.random.default_rng(10)
-    a, b = well_conditioned(rng, 500, 3, 3), rng.normal(size=(500, 3))
-    np.testing.assert_allclose(model.f(a, b), np.linalg.solve(a, b[..., None])[..., 0], rtol=1e-10)
+    a, b = well_conditioned(rng, 500, 3, 3), rng.normal(size=(500, 3, 1))
+    np.testing.assert_allclose(model.f(a, b), np.linalg.solve(a, b), rtol=1e-10)
     a[321] = [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 1.0, 1.0]]
     with pytest.raises(FlowRuntimeError, match=r"small\.flow:3:15.*Singular matrix"):
         model.f(a, b)
