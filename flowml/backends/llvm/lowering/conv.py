@@ -354,35 +354,50 @@ def _share(pool, v_x, m, inv, dt):
 
 @lowers("max_pool2d_backprop")
 def lower_max_pool2d_backprop(w, n):
-    """Per plane: each window's 1 / count into a scratch, then gx += g · weight for each kernel
-    offset (a, b) over all windows (the reference's order: an element under overlapping windows
-    adds them up in the same order)."""
+    """One image plane per iteration, zeroed, then each window's g · weight added on. Windows
+    that do not overlap (stride >= window, the usual case) each add onto their own elements, in
+    one pass; overlapping ones first keep every window's 1 / count in a scratch, then add kernel
+    offset (a, b) after offset over all windows: an element under several windows sums them in
+    the reference's order."""
     dt = _dtype(w, n)
     x, out, g = w.operands(n)
     out_shape = w.type(out).shape
-    inv_key = _scratch(w, dt, out_shape)
+    a_ = w.attrs(n)
+    disjoint = a_["stride"][0] >= a_["window"][0] and a_["stride"][1] >= a_["window"][1]
+    inv_key = None if disjoint else _scratch(w, dt, out_shape)
     pool = _Pool(w, n, "maxpoolgrad", x, out_shape)
     k, sb, ft = pool.k, pool.sb, IR_TYPE[dt]
-    px, po, pg, pgx, pinv = k.ptr(x), k.ptr(out), k.ptr(g), k.ptr(n), k.load_slot(inv_key)
+    px, po, pg, pgx = k.ptr(x), k.ptr(out), k.ptr(g), k.ptr(n)
+    pinv = None if disjoint else k.load_slot(inv_key)
     zero = float_literal(0.0, dt)
+
+    def add_share(at, o, m, inv):  # gx[at] += g[o] · (mask · inv), as the reference rounds it
+        term = sb.binary("mul", k.load(ft, pg, o), _share(pool, k.load(ft, px, at), m, inv, dt), dt)
+        k.store(ft, sb.binary("add", k.load(ft, pgx, at), term, dt), pgx, at)
+
     with k.loop("%start", "%end", "r") as plane:
         pbase, obase = k.mul(plane, pool.hw), k.mul(plane, pool.ohw)
+        with k.loop("0", pool.hw, "z") as p:
+            k.store(ft, zero, pgx, k.add(pbase, p))
         with k.loop("0", pool.OH, "i") as i:
             with k.loop("0", pool.OW, "j") as j:
                 o = k.add(obase, k.add(k.mul(i, pool.OW), j))
-                _, inv = _inverse_count(pool, px, po, pool.corner(pbase, i, j), o, dt)
-                k.store(ft, inv, pinv, o)
-        with k.loop("0", pool.hw, "z") as p:
-            k.store(ft, zero, pgx, k.add(pbase, p))
-        with k.loop("0", str(pool.kh), "a") as a:
-            with k.loop("0", str(pool.kw), "b") as b:
-                with k.loop("0", pool.OH, "i") as i:
-                    with k.loop("0", pool.OW, "j") as j:
-                        o = k.add(obase, k.add(k.mul(i, pool.OW), j))
-                        at = k.add(pool.corner(pbase, i, j), k.add(k.mul(a, pool.W), b))
-                        wt = _share(pool, k.load(ft, px, at), k.load(ft, po, o), k.load(ft, pinv, o), dt)
-                        term = sb.binary("mul", k.load(ft, pg, o), wt, dt)
-                        k.store(ft, sb.binary("add", k.load(ft, pgx, at), term, dt), pgx, at)
+                corner = pool.corner(pbase, i, j)
+                m, inv = _inverse_count(pool, px, po, corner, o, dt)
+                if disjoint:
+                    stack, at = pool.window(corner)
+                    with stack:
+                        add_share(at, o, m, inv)
+                else:
+                    k.store(ft, inv, pinv, o)
+        if not disjoint:
+            with k.loop("0", str(pool.kh), "a") as a:
+                with k.loop("0", str(pool.kw), "b") as b:
+                    with k.loop("0", pool.OH, "i") as i:
+                        with k.loop("0", pool.OW, "j") as j:
+                            o = k.add(obase, k.add(k.mul(i, pool.OW), j))
+                            at = k.add(pool.corner(pbase, i, j), k.add(k.mul(a, pool.W), b))
+                            add_share(at, o, k.load(ft, po, o), k.load(ft, pinv, o))
     k.line("ret void")
     fn = w.fn
     w.launch(k, pool.planes(w), fn.size(w.type(x).shape))
