@@ -21,6 +21,8 @@ and add g · (mask · (1 / count)) exactly as the reference does, in its order: 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import numpy as np
 
 from ..irfunc import IR_TYPE, MEM_TYPE
@@ -127,7 +129,7 @@ def _im2col(w, n, x: int, geo: _Geometry, cols_key, dt: str) -> None:
     w.launch(k, fn.size(geo.rows), fn.size(geo.rows + geo.columns))
 
 
-def _regroup(w, n, src: str, dst: str, A, B, P, dt: str) -> None:
+def _regroup(w, n, src, dst, A, B, P, dt: str) -> None:
     """dst [B, A, P] = src [A, B, P] (moves whole runs of P elements), one run per iteration;
     `src`, `dst`: functions of a kernel giving the addresses."""
     k = w.kernel(f"regroup{n}")
@@ -146,13 +148,9 @@ def _regroup(w, n, src: str, dst: str, A, B, P, dt: str) -> None:
     w.launch(k, fn.mul(fn.dim(A), fn.dim(B)), fn.size((A, B) + tuple(P)))
 
 
-def _batch_of_one(geo) -> bool:
-    return geo.N == 1
-
-
 def _grouped_g(w, n, g: int, geo: _Geometry, dt: str) -> tuple[str, str]:
     """g [N, F, OH·OW] as [F, N·OH·OW]: (how kernels and the entry point address it)."""
-    if _batch_of_one(geo):
+    if geo.N == 1:  # [F, OH·OW] already
         return "node", g
     key = _scratch(w, dt, (geo.F,) + geo.columns)
     _regroup(w, n, lambda k: k.ptr(g), lambda k: k.load_slot(key), geo.N, geo.F, (geo.OH, geo.OW), dt)
@@ -164,7 +162,7 @@ def _address(fn, where) -> str:
     return fn.ptr(what) if kind == "node" else fn.load_slot(what)
 
 
-def _conv_geometry(w, x_shape, w_shape, out_hw, attrs) -> _Geometry:
+def _conv_geometry(x_shape, w_shape, out_hw, attrs) -> _Geometry:
     return _Geometry(x_shape, w_shape, out_hw, attrs["stride"], attrs["padding"])
 
 
@@ -172,13 +170,13 @@ def _conv_geometry(w, x_shape, w_shape, out_hw, attrs) -> _Geometry:
 def lower_conv2d(w, n):
     dt = _dtype(w, n)
     x, f = w.operands(n)
-    geo = _conv_geometry(w, w.type(x).shape, w.type(f).shape, w.type(n).shape[2:], w.attrs(n))
+    geo = _conv_geometry(w.type(x).shape, w.type(f).shape, w.type(n).shape[2:], w.attrs(n))
     cols = _scratch(w, dt, geo.rows + geo.columns)
     _im2col(w, n, x, geo, cols, dt)
     fn = w.fn
     F, CKK, NP = fn.dim(geo.F), fn.size(geo.rows), fn.size(geo.columns)
     gemm = _gemm_call(w, dt, False, False, F, NP, CKK)
-    if _batch_of_one(geo):  # Y [F, OH·OW] is the output
+    if geo.N == 1:  # Y [F, OH·OW] is the output
         gemm(fn.ptr(f), fn.load_slot(cols), fn.ptr(n))
         w.note(f"im2col + BLAS {_blas(dt)}gemm")
         return
@@ -196,7 +194,7 @@ def _blas(dt: str) -> str:
 def lower_conv2d_backprop_filter(w, n):
     dt = _dtype(w, n)
     x, g = w.operands(n)
-    geo = _conv_geometry(w, w.type(x).shape, w.type(n).shape, w.type(g).shape[2:], w.attrs(n))
+    geo = _conv_geometry(w.type(x).shape, w.type(n).shape, w.type(g).shape[2:], w.attrs(n))
     cols = _scratch(w, dt, geo.rows + geo.columns)
     _im2col(w, n, x, geo, cols, dt)
     gg = _grouped_g(w, n, g, geo, dt)
@@ -211,7 +209,7 @@ def lower_conv2d_backprop_filter(w, n):
 def lower_conv2d_backprop_input(w, n):
     dt = _dtype(w, n)
     g, f = w.operands(n)
-    geo = _conv_geometry(w, w.type(n).shape, w.type(f).shape, w.type(g).shape[2:], w.attrs(n))
+    geo = _conv_geometry(w.type(n).shape, w.type(f).shape, w.type(g).shape[2:], w.attrs(n))
     gg = _grouped_g(w, n, g, geo, dt)
     cols = _scratch(w, dt, geo.rows + geo.columns)
     fn = w.fn
@@ -284,9 +282,9 @@ class _Pool:
         return w.fn.size(self.x_shape[:-2])
 
     def window(self, base: str):
-        """Loops over a window's offsets (a, b) in C order; yields the element offset in x."""
+        """Opens the loops over a window's offsets (a, b), in C order: (the loops, to close with
+        `with`, and the element's offset in x inside them)."""
         k = self.k
-        from contextlib import ExitStack
         stack = ExitStack()
         a = stack.enter_context(k.loop("0", str(self.kh), "wa"))
         b = stack.enter_context(k.loop("0", str(self.kw), "wb"))
