@@ -166,6 +166,21 @@ fn f(xs) -> hs, grad(cost, w)
         close(got, want, np.float64)
 
 
+def test_a_convolution_on_one_side_of_an_if():
+    """Only the taken side runs; its convolution's scratch is the function's."""
+    src = """
+input x : f64[N, 1, 6, 6]
+input k : i64
+param w : f64[2, 1, 3, 3] = normal(0, 1)
+fn f(x, k) -> if k > 0 then sum(max_pool2d(conv2d(x, w, padding="same"), 2), axis=0) else zeros((2, 3, 3))
+"""
+    nat, ref = flowml.loads(src, backend="llvm", seed=1), flowml.loads(src, backend="reference", seed=1)
+    assert not nat.functions["f"]._executable.host_steps()
+    x = np.random.default_rng(4).standard_normal((3, 1, 6, 6))
+    for k in (1, 0):
+        close(np.asarray(nat.f(x, k)), np.asarray(ref.f(x, k)), np.float64)
+
+
 # ----------------------------------------------------------------- pooling
 
 POOL_CASES = [  # x shape, window, stride (None: the window)
