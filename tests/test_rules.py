@@ -63,6 +63,7 @@ class Spec:
 
 
 F = Spec  # a float64 input
+M3 = Spec("float64", (3, 3), -1.0, 1.0)  # a float64 matrix
 def I(lo=-5, hi=5, shape=(4,)): return Spec("int64", shape, lo, hi)  # noqa: E302,E704
 def B(shape=(4,)): return Spec("bool", shape)  # noqa: E302,E704
 
@@ -188,6 +189,14 @@ FIRES: dict[str, list[Case]] = {
         Case(lambda x: L.log(L.sum(L.exp(x))), [LOGITS], present=("logsumexp",), **S),
         Case(lambda x: L.log(L.sum(L.exp(x), axis=0, keepdims=True)), [LOGITS], present=("logsumexp",), **S)],
     "log(exp(x)) -> x": [Case(lambda x: L.log(L.exp(x)) * 2.0, [F(lo=-30, hi=30)], gone=("log", "exp"), **S)],
+    "log(det(a)) -> log_det(a)": [Case(lambda a: L.log(L.det(a)), [M3], gone=("det",), present=("slogdet",), **S)],
+    "log(abs(det(a))) -> slogdet(a)[1]": [
+        Case(lambda a: L.log(L.abs(L.det(a))), [M3], gone=("det", "abs"), present=("slogdet",), **S)],
+    "inv(a) @ b -> solve(a, b)": [
+        Case(lambda a, b: L.inv(a + const(a, 10 * np.eye(3))) @ b, [M3, F(shape=(3, 2))], gone=("inv",),
+             present=("solve",), rtol=1e-10, atol=1e-12),
+        Case(lambda a, b: L.inv(a + const(a, 10 * np.eye(3))) @ b, [M3, F(shape=(3,))], gone=("inv",),
+             present=("solve",), rtol=1e-10, atol=1e-12)],
     "sqrt(x * x) -> abs(x)": [Case(lambda x: L.sqrt(x * x), gone=("sqrt",), present=("abs",), **S)],
     "1 - erf(x) -> erfc(x)": [Case(lambda x: 1 - L.erf(x), gone=("erf",), present=("erfc",), **S)],
     "1 + erf(x) -> erfc(-x)": [Case(lambda x: 1 + L.erf(x), gone=("erf",), present=("erfc",), **S),
@@ -277,6 +286,10 @@ NOT_FIRES: dict[str, list[Case]] = {
         Case(lambda x: L.log(L.sum(L.exp(x), axis=1) + 1), [LOGITS]), Case(lambda x: L.log(L.sum(x * x)), [LOGITS])],
     # exp(log(x)) is not x: NaN for x < 0
     "log(exp(x)) -> x": [Case(lambda x: L.exp(L.log(x))), Case(lambda x: L.log(L.exp(x) + 1e-300))],
+    "log(det(a)) -> log_det(a)": [Case(lambda a: L.log(L.det(a) + 1), [M3]), Case(lambda a: L.det(L.log(a)), [M3])],
+    "log(abs(det(a))) -> slogdet(a)[1]": [Case(lambda a: L.log(L.abs(L.det(a)) + 1), [M3])],
+    "inv(a) @ b -> solve(a, b)": [Case(lambda a, b: b @ L.inv(a), [M3, F(shape=(3, 3))]),
+                                  Case(lambda a, b: L.inv(a) * b, [M3, F(shape=(3, 3))])],
     "sqrt(x * x) -> abs(x)": [Case(lambda x, y: L.sqrt(x * y), [F(), F()]), Case(lambda x: L.sqrt(x) * L.sqrt(x))],
     "1 - erf(x) -> erfc(x)": [Case(lambda x: 2 - L.erf(x)), Case(lambda x: L.erf(x) - 1)],
     "1 + erf(x) -> erfc(-x)": [Case(lambda x: 2 + L.erf(x))],
@@ -337,7 +350,8 @@ def test_every_rule_has_cases():
     assert set(NOT_FIRES) == set(ALL_RULES), set(NOT_FIRES) ^ set(ALL_RULES)
     composite_rules = {r for _, _, _, rules in COMPOSITES.values() for r in rules}
     stabilize_rules = {name for name, (phase, _) in ALL_RULES.items() if phase == "stabilize"}
-    assert not stabilize_rules - set(EXTREMES) - composite_rules, stabilize_rules - set(EXTREMES) - composite_rules
+    checked = set(EXTREMES) | composite_rules | set(MATRIX_EXTREMES)
+    assert not stabilize_rules - checked, stabilize_rules - checked
 
 
 # ---------------------------------------------------------------- the values the dangerous ones keep
@@ -578,6 +592,46 @@ def test_extreme_inputs_defeat_the_naive_formula(name):
         y, g = _extreme_model(case.expr, dtype, 0).f(np.array(points, dtype))
         wrong += int((~_close(y, _expected(case.f, points, dtype), dtype)).sum())
         wrong += int((~_close(g, _expected(case.df, points, dtype), dtype)).sum())
+    assert wrong > 0
+
+
+# -------------------------------------------------------------- matrices whose determinant overflows
+
+# name: (.flow expression of a [N, N] and b [N, K], its value in mpmath (a, b -> mp.matrix or number))
+MATRIX_EXTREMES = {
+    "log(det(a)) -> log_det(a)": ("log(det(a))", lambda a, b: mp.log(d) if (d := mp.det(a)) > 0 else mp.nan),
+    "log(abs(det(a))) -> slogdet(a)[1]": ("log(abs(det(a)))", lambda a, b: mp.log(abs(mp.det(a)))),
+    "inv(a) @ b -> solve(a, b)": ("inv(a) @ b", lambda a, b: mp.lu_solve(a, b)),
+}
+
+
+def _matrix_extremes(name):
+    """(a, b) pairs: matrices whose |det| is 1e480, 1e-480, ~1e380 for the log-determinants; for
+    solving, an ill-conditioned matrix (Hilbert's, 8 x 8, condition 1e10) with a b along its
+    largest singular vector, where x = a^-1 b is small and inv(a) @ b loses 3 more digits."""
+    if name.startswith("inv"):
+        hilbert = 1 / (np.arange(8)[:, None] + np.arange(8)[None, :] + 1.0)
+        return [(hilbert, np.linalg.svd(hilbert)[0][:, 0])]
+    q, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(60, 60)))
+    return [(a, np.zeros(60)) for a in (q * 1e8, q * 1e-8, np.diag(np.linspace(1, 3, 60)) * 1e6)]
+
+
+@pytest.mark.parametrize("name", list(MATRIX_EXTREMES))
+def test_matrix_rules_at_extreme_determinants(name):
+    """Where det(a) over- or underflows, or a is ill-conditioned, the rewritten forms keep the
+    value that mpmath computes at 60 digits; the naive forms do not."""
+    expr, exact = MATRIX_EXTREMES[name]
+    models = {level: Model(flowml.parse_program(f"input a : f64[N, N]\ninput b : f64[N]\nfn f(a, b) -> {expr}\n"),
+                           backend="reference", opt_level=level) for level in (0, 1)}
+    wrong = 0
+    for a, b in _matrix_extremes(name):
+        want = exact(mp.matrix(a.tolist()), mp.matrix(b.tolist()))
+        want = np.array([float(v) for v in want]) if isinstance(want, mp.matrix) else np.float64(want)
+        with np.errstate(all="ignore"):
+            got, naive = models[1].f(a, b), models[0].f(a, b)
+        tol = 1e-12 * np.max(np.abs(want)) if name.startswith("log") else 1e-7 * np.max(np.abs(want))
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=f"{expr} of a {a.shape} matrix")
+        wrong += not np.allclose(naive, want, rtol=0, atol=tol, equal_nan=True)
     assert wrong > 0
 
 

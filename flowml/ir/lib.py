@@ -9,6 +9,7 @@ promotion, negative axes, `axis=None`, `keepdims` — and then apply one primiti
 from __future__ import annotations
 
 import builtins
+import math
 import numbers
 from typing import Sequence
 
@@ -451,6 +452,242 @@ def outer(a, b):
     return multiply(reshape(a, (-1, 1)), reshape(b, (1, -1)))
 
 
+def _linalg_operands(what, *values):
+    """The operands of a decomposition as Vars of one float dtype (integers become f64, as in
+    numpy.linalg); a matrix operand must have at least two dims."""
+    g = _graph_of(*values)
+    vs = [as_var(v, g) for v in values]
+    if vs[0].ndim < 2:
+        raise FlowTypeError(f"{what} needs a matrix (..., n, n), not {vs[0].type}", current_loc())
+    dt, _ = promote(*(v.type for v in vs))
+    if dt.kind != "f":
+        dt = DTYPES["f64"]
+    return [v if v.type.dtype == dt else _apply(P.cast, [v], dtype=dt) for v in vs]
+
+
+def solve(a, b):
+    """x with a @ x = b (numpy.linalg.solve): b is (..., n, k), or (n,) for one vector."""
+    return _apply(P.solve, _linalg_operands("solve", a, b))
+
+
+def solve_triangular(a, b, lower=False, unit_diagonal=False):
+    """x with a @ x = b for a triangular a (scipy.linalg.solve_triangular): only the triangle
+    `lower` names is read, and not the diagonal when `unit_diagonal` (ones are taken)."""
+    lower = static_bool(lower, "solve_triangular's lower")
+    unit_diagonal = static_bool(unit_diagonal, "solve_triangular's unit_diagonal")
+    return _apply(P.solve_triangular, _linalg_operands("solve_triangular", a, b), lower=lower,
+                  unit_diagonal=unit_diagonal)
+
+
+def cholesky(a):
+    """The lower triangular l with l @ l.T = a of a symmetric positive definite a (reads a's
+    lower triangle, as numpy.linalg.cholesky)."""
+    return _apply(P.cholesky, _linalg_operands("cholesky", a))
+
+
+def inv(a):
+    return _apply(P.inv, _linalg_operands("inv", a))
+
+
+def det(a):
+    return _apply(P.det, _linalg_operands("det", a))
+
+
+def slogdet(a):
+    """(sign, logabsdet) of numpy.linalg.slogdet: det(a) = sign * exp(logabsdet), stable where
+    det itself over- or underflows."""
+    (a,) = _linalg_operands("slogdet", a)
+    return _apply(P.slogdet, [a], part="sign"), _apply(P.slogdet, [a], part="logabsdet")
+
+
+def eigh(a):
+    """(w, v) of numpy.linalg.eigh for a symmetric a (its lower triangle read): the eigenvalues
+    ascending, and the eigenvectors as the columns of v."""
+    (a,) = _linalg_operands("eigh", a)
+    return _apply(P.eigh, [a], part="values"), _apply(P.eigh, [a], part="vectors")
+
+
+def svd(a, full_matrices=True, compute_uv=True):
+    """numpy.linalg.svd: (u, s, vt) with a = u @ (s[..., None] * vt) (full_matrices: u and vt
+    square), or s alone (compute_uv=False); the singular values descending."""
+    (a,) = _linalg_operands("svd", a)
+    full = static_bool(full_matrices, "svd's full_matrices")
+    if not static_bool(compute_uv, "svd's compute_uv"):
+        return _apply(P.svd, [a], part="s", full_matrices=False)
+    return (_apply(P.svd, [a], part="u", full_matrices=full), _apply(P.svd, [a], part="s", full_matrices=False),
+            _apply(P.svd, [a], part="vt", full_matrices=full))
+
+
+def qr(a, mode="reduced"):
+    """numpy.linalg.qr: (q, r) with a = q @ r, q's columns orthonormal and r upper triangular;
+    mode 'reduced' (q [..., m, k], r [..., k, n]), 'complete' (q square, r [..., m, n]) or 'r'
+    (r alone, as reduced)."""
+    (a,) = _linalg_operands("qr", a)
+    mode = const_value(mode)
+    if mode not in ("reduced", "complete", "r"):
+        raise FlowTypeError(f"qr's mode is 'reduced', 'complete' or 'r', not {mode!r}", current_loc())
+    complete = mode == "complete"
+    r = _apply(P.qr, [a], part="r", complete=complete)
+    return r if mode == "r" else (_apply(P.qr, [a], part="q", complete=complete), r)
+
+
+def cho_solve(c_and_lower, b, lower=None):
+    """scipy.linalg.cho_solve((c, lower), b): x with a @ x = b from a's Cholesky factor c (lower:
+    a = c @ c.T, else a = c.T @ c); also cho_solve(c, b, lower=true)."""
+    if isinstance(c_and_lower, tuple):
+        c, low = c_and_lower
+    else:
+        c, low = c_and_lower, True if lower is None else lower
+    low = static_bool(low, "cho_solve's lower")
+    c, b = _linalg_operands("cho_solve", c, b)
+    if low:  # c c^T x = b
+        return solve_triangular(swap_last(c), solve_triangular(c, b, lower=True), lower=False)
+    return solve_triangular(c, solve_triangular(swap_last(c), b, lower=True), lower=False)
+
+
+def _cutoff(s, rcond, m, n):
+    """numpy's: singular values at most rcond * the largest count as zero (rcond: max(m, n) * eps
+    by default)."""
+    if rcond is None:
+        rcond = builtins.max(_static_or(m, 1), _static_or(n, 1)) * float(np.finfo(s.dtype).eps)
+    return multiply(max(s, axis=-1, keepdims=True), rcond)
+
+
+def _static_or(d, default):
+    return d if isinstance(d, int) else default
+
+
+def pinv(a, rcond=None):
+    """The Moore-Penrose pseudo-inverse (numpy.linalg.pinv): v diag(1/s) u^T over the singular
+    values above the cutoff (rcond * the largest; max(m, n) * eps by default)."""
+    (a,) = _linalg_operands("pinv", a)
+    rcond = None if const_value(rcond) is None else float(const_value(rcond))
+    u, s, vt = svd(a, full_matrices=False)
+    keep = s > _cutoff(s, rcond, *a.type.shape[-2:])
+    s_inv = where(keep, 1.0 / where(keep, s, ones_like(s)), zeros_like(s))
+    return matmul(swap_last(vt) * expand_dims(s_inv, -2), swap_last(u))
+
+
+def lstsq(a, b, rcond=None):
+    """numpy.linalg.lstsq: (x, residuals, rank, s), x minimizing |a @ x - b| (the least-norm one
+    when a is rank deficient). `residuals` are the sums of squared residuals of b's columns
+    (numpy gives an empty array instead when rank < n or m <= n: a flowml value has one shape);
+    `rank` counts the singular values above the cutoff (rcond * the largest; max(m, n) * eps by
+    default)."""
+    a, b = _linalg_operands("lstsq", a, b)
+    rcond = None if const_value(rcond) is None else float(const_value(rcond))
+    s = svd(a, compute_uv=False)
+    x = matmul(pinv(a, rcond), b)
+    r = matmul(a, x) - b
+    residuals = sum(r * r, axis=0) if b.ndim > 1 else sum(r * r, axis=-1, keepdims=True)
+    rank = sum(cast(s > _cutoff(s, rcond, *a.type.shape[-2:]), "i64"), axis=-1)
+    return x, residuals, rank, s
+
+
+def _norm_order(ord):
+    """numpy's `ord` of `norm` as None, a float or 'fro' / 'nuc' ('inf' and '-inf' as strings too,
+    for .flow, which has no inf literal)."""
+    value = const_value(ord)
+    if value is None or value in ("fro", "nuc"):
+        return value
+    if value in ("inf", "-inf"):
+        return float(value)
+    if isinstance(value, (numbers.Number, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    raise FlowTypeError(f"norm's ord must be a number, inf, -inf, 'fro' or 'nuc', not {_describe(ord)}", current_loc())
+
+
+def _two_norm(x, axes):
+    """sqrt(sum(x ** 2)) over `axes` (kept), scaled by the largest |x| so that it overflows only
+    when the norm does (numpy's overflows at 1e155)."""
+    m = stop_gradient(max(abs(x), axis=axes, keepdims=True))
+    safe = where(m > 0, m, ones_like(m))
+    r = safe * sqrt(sum((x / safe) * (x / safe), axis=axes, keepdims=True))
+    return where(m == math.inf, m, r)
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    """numpy.linalg.norm: a vector norm over one axis (ord 2 by default; inf, -inf, 0, 1, any p),
+    a matrix norm over two ('fro' by default; 'nuc', 1, -1, 2, -2, inf, -inf), the 2-norm of
+    everything when both ord and axis are None."""
+    g = _graph_of(x)
+    x = as_var(x, g)
+    if x.dtype.kind != "f":
+        x = cast(x, "f64")
+    order = _norm_order(ord)
+    if axis is None:
+        if order is not None and x.ndim not in (1, 2):
+            raise FlowTypeError(f"norm with an ord needs a vector or a matrix, or axis=, not {x.type}", current_loc())
+        axes = tuple(range(x.ndim))
+    else:
+        raw = axis if isinstance(axis, (tuple, list)) else (axis,)
+        _normalize_axis(raw, x.ndim, "norm's axis")  # (checks range and repeats)
+        axes = tuple(static_int(a, "norm's axis") % x.ndim for a in raw)
+    if order is None and axis is None:
+        r = _two_norm(x, axes)
+    elif len(axes) == 1:
+        r = _vector_norm(x, order, axes)
+    elif len(axes) == 2:
+        r = _matrix_norm(x, order, axes)
+    else:
+        raise FlowTypeError(f"norm's axis names one axis (a vector norm) or two (a matrix norm), not {len(axes)}",
+                            current_loc())
+    if keepdims:
+        return r
+    return reshape(r, tuple(d for i, d in enumerate(r.type.shape) if i not in axes))
+
+
+def _vector_norm(x, order, axes):
+    a = abs(x)
+    if order is None or order == 2:
+        return _two_norm(x, axes)
+    if order == math.inf:
+        return max(a, axis=axes, keepdims=True)
+    if order == -math.inf:
+        return min(a, axis=axes, keepdims=True)
+    if order == 0:
+        return sum(cast(x != 0, x.dtype), axis=axes, keepdims=True)
+    if order == 1:
+        return sum(a, axis=axes, keepdims=True)
+    if isinstance(order, str):
+        raise FlowTypeError(f"norm's ord {order!r} is a matrix norm: give two axes", current_loc())
+    return sum(a ** order, axis=axes, keepdims=True) ** (1.0 / order)
+
+
+def _matrix_norm(x, order, axes):
+    rows, cols = axes
+    a = abs(x)
+    if order in (None, "fro"):
+        return _two_norm(x, axes)
+    if order in (1, -1):
+        col_sums = sum(a, axis=rows, keepdims=True)
+        return (max if order == 1 else min)(col_sums, axis=cols, keepdims=True)
+    if order in (math.inf, -math.inf):
+        row_sums = sum(a, axis=cols, keepdims=True)
+        return (max if order > 0 else min)(row_sums, axis=rows, keepdims=True)
+    if order in (2, -2, "nuc"):  # of the singular values
+        rest = [i for i in range(x.ndim) if i not in axes]
+        m = transpose(x, tuple(rest) + (rows, cols))
+        mdim, ndim = m.type.shape[-2:]
+        if mdim == ndim or (isinstance(mdim, int) and isinstance(ndim, int)):
+            s = svd(m, compute_uv=False)
+            r = max(s, axis=-1) if order == 2 else min(s, axis=-1) if order == -2 else sum(s, axis=-1)
+        elif order == 2:  # (dims of unknown order: the largest eigenvalue of m^T m)
+            r = sqrt(maximum(max(eigvalsh(matmul(swap_last(m), m)), axis=-1), 0.0))
+        else:
+            raise FlowTypeError(f"norm's ord {order!r} of {x.type} needs min(m, n) singular values: make the "
+                                "matrix dims ints, or equal", current_loc())
+        return reshape(r, tuple(1 if i in axes else d for i, d in enumerate(x.type.shape)))
+    raise FlowTypeError(f"norm's matrix ord must be 'fro', 'nuc', 1, -1, 2, -2, inf or -inf, not {order!r}",
+                        current_loc())
+
+
+def eigvalsh(a):
+    """The eigenvalues of a symmetric a, ascending (numpy.linalg.eigvalsh)."""
+    (a,) = _linalg_operands("eigvalsh", a)
+    return _apply(P.eigh, [a], part="values")
+
+
 # ----------------------------------------------------------------- shape ops
 
 
@@ -770,4 +1007,6 @@ __all__ = [
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
+    "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm", "svd", "pinv", "lstsq",
+    "qr", "cho_solve",
 ]

@@ -41,7 +41,7 @@ from ..ir import ops as P
 from ..ir.graph import DerivativeRecord, Graph, at
 from ..ir.lib import Var
 
-_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul"}
 _CALL_NAMES = {"abs": "abs", "max": "max", "min": "min", "sum": "sum", "not_": "not"}
 
 

@@ -44,6 +44,13 @@ def log_erfc(x: Var) -> Var:
     return L.where(small, L.log(L.erfc(near)), asymptotic)
 
 
+def log_det(a: Var) -> Var:
+    """log(det(a)) from slogdet: finite where det over- or underflows; nan for a negative det
+    and -inf for a singular a, as the naive form."""
+    sign, logabs = L.slogdet(a)
+    return L.where(sign < 0, math.nan, logabs)
+
+
 def _not_clamped(x: Var) -> bool:
     """log(erfc(where(x0 < c, x0, c))) is the near branch `log_erfc` built: don't rewrite it again."""
     if x.op is not P.where:
@@ -107,6 +114,9 @@ RULES = [
          when=lambda x, a: _single_axis(a)),
     Rule("log(sum(exp(x), axis=a, keepdims=k)) -> logsumexp(x, axis=a, keepdims=k)"),
     Rule("log(exp(x)) -> x"),
+    Rule("log(det(a)) -> log_det(a)", env={"log_det": log_det}),
+    Rule("log(abs(det(a))) -> slogdet(a)[1]"),
+    Rule("inv(a) @ b -> solve(a, b)"),
     Rule("sqrt(x * x) -> abs(x)"),
     Rule("1 - erf(x) -> erfc(x)"),
     Rule("1 + erf(x) -> erfc(-x)"),

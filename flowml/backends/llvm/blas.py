@@ -1,4 +1,4 @@
-"""scipy's BLAS (its bundled LP64 OpenBLAS) callable from generated IR.
+"""scipy's BLAS and LAPACK (its bundled LP64 OpenBLAS) callable from generated IR.
 
 `scipy.linalg.cython_blas.__pyx_capi__` holds a PyCapsule per routine; the capsule's pointer
 is a plain C function with the Fortran BLAS argument list: every argument by pointer, 32-bit
@@ -45,6 +45,26 @@ SIGNATURES = {
     "saxpy": ("void", 6), "daxpy": ("void", 6),
     "sscal": ("void", 4), "dscal": ("void", 4),
 }
+# LAPACK, from scipy.linalg.cython_lapack, the same way (Fortran argument lists, info last):
+#   getrf(m, n, a, lda, ipiv, info)                       LU with partial pivoting
+#   getrs(trans, n, nrhs, a, lda, ipiv, b, ldb, info)     solve with getrf's factors
+#   potrf(uplo, n, a, lda, info)                          Cholesky
+#   trtrs(uplo, trans, diag, n, nrhs, a, lda, b, ldb, info)  triangular solve
+#   syevd(jobz, uplo, n, a, lda, w, work, lwork, iwork, liwork, info)  symmetric eigenproblem
+#   gesdd(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info)  SVD, divide and conquer
+#   geqrf(m, n, a, lda, tau, work, lwork, info)           Householder QR
+#   orgqr(m, n, k, a, lda, tau, work, lwork, info)        its q
+LAPACK = {
+    "sgeqrf": ("void", 8), "dgeqrf": ("void", 8),
+    "sorgqr": ("void", 9), "dorgqr": ("void", 9),
+    "sgesdd": ("void", 14), "dgesdd": ("void", 14),
+    "ssyevd": ("void", 11), "dsyevd": ("void", 11),
+    "sgetrf": ("void", 6), "dgetrf": ("void", 6),
+    "sgetrs": ("void", 9), "dgetrs": ("void", 9),
+    "spotrf": ("void", 5), "dpotrf": ("void", 5),
+    "strtrs": ("void", 10), "dtrtrs": ("void", 10),
+}
+SIGNATURES.update(LAPACK)
 PREFIX = "flowml_"
 _lock = threading.Lock()
 
@@ -60,12 +80,13 @@ def _capsule_pointer(capsule) -> int:
 
 @functools.lru_cache(maxsize=None)
 def address(name: str) -> int:
-    """The address of scipy's BLAS routine `name` (e.g. 'dgemm')."""
+    """The address of scipy's BLAS or LAPACK routine `name` (e.g. 'dgemm', 'dgetrf')."""
     if name not in SIGNATURES:
         raise FlowInternalError(f"blas: unsupported routine {name!r}")
-    capsule = cython_module("cython_blas").__pyx_capi__.get(name)
+    module = "cython_lapack" if name in LAPACK else "cython_blas"
+    capsule = cython_module(module).__pyx_capi__.get(name)
     if capsule is None:
-        raise FlowInternalError(f"blas: scipy.linalg.cython_blas has no {name!r}")
+        raise FlowInternalError(f"blas: scipy.linalg.{module} has no {name!r}")
     return _capsule_pointer(capsule)
 
 

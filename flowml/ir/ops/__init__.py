@@ -25,6 +25,7 @@ The families (the rest of flowml imports this package as `P` and reads every op 
     reduce       sum, prod, max, min, logsumexp, argmax, argmin, softmax, log_softmax,
                  categorical_crossentropy
     linalg       matmul, gemm (alpha * a @ b + beta * c, built by the specialize phase)
+    decomp       solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd, qr (LAPACK's, natively)
     rng          random (Philox)
     conv         conv2d, max_pool2d and the ops of their derivatives
     collective   allreduce, allgather, broadcast, rank, world_size (and their builders)
@@ -47,6 +48,9 @@ from .reduce import (  # noqa: F401
     ArgReduce, CategoricalCrossentropy, Reduce, Softmax, argmax, argmin, categorical_crossentropy, log_softmax,
     logsumexp, max_, min_, prod, softmax, sum_)
 from .linalg import Gemm, Matmul, gemm, matmul  # noqa: F401
+from .decomp import (  # noqa: F401
+    Cholesky, Det, Eigh, Inv, Qr, Slogdet, Solve, SolveTriangular, Svd, cholesky, det, eigh, inv, qr, slogdet,
+    solve, solve_triangular, svd)
 from .rng import Random, random  # noqa: F401
 from .conv import (  # noqa: F401
     Conv2d, Conv2dBackpropFilter, Conv2dBackpropInput, MaxPool2d, MaxPool2dBackprop, MaxPool2dTangent, conv2d,
