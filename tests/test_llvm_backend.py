@@ -912,6 +912,24 @@ def test_w1_computes_exp_of_minus_abs_x_once_per_element():
     assert_ulps(model.w1(x), ref.w1(x), "W1")
 
 
+def test_a_short_inner_loop_calling_vector_math_is_vectorized():
+    """tanh(a + c) over [N, 20, 3, 3] with a per-channel c (LeNet's layer): the 9-pixel inner
+    loop carries a vectorize hint (kernels.KernelWriter), so it calls libmvec's vector tanh
+    instead of being unrolled into nine scalar calls; its results are the bits of a flat tanh
+    of the same sums (the remainder's scalar calls give the vector lanes' bits)."""
+    src = ("input a : f64[N, 20, 3, 3]\ninput c : f64[20, 1, 1]\ninput s : f64[M]\n"
+           "fn f(a, c) -> tanh(a + c)\nfn flat(s) -> tanh(s)\n")
+    model = flowml.loads(src, backend="llvm")
+    ir = model.f._executable.optimized_llvm_ir()
+    assert "llvm.loop.vectorize.enable" in model.f._executable.program.text
+    if vecmath.MathLib().is_vectorized("tanh", "f64"):
+        assert re.search(r"call [^@]*@_ZGV\w*_tanh\(", ir), ir
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 20):
+        a, c = rng.standard_normal((n, 20, 3, 3)) * 3, rng.standard_normal((20, 1, 1))
+        assert model.f(a, c).tobytes() == model.flat((a + c).reshape(-1)).tobytes()
+
+
 def test_emit_llvm_and_asm_from_python_and_cli_errors(tmp_path):
     model = flowml.load(os.path.join(EXAMPLES, "logreg.flow"), backend="llvm")
     ex = model.train._executable

@@ -1,9 +1,8 @@
 """Which ops the LLVM backend lowers is an explicit, tested fact, and what native code calls is
 a closed list.
 
-- Every op in the registry has an LLVM lowering, except the families the native-loops issue
-  adds (loops, the lazy `if`, convolutions: host steps that `--emit plan` names) and
-  user-wrapped Python ops.
+- Every op in the registry has an LLVM lowering, except user-wrapped Python ops (host steps
+  that `--emit plan` names).
 - `flowml/ir` imports no backend.
 - An entry point's module declares only BLAS routines, vector math / libm, the thread pool and
   LLVM intrinsics: no Python C-API, nothing else (checked on every example in
@@ -22,20 +21,15 @@ import flowml.ir.scan  # noqa: F401  (registers `scan`, `rng_fold`)
 from flowml.backends.llvm.lowering import LOWERINGS
 from flowml.ir import ops as P
 
-# the next issue's families: native loops, branches and convolutions
-LATER = {"conv2d", "conv2d_backprop_input", "conv2d_backprop_filter",
-         "max_pool2d", "max_pool2d_backprop", "max_pool2d_tangent"}
-
 
 def _handled_by_the_entry(op) -> bool:
     return op.leaf or op.view  # leaves and views are frame slots, not steps
 
 
-def test_every_op_has_an_llvm_lowering_but_the_named_exceptions():
+def test_every_op_but_wrapped_ones_has_an_llvm_lowering():
     missing = {name for name, op in P.OPS.items()
                if name not in LOWERINGS and not _handled_by_the_entry(op) and not getattr(op, "wrapped", False)}
-    assert not missing - LATER, f"ops without an LLVM lowering: {sorted(missing - LATER)}"
-    assert missing >= LATER, f"lowered now, drop them from LATER: {sorted(LATER - missing)}"
+    assert not missing, f"ops without an LLVM lowering: {sorted(missing)}"
     assert not set(LOWERINGS) - set(P.OPS), "a lowering for an op that does not exist"
 
 

@@ -123,7 +123,7 @@ def resolve_dim(d: Dim, env: dict[str, int]) -> int:
 
 def resolve_name(name: str, env: dict[str, int]) -> int | None:
     """The size a dim's name stands for in `env`: a declared dim's value, or a derived one's
-    (`N-1`, `K+K`, `N[::2]`, `arange(1,N,2)`: names that `offset_dim`, concatenation, arange
+    (`N-1`, `K+K`, `(H-3)//2+1`, `N[::2]`, `arange(1,N,2)`: names that `offset_dim`, concatenation, arange
     and the slice rule of `ops.indexing` write as arithmetic on other dims) computed from the dims it is derived
     from; None when it cannot be known before the value is computed."""
     if name in env:
@@ -154,7 +154,8 @@ def _evaluate(node, env: dict[str, int]) -> int:
     raise ValueError(f"not a dim expression: {ast.dump(node)}")
 
 
-_ARITH = {ast.Add: lambda a, b: max(a + b, 0), ast.Sub: lambda a, b: max(a - b, 0), ast.Mult: lambda a, b: a * b}
+_ARITH = {ast.Add: lambda a, b: max(a + b, 0), ast.Sub: lambda a, b: max(a - b, 0), ast.Mult: lambda a, b: a * b,
+          ast.FloorDiv: lambda a, b: a // b}  # (`//`: a strided window's count, `(H-3)//2+1`)
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,6 @@ from .entry import ERROR_SLOTS, HOOK_SLOT, THREADS_SLOT, BranchHostStep, NativeP
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 _HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
-HOST_REASONS = {
-    "conv2d": "convolutions run numpy's im2col", "conv2d_backprop_input": "convolutions run numpy's im2col",
-    "conv2d_backprop_filter": "convolutions run numpy's im2col", "max_pool2d": "pooling runs numpy",
-    "max_pool2d_backprop": "pooling runs numpy", "max_pool2d_tangent": "pooling runs numpy",
-}
-
-
 class LLVMState(ReferenceState):
     """Params as numpy arrays that kernels update in place."""
 
@@ -99,8 +92,8 @@ class LLVMExecutable:
         for step in program.steps:
             if step.kind == "host" and step.detail == "no LLVM lowering":
                 op = self.graph.op(step.node)
-                step.detail = ("a wrapped Python function (flowml.op)" if getattr(op, "wrapped", False)
-                               else HOST_REASONS.get(op.name, step.detail))
+                if getattr(op, "wrapped", False):
+                    step.detail = "a wrapped Python function (flowml.op)"
         program.text = program.module_text() if any(s.name for s in program.segments) else ""
         if compile:
             self._load(program)

@@ -154,7 +154,8 @@ class KernelWriter:
     """Writes one fused node's kernel function."""
 
     def __init__(self, name: str, node_type, operand_types, body, reduce, iteration_shape,
-                 slots: dict, dim_slots: dict[str, int], mathlib, inplace_operand: int | None = None):
+                 slots: dict, dim_slots: dict[str, int], mathlib, inplace_operand: int | None = None,
+                 metadata_id=None):
         self.name = name
         self.out_type = node_type
         self.operand_types = operand_types
@@ -165,6 +166,8 @@ class KernelWriter:
         self.dim_slots = dim_slots
         self.lib = mathlib
         self.inplace_operand = inplace_operand
+        self.metadata_id = metadata_id  # () -> a number for metadata unique in the module, or None
+        self.metadata: list[str] = []  # module-level metadata lines (loop hints)
         self.lines: list[str] = []
         self.b = LLVMScalarBuilder(self.lines, mathlib, "v")
         self.block = "entry"
@@ -267,6 +270,7 @@ class KernelWriter:
         self.loops(groups, extents, in_strides, out_strides, reduced, 0, ["0"] * nin, "0", atomic)
         self.lines.append("  ret void")
         self.lines.append("}")
+        self.lines.extend(self.metadata)
         outer = groups[0][1] if groups else []
         info = KernelInfo(self.name, tuple(self.shape[a] for a in outer) if groups else (),
                           splittable or atomic, atomic)
@@ -324,12 +328,12 @@ class KernelWriter:
         self._open.append((i, latch, exit_))
         return i
 
-    def _loop_tail(self, tag: str, i: str) -> None:
+    def _loop_tail(self, tag: str, i: str, hint: str = "") -> None:
         i_, latch, exit_ = self._open.pop()
         self.lines.append(f"  br label %{latch}")
         self.label(latch)
         self.lines.append(f"  {i}.next = add nsw i64 {i}, 1")
-        self.lines.append(f"  br label %{latch.replace('.latch', '.head')}")
+        self.lines.append(f"  br label %{latch.replace('.latch', '.head')}{hint}")
         self.label(exit_)
 
     def _load(self, ptr: str, offset: str, dt: str) -> str:
@@ -358,10 +362,28 @@ class KernelWriter:
             self.register_reduction(lo, hi, in_strides[level], in_offs, out_off, atomic)
             return
         i = self._loop_head("L", lo, hi)
+        first = len(self.lines)
         offs = [self._advance(in_offs[k], i, in_strides[level][k]) for k in range(nin)]
         o = self._advance(out_off, i, out_strides[level])
         self.loops(groups, extents, in_strides, out_strides, reduced, level + 1, offs, o, atomic)
-        self._loop_tail("L", i)
+        hint = ""
+        if innermost and level > 0 and any("@flowml_mvec_" in line for line in self.lines[first:]):
+            hint = self._vectorize_hint()
+        self._loop_tail("L", i, hint)
+
+    def _vectorize_hint(self) -> str:
+        """`!llvm.loop` metadata vectorizing an inner loop that calls vector math, however short.
+        Left alone, LLVM fully unrolls a short constant-trip loop (the 9 pixels of a 3x3 image
+        under a per-channel bias) into scalar calls, each of which is a whole libmvec vector
+        call (vecmath's lane-0 wrappers): 8 calls where one vector call and a remainder do.
+        (Results are unchanged: the remainder's scalar calls give the vector lanes' bits.)"""
+        if self.metadata_id is None:
+            return ""
+        loop, vec, unroll = (self.metadata_id() for _ in range(3))
+        self.metadata += [f"!{loop} = distinct !{{!{loop}, !{vec}, !{unroll}}}",
+                          f"!{vec} = !{{!\"llvm.loop.vectorize.enable\", i1 true}}",
+                          f"!{unroll} = !{{!\"llvm.loop.unroll.disable\"}}"]
+        return f", !llvm.loop !{loop}"
 
     def _advance(self, base: str, i: str, stride: str) -> str:
         if stride == "0":

@@ -29,7 +29,8 @@ def lower_kernel(w, n, operands, body, reduce, shape, name: str | None = None) -
     slots = {k: w.program.slot_of(("ptr", o)) for k, o in enumerate(operands)}
     slots["out"] = w.program.slot_of(("ptr", n))
     dims = {d: w.program.slot_of(("dim", d)) for d in _names(types, shape)}
-    writer = KernelWriter(name, g.type(n), types[:-1], body, reduce, shape, slots, dims, w.mathlib)
+    writer = KernelWriter(name, g.type(n), types[:-1], body, reduce, shape, slots, dims, w.mathlib,
+                          metadata_id=w.program.next_id)
     text, info = writer.write()
     w.helper(name, text)
     for declaration in sorted(writer.b.intrinsics):
