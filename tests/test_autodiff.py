@@ -373,6 +373,30 @@ def collective_case(draw):
     return Case(C.allgather if form == "allgather" else C.broadcast, [x], label=form)
 
 
+def _orthogonal(rng, n):
+    return np.linalg.qr(rng.normal(size=(n, n)))[0]
+
+
+def _decomp_arrays(kind, rng):
+    """Matrices a decomposition is smooth at: well-conditioned, with separated eigen/singular
+    values (the vectors' derivatives divide by their gaps)."""
+    if kind == "square":
+        return [rng.normal(size=(2, 3, 3)) + 3 * np.eye(3)]
+    if kind == "system":
+        return [rng.normal(size=(3, 3)) + 3 * np.eye(3), rng.normal(size=(3, 2))]
+    if kind == "spd":
+        q = _orthogonal(rng, 3)
+        return [q @ np.diag([1.0, 2.0, 4.0]) @ q.T + np.triu(rng.normal(size=(3, 3)), 1)]  # (upper: unread)
+    if kind == "tall":  # singular values 3, 2, 1
+        return [_orthogonal(rng, 4)[:, :3] @ np.diag([3.0, 2.0, 1.0]) @ _orthogonal(rng, 3)]
+    raise ValueError(kind)
+
+
+def decomp_case(fn, kind):
+    return st.integers(0, 2 ** 16).map(lambda seed: Case(fn, _decomp_arrays(kind, np.random.default_rng(seed)),
+                                                          label=kind))
+
+
 OP_CASES = {
     # elementwise, one operand
     "neg": unary_case(L.negative, -2, 2),
@@ -429,6 +453,17 @@ OP_CASES = {
     "integer_array_indexing": gather_case(),
     "index_add": index_add_case(),
     "concat_part": concat_part_case(),
+    # decompositions (LAPACK's)
+    "solve": decomp_case(L.solve, "system"),
+    "solve_triangular": decomp_case(lambda a, b: L.solve_triangular(a, b, lower=True), "system"),
+    "cholesky": decomp_case(L.cholesky, "spd"),
+    "inv": decomp_case(L.inv, "square"),
+    "det": decomp_case(L.det, "square"),
+    "slogdet": decomp_case(lambda a: L.slogdet(a)[1], "square"),
+    "eigh": decomp_case(lambda a: L.eigh(a)[0] + L.sum(L.eigh(a)[1] ** 2, axis=0), "spd"),
+    "svd": decomp_case(lambda a: L.sum(L.svd(a, full_matrices=False)[0] ** 2, axis=0) + L.svd(a, compute_uv=False),
+                       "tall"),
+    "qr": decomp_case(lambda a: L.sum(L.qr(a)[0], axis=0) + L.sum(L.qr(a)[1], axis=1), "tall"),
     # convolution and pooling
     "conv2d": conv2d_case(),
     "conv2d_backprop_input": conv2d_backprop_input_case(),

@@ -68,7 +68,7 @@ def _gammaln_op():
 def test_wrapped_numpy_and_scipy_functions_match_numpy(backend):
     x = flowml.tensor("x", "f64[N, 3]")
     cumsum = flowml.op(np.cumsum, lambda t, axis: t, name="cumsum")                 # a rule, with a kwarg
-    det = flowml.op(np.linalg.det, "f64", name="det")                                # a fixed type
+    det = flowml.op(np.linalg.det, "f64", name="np_det")                             # a fixed type
     erfcx = flowml.op(scipy.special.erfcx, TensorType(DTYPES["f64"], (3,)))          # a TensorType
     y = cumsum(x, axis=0) * 2 + 1                                                    # fused around it
     f = flowml.function([x], [y, det(x.T @ x), erfcx(x[0])], backend=backend)

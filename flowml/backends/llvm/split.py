@@ -44,6 +44,8 @@ _LOCAL = re.compile(r"%[\w.]+")
 _REFERENCE = re.compile(r"@([\w.$]+)(?![\w.$])")
 _LOAD = re.compile(r"= load [^,\n]+, ptr (%[\w.]+)")
 _LOCAL_LINKAGE = ("private ", "internal ")
+_METADATA_DEF = re.compile(r"^!(?P<id>\d+) = (?P<rest>.*)\n?", re.M)
+_METADATA_REF = re.compile(r"!(\d+)(?![\w.])")
 
 
 @dataclass
@@ -53,6 +55,33 @@ class Split:
     wrappers: str  # a module: one wrapper per original kernel, calling its canonical kernel
     exports: tuple[str, ...] = ()  # the wrappers' aliases `rest` calls (process symbols)
     rest_is_glue: bool = False  # every function of `rest` calls the module's others (an entry)
+
+
+def _metadata_closure(text: str, metadata: dict[int, str]) -> list[int]:
+    """The numbered metadata `text` refers to, directly or through other metadata, in order of
+    first reference."""
+    order: list[int] = []
+    todo = [int(i) for i in _METADATA_REF.findall(text)]
+    while todo:
+        i = todo.pop(0)
+        if i in metadata and i not in order:
+            order.append(i)
+            todo += [int(j) for j in _METADATA_REF.findall(metadata[i])]
+    return order
+
+
+def _with_metadata(body: str, metadata: dict[int, str], renumber: bool) -> str:
+    """`body` followed by the metadata it refers to (a kernel's loop hints); `renumber`: numbered
+    0, 1, ... in order of first reference, so that kernels differing only in their metadata
+    numbers have one canonical text."""
+    ids = _metadata_closure(body, metadata)
+    if not ids:
+        return body
+    new = {i: (k if renumber else i) for k, i in enumerate(ids)}
+
+    def sub(text):
+        return _METADATA_REF.sub(lambda g: f"!{new.get(int(g.group(1)), g.group(1))}", text)
+    return sub(body) + "".join(f"!{new[i]} = {sub(metadata[i])}\n" for i in ids)
 
 
 def _canonical(m: re.Match) -> tuple[str, list[int]] | None:
@@ -118,6 +147,9 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
     if not defines:
         return None
     header = _DEFINE.sub("", ir_text)
+    # numbered metadata (loop hints) goes with the functions that refer to it
+    metadata = {int(g["id"]): g["rest"] for g in _METADATA_DEF.finditer(header)}
+    header = _METADATA_DEF.sub("", header)
     for g in _GLOBAL_DEF.finditer(header):
         if not g["name"].startswith("llvm.") and not g["rest"].startswith(_LOCAL_LINKAGE):
             return None
@@ -132,6 +164,7 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
             plan.append((m, None, None))
             continue
         text, slots = c
+        text = _with_metadata(text, metadata, renumber=True)
         if text not in canon:
             canon[text] = "flowml_kernel_" + hashlib.sha256((header + text).encode()).hexdigest()[:24]
         plan.append((m, canon[text], slots))
@@ -148,7 +181,8 @@ def split_kernels(ir_text: str, min_repeats: int = 2) -> Split | None:
             declared.add(target)
             wrappers.append(_declaration(m, target))
         wrappers.append(_wrapper(m, target, slots))
-    rest = [m.group(0).rstrip("\n") + "\n" for m, target, _ in plan if target is None]
+    rest = [_with_metadata(m.group(0).rstrip("\n") + "\n", metadata, renumber=False)
+            for m, target, _ in plan if target is None]
     exported: dict[str, str] = {}  # a wrapped kernel `rest` refers to -> the alias it exports
     if rest:
         # `rest` is compiled after the wrappers, in another engine: it reaches a wrapper through
