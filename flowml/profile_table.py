@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def fmt_time(seconds: float) -> str:
     if seconds >= 1:
@@ -19,10 +21,12 @@ def _compile_line(info: dict) -> str:
     if not info:
         return ""
     phases = ", ".join(f"{k} {fmt_time(v)}" for k, v in info.get("phases_s", {}).items())
-    parts = [f"optimize {fmt_time(info['optimize_s'])}" + (f" ({phases})" if phases else ""),
-             f"backend {fmt_time(info['backend_s'])}"]
-    if info.get("model_cache"):
-        parts.append("from the model cache")
+    if info.get("model_cache"):  # (the phases' times are those of the compile that filled it)
+        parts = [f"from the model cache in {fmt_time(info['optimize_s'] + info['backend_s'])}"
+                 + (f" (when first compiled: {phases})" if phases else "")]
+    else:
+        parts = [f"optimize {fmt_time(info['optimize_s'])}" + (f" ({phases})" if phases else ""),
+                 f"backend {fmt_time(info['backend_s'])}"]
     objects = info.get("object_cache") or {}
     if objects:
         parts.append(f"object cache {objects.get('hit', 0)} hit(s), {objects.get('miss', 0)} miss(es)")
@@ -43,14 +47,15 @@ def tables(profile):
                       caption=f"timed by {data['timing']}\n{_compile_line(data['compile'])}", title_justify="left",
                       caption_justify="left")
         for col, justify in (("step", "left"), ("runs as", "left"), ("calls", "right"), ("total", "right"),
-                             ("mean", "right"), ("share", "right"), ("GB/s", "right"), ("GFLOP/s", "right"),
-                             ("source", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
+                             ("mean", "right"), ("share", "right"), ("GB/s", "right"), ("GFLOP/s", "right")):
+            table.add_column(col, justify=justify, no_wrap=col != "runs as", min_width=24 if col == "runs as" else None)
+        table.add_column("source", no_wrap=True, overflow="ellipsis", max_width=44)
         for r in data["rows"]:
             step = f"{r['id']} {r['op']}" if r["id"] else ("call boundary" if r["kind"] == "boundary" else "(the fn)")
-            what = r["detail"] if r["kind"] != "host" else f"HOST: {r['detail']}"
-            source = f"{r['source']}  {r['line']}" if r["source"] and r["line"] else (r["source"] or "")
+            what = {"host": f"HOST: {r['detail']}", "boundary": ""}.get(r["kind"], r["detail"])
+            where = f"{os.path.basename(r['source'].rsplit(':', 1)[0])}" if r["source"] else ""
+            source = f"{where}  {r['line']}" if where and r["line"] else where
             share = Text(f"{100 * r['share']:.1f}%", style="bold" if r["share"] >= 0.2 else "")
-            table.add_row(step, what, str(r["calls"]), fmt_time(r["total_s"]), fmt_time(r["mean_s"]), share,
-                          _rate(r["gbps"]), _rate(r["gflops"]), source)
+            table.add_row(Text(step), Text(what), str(r["calls"]), fmt_time(r["total_s"]), fmt_time(r["mean_s"]), share,
+                          _rate(r["gbps"]), _rate(r["gflops"]), Text(source))
         yield table

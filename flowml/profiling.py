@@ -360,7 +360,7 @@ class Profile:
 
     def __str__(self) -> str:
         from rich.console import Console
-        console = Console(width=150, record=True, file=_Null(), color_system=None)
+        console = Console(width=160, record=True, file=_Null(), color_system=None)
         console.print(self)
         return console.export_text().rstrip()
 
