@@ -22,8 +22,7 @@ def _compile_line(info: dict) -> str:
         return ""
     phases = ", ".join(f"{k} {fmt_time(v)}" for k, v in info.get("phases_s", {}).items())
     if info.get("model_cache"):  # (the phases' times are those of the compile that filled it)
-        parts = [f"from the model cache in {fmt_time(info['optimize_s'] + info['backend_s'])}"
-                 + (f" (when first compiled: {phases})" if phases else "")]
+        parts = ["from the model cache" + (f" (when first compiled: {phases})" if phases else "")]
     else:
         parts = [f"optimize {fmt_time(info['optimize_s'])}" + (f" ({phases})" if phases else ""),
                  f"backend {fmt_time(info['backend_s'])}"]
@@ -37,14 +36,15 @@ def _compile_line(info: dict) -> str:
 
 def tables(profile):
     """rich renderables: a table per fn of `profile` (a `flowml.profiling.Profile`)."""
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
     for fp in profile.functions:
         data = fp.to_json()
         calls = data["calls"]
-        table = Table(title=f"fn {data['fn']} ({data['file']}, {data['backend']}): {calls} call{'s' if calls != 1 else ''}, "
-                      f"{fmt_time(data['total_s'])} in all, {fmt_time(data['total_s'] / max(calls, 1))} a call",
-                      caption=f"timed by {data['timing']}\n{_compile_line(data['compile'])}", title_justify="left",
+        table = Table(title=escape(f"fn {data['fn']} ({data['file']}, {data['backend']}): {calls} call{'s' if calls != 1 else ''}, "
+                      f"{fmt_time(data['total_s'])} in all, {fmt_time(data['total_s'] / max(calls, 1))} a call"),
+                      caption=escape(f"timed by {data['timing']}\n{_compile_line(data['compile'])}"), title_justify="left",
                       caption_justify="left")
         for col, justify in (("step", "left"), ("runs as", "left"), ("calls", "right"), ("total", "right"),
                              ("mean", "right"), ("share", "right"), ("GB/s", "right"), ("GFLOP/s", "right")):
