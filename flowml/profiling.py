@@ -101,17 +101,20 @@ class _Build:
         _, self.ids = dump_nodes(g, list(c.outputs) + [n for _, n in c.updates])
         start = time.perf_counter()
         backend = function.model.backend.name
-        ex = None
+        ex = self.opencl = None
         if backend == "llvm":
             from .backends.llvm.profiling import ProfilingExecutable
             ex = ProfilingExecutable(g, c.outputs, c.updates, plan=c.plan)
             if ex.program is None:  # (the fn runs on the reference evaluator: timed as it is)
                 ex = None
+        elif backend == "opencl":
+            from .backends.opencl.profiling import HostTimedExecutable
+            self.opencl = HostTimedExecutable(g, c.outputs, c.updates, function._executable.device)
         elif backend != "reference":
-            raise FlowError(f"fn {function.name}: the profiler times the llvm and reference backends, not "
-                            f"{backend}; profile with --backend llvm")
+            raise FlowError(f"fn {function.name}: the profiler times the llvm, opencl and reference backends, not "
+                            f"{backend}")
         self.native = ex is not None
-        self.executable = ex if ex is not None else _HostTimed(g, c.outputs, c.updates)
+        self.executable = ex if ex is not None else (self.opencl or _HostTimed(g, c.outputs, c.updates))
         self.build_s = time.perf_counter() - start
         self._entry = None  # the CPython entry of the profiling build (backends/llvm/pyentry.py), per dims
         if ex is not None and os.environ.get("FLOWML_FASTCALL", "1") != "0" and not function.model.check:
@@ -121,11 +124,18 @@ class _Build:
                                       model._shared._states, model._shared.lock if function._updated else None)
         self._moved: dict = {}
         self.timing = ("native timers compiled into the profiling build" if self.native
+                       else self.opencl.timing if self.opencl is not None
                        else "host timers around each node's numpy call (no native code)")
         self.steps = self._steps()
 
     def _steps(self) -> list[_Step]:
         g = self.graph
+        if self.opencl is not None:
+            ex = self.opencl
+            if ex._lazy:
+                return [_Step(None, "host", "the whole fn, on the reference evaluator (a lazy if: "
+                              "only the taken side's nodes run)", tuple(ex.nodes))]
+            return [_Step(n, *ex.describe(n), (n,)) for n in ex.nodes if not g.op(n).leaf]
         if not self.native:
             if self.executable.lazy:
                 return [_Step(None, "host", "the whole fn, on the reference evaluator (a lazy if: "

@@ -193,3 +193,20 @@ def test_cli_run_and_train_profile(tmp_path):
     assert calls == {"train": 60, "error": 1}
     r = run_cli("run", MLP, "train", "--random", "N=20,y=10", "--check", "--profile")
     assert r.returncode == 2 and "drop --check" in r.stderr
+
+
+def test_the_opencl_backend_is_timed_step_by_step_from_the_host():
+    src = "input x : f64[N, 4]\nparam w : f64[4] = normal(0, 1)\nfn f(x) -> sum(log(1 + exp(x @ w)))\n"
+    model, ordinary = flowml.loads(src, backend="opencl"), flowml.loads(src, backend="opencl")
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    with flowml.profile() as p:
+        for _ in range(2):
+            got = model.f(x)
+    np.testing.assert_array_equal(got, ordinary.f(x))
+    (f,) = p.functions
+    data = f.to_json()
+    assert data["timing"].startswith("host timers") and data["backend"] == "opencl"
+    graph = model.f.compiled.graph
+    computed = [n for n in graph.ancestors(model.f.compiled.outputs) if not graph.op(n).leaf]
+    assert sorted(r["node"] for r in data["rows"][:-1]) == sorted(computed)
+    assert all(r["calls"] == 2 for r in data["rows"]) and "matmul" in {r["op"] for r in data["rows"]}
