@@ -447,6 +447,16 @@ def _divert(function) -> None:
         function.__class__ = _ProfiledFunction
 
 
+def forget_entry(function) -> bool:
+    """A fn inside a `flowml.profile()` block is given back the plain class after it (its native
+    entry, built for an old `single_output`, is stale); False for a fn outside a block."""
+    from .program import Function
+    if function not in _saved:
+        return False
+    _saved[function] = Function
+    return True
+
+
 @contextmanager
 def profile():
     """Profile every fn called inside the block (each in its profiling build): yields the

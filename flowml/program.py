@@ -399,7 +399,9 @@ class Function:
     def single_output(self, value: bool | None) -> None:
         self._single_output = value
         if type(self) is not Function:  # a native entry built for the old value: the next call rebuilds
-            type(self).__call__ = Function.__call__
+            from .profiling import forget_entry
+            if not forget_entry(self):  # (inside a `flowml.profile()` block: the class it gets back)
+                type(self).__call__ = Function.__call__
 
     def optimized(self, after: str | None = None, level: int | None = None):
         """This function through the optimizer's phases up to `after` (all by default) at

@@ -13,7 +13,7 @@ import flowml
 from flowml.backends.llvm.profiling import ProfilingExecutable
 from flowml.ir.dump import dump_nodes
 from helpers import run_cli
-from test_lowering_registry import _ALLOWED, _externals
+from test_lowering_registry import _ALLOWED, PROFILING_EXTERNALS, _externals
 
 MLP = "examples/mlp.flow"
 ROW_KEYS = {"fn", "id", "node", "op", "kind", "detail", "name", "calls", "total_s", "mean_s", "share", "bytes",
@@ -113,7 +113,7 @@ def test_ordinary_calls_run_the_ordinary_build():
     assert p.functions[0].calls == 1
     # the profiling build calls only what the ordinary one may, and the clock
     extra = build.program.external_symbols() - model.train._executable.program.external_symbols()
-    assert extra == {"clock_gettime"} and all(_ALLOWED.match(s) for s in _externals(model))
+    assert extra == PROFILING_EXTERNALS and all(_ALLOWED.match(s) for s in _externals(model))
 
 
 def test_a_loop_is_one_step_and_a_host_step_is_timed_around_its_call():
@@ -129,6 +129,17 @@ def test_a_loop_is_one_step_and_a_host_step_is_timed_around_its_call():
     assert sum(1 for r in p.rows if r.op == "scan") == 1
     for a, b in zip(p.result, ordinary.f(xs)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_llvm_fn_on_the_reference_evaluator_is_one_host_timed_step():
+    src = "input xs : f64[T, 3]\ninput t : f64\nfn pick(xs, t) -> if t > 0 then twice(xs) else xs\n"
+    model = flowml.loads(src, backend="llvm", ops={"twice": _twice()})
+    xs = np.random.default_rng(0).normal(size=(4, 3))
+    p = model.pick.profile(xs, 1.0)
+    np.testing.assert_array_equal(p.result, 2 * xs)
+    (whole, boundary) = p.rows
+    assert whole.kind == "host" and whole.id is None and "reference evaluator" in whole.detail
+    assert whole.calls == boundary.calls == 1 and "host timers" in p.to_json()["functions"][0]["timing"]
 
 
 def test_the_reference_backend_is_timed_from_the_host():
@@ -166,11 +177,19 @@ def test_the_json_schema_and_the_explorer_reads_it(tmp_path):
     assert "call boundary" in text and "BLAS dgemm" in text and "fn train" in text
 
 
-def test_profile_blocks_do_not_nest():
-    with flowml.profile():
+def test_profile_blocks_do_not_nest_and_take_fns_made_inside_them():
+    with flowml.profile() as p:
         with pytest.raises(flowml.FlowError, match="already being collected"):
             with flowml.profile():
                 pass
+        flowml.reset_default_graph()
+        x = flowml.tensor("x", "f64[N]")
+        f = flowml.function([x], flowml.sum(flowml.exp(x)), backend="llvm", name="g")
+        assert f(np.zeros(3)) == 3.0
+    assert [(fp.function.name, fp.calls) for fp in p.functions] == [("g", 1)]
+    for _ in range(3):
+        assert f(np.zeros(4)) == 4.0  # (ordinary calls again, the native entry from the third)
+    assert p.functions[0].calls == 1
 
 
 def test_cli_run_and_train_profile(tmp_path):
