@@ -42,13 +42,14 @@ def tables(profile):
     for fp in profile.functions:
         data = fp.to_json()
         calls = data["calls"]
-        table = Table(title=escape(f"fn {data['fn']} ({data['file']}, {data['backend']}): {calls} call{'s' if calls != 1 else ''}, "
-                      f"{fmt_time(data['total_s'])} in all, {fmt_time(data['total_s'] / max(calls, 1))} a call"),
-                      caption=escape(f"timed by {data['timing']}\n{_compile_line(data['compile'])}"), title_justify="left",
-                      caption_justify="left")
+        title = (f"fn {data['fn']} ({data['file']}, {data['backend']}): {calls} call{'s' if calls != 1 else ''}, "
+                 f"{fmt_time(data['total_s'])} in all, {fmt_time(data['total_s'] / max(calls, 1))} a call")
+        caption = f"timed by {data['timing']}\n{_compile_line(data['compile'])}"
+        table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
         for col, justify in (("step", "left"), ("runs as", "left"), ("calls", "right"), ("total", "right"),
                              ("mean", "right"), ("share", "right"), ("GB/s", "right"), ("GFLOP/s", "right")):
-            table.add_column(col, justify=justify, no_wrap=col != "runs as", min_width=24 if col == "runs as" else None)
+            wraps = col == "runs as"  # (the one column that wraps: the others stay one line)
+            table.add_column(col, justify=justify, no_wrap=not wraps, min_width=24 if wraps else None)
         table.add_column("source", no_wrap=True, overflow="ellipsis", max_width=44)
         for r in data["rows"]:
             step = f"{r['id']} {r['op']}" if r["id"] else ("call boundary" if r["kind"] == "boundary" else "(the fn)")

@@ -293,7 +293,8 @@ class _FnProfile:
                 bytes=moved // calls if calls and moved is not None else None,
                 gbps=moved / seconds / 1e9 if moved and seconds else None,
                 gflops=flops / seconds / 1e9 if flops and seconds else None,
-                source=str(loc) if loc else None, line=loc.source_line().strip() if loc and loc.source_line() else None))
+                source=str(loc) if loc else None,
+                line=loc.source_line().strip() if loc and loc.source_line() else None))
         boundary = max(self.total_ns - steps_ns, 0) / 1e9
         rows.append(Row(fn=name, id=None, node=None, op=None, kind="boundary",
                         detail="call boundary: argument checks, frame set-up, outputs", name=None,

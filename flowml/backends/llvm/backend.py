@@ -279,7 +279,6 @@ class LLVMExecutable:
                  direct: dict):
         g = self.graph
         ctx = frame.ctx
-        env = binding.env
         hook = None
         if record is not None:
             hook = self._recorder(record, inputs, params, binding, frame)
