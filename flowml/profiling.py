@@ -99,6 +99,9 @@ class _Build:
         c = function.compiled
         g = self.graph = c.graph
         _, self.ids = dump_nodes(g, list(c.outputs) + [n for _, n in c.updates])
+        if function.model.check:
+            raise FlowError(f"fn {function.name}: a model in check mode runs every call on the reference backend "
+                            "too; profile a model loaded without check=True")
         start = time.perf_counter()
         backend = function.model.backend.name
         ex = self.opencl = None
@@ -117,7 +120,7 @@ class _Build:
         self.executable = ex if ex is not None else (self.opencl or _HostTimed(g, c.outputs, c.updates))
         self.build_s = time.perf_counter() - start
         self._entry = None  # the CPython entry of the profiling build (backends/llvm/pyentry.py), per dims
-        if ex is not None and os.environ.get("FLOWML_FASTCALL", "1") != "0" and not function.model.check:
+        if ex is not None and os.environ.get("FLOWML_FASTCALL", "1") != "0":
             model = function.model
             inputs = [(n, model.program.inputs[n].var.type) for n in function.input_names]
             self._entry = ex.fastcall(inputs, self._python_path, model._state.values, function._stale,

@@ -177,6 +177,12 @@ def test_the_json_schema_and_the_explorer_reads_it(tmp_path):
     assert "call boundary" in text and "BLAS dgemm" in text and "fn train" in text
 
 
+def test_check_mode_is_not_profiled():
+    model = flowml.load(MLP, backend="llvm", check=True)
+    with pytest.raises(flowml.FlowError, match="check mode"):
+        model.train.profile(*_batch())
+
+
 def test_profile_blocks_do_not_nest_and_take_fns_made_inside_them():
     with flowml.profile() as p:
         with pytest.raises(flowml.FlowError, match="already being collected"):
