@@ -19,7 +19,8 @@ node's value as it is computed — check mode checks the very code that runs.
 
 The profiling build (`NativeProgram(..., profile=True)`, `profiling.ProfilingExecutable`) is a
 separate compilation whose entry points read the monotonic clock (libc's `clock_gettime`)
-before and after each top-level step (a loop or a branch is one step) and add the call and its
+after each top-level step (a loop or a branch is one step; the read ending one step starts the
+next, and the entry point's first step starts with a read of its own) and add the call and its
 nanoseconds to the step's two words of a counter array, whose address is in the frame slot
 keyed ("profile",). An ordinary program has neither the slot nor the clock reads.
 """
@@ -184,15 +185,19 @@ def _clock(w: "Lowerer") -> str:
     return fn.emit(f"add i64 {ns}, {nsec}", "now")
 
 
-def _count(w: "Lowerer", index: int, t0: str) -> None:
-    """Add one call and the nanoseconds since `t0` to step `index`'s counter words."""
+def _count(w: "Lowerer", index: int, t0: str) -> str:
+    """Add one call and the nanoseconds since `t0` to step `index`'s counter words; returns the
+    clock's register, which starts the next step of the entry point (its straight-line code
+    dominates what follows: every lowering leaves control flow joined)."""
     fn = w.fn
-    elapsed = fn.emit(f"sub i64 {_clock(w)}, {t0}", "dt")
+    now = _clock(w)
+    elapsed = fn.emit(f"sub i64 {now}, {t0}", "dt")
     counters = fn.load_slot(("profile",))
     for word, amount in ((2 * index, "1"), (2 * index + 1, elapsed)):
         p = fn.gep("i64", counters, str(word))
         old = fn.emit(f"load i64, ptr {p}", "c")
         fn.line(f"store i64 {fn.emit(f'add i64 {old}, {amount}', 'c')}, ptr {p}")
+    return now
 
 
 class NativeProgram:
@@ -302,9 +307,10 @@ class NativeProgram:
                 mark = (len(w.fn.lines), len(w.fn.allocas), len(w.fn.head), dict(w.fn._dims),
                         len(self.pending), len(self.errors), len(self.statics))
                 timed = top and self.profile
-                if timed:
+                if timed:  # (the clock read that ended the step before starts this one: one read a step)
+                    chained = w.fn.clock
                     clock_at = len(w.fn.lines)
-                    t0 = _clock(w)
+                    t0 = chained or _clock(w)
                     clock_end = len(w.fn.lines)
                 w.detail = ""
                 w.group, w.branch = nodes, item if isinstance(item, Branch) else None
@@ -313,6 +319,8 @@ class NativeProgram:
                     reason = None
                 except HostStep as e:
                     reason = e.reason
+                    if timed:
+                        w.fn.clock = chained  # (a fresh read is rolled back with the rest)
                     lines, allocas, head, dims, pending, errors, statics = mark
                     del w.fn.lines[lines:], w.fn.allocas[allocas:], w.fn.head[head:]
                     w.fn._dims = dims
@@ -321,7 +329,7 @@ class NativeProgram:
                 if timed and w.detail == "folded":  # (no code: no row, and no clock reads)
                     del w.fn.lines[clock_at:clock_end]
                 elif timed:
-                    _count(w, len(self.profiled), t0)
+                    w.fn.clock = _count(w, len(self.profiled), t0)
                     self.profiled.append(n)
                 for k, m in enumerate(nodes):
                     detail = w.detail if k == 0 else f"computed by the loop of node {n}"
