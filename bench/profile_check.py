@@ -1,6 +1,6 @@
 """The profiler's floors, measured (issue 20; docs/inspect.md, "Profiling").
 
-    python bench/profile_check.py [--calls 5000] [--rounds 9]
+    python bench/profile_check.py [--calls 2000] [--rounds 15]
 
 For examples/mlp.flow's train step (batch 20), W3 (bench/workloads/logreg.flow's train, 400 x
 784), W4 batch 20 (bench/workloads/mlp.flow, f32) and W5 (a + b on scalars): the sum of the
@@ -89,9 +89,9 @@ def check(name, load, args, calls: int, rounds: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=5000,
-                    help="calls per round (default 5000; W3 and W4 a tenth, W5 ten times more)")
-    ap.add_argument("--rounds", type=int, default=9, help="rounds (default 9; the best is reported)")
+    ap.add_argument("--calls", type=int, default=2000,
+                    help="calls per round (default 2000; W3 and W4 a tenth, W5 ten times more)")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds (default 15; the best is reported)")
     a = ap.parse_args(argv)
     ok = True
     for (name, load, args), scale in ((mlp(), 1), (w3(), 10), (w4(), 10), (w5(), 0.1)):
