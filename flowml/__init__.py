@@ -11,6 +11,7 @@ from .errors import (FlowCallError, FlowError, FlowGradError, FlowInternalError,
 from .ir.lib import *  # noqa: F401,F403 - the library's functions (`flowml.ir.lib.__all__`)
 from .gradcheck import GradientMismatch, verify_grad
 from .program import Function, Model
+from .profiling import Profile, profile
 
 
 def to_onnx(fn: Function, path=None):

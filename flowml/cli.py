@@ -270,12 +270,37 @@ def cmd_run(args) -> int:
         raise UsageError(f"fn {fn.name} needs input(s) {', '.join(missing)}: give them with --data FILE.npz "
                          "or synthesize them with --random N=SIZE,...")
     inputs.update(synthesize_inputs(fn, model.program, spec, inputs, np.random.RandomState(args.seed or 0)))
-    outputs = _run_steps(fn, inputs, args.steps)
+    with _profiling(args) as profile:
+        outputs = _run_steps(fn, inputs, args.steps)
     _print_outputs(fn, outputs)
+    _report_profile(args, profile)
     if args.save_params:
         model.save_params(args.save_params)
         print(f"params saved to {args.save_params}")
     return 0
+
+
+def _profiling(args):
+    """`--profile`, `--profile-json`: a `flowml.profile()` block around the calls (else none)."""
+    import contextlib
+    if not (args.profile or args.profile_json):
+        return contextlib.nullcontext()
+    if getattr(args, "check", False):
+        raise UsageError("--profile times the fn's profiling build; check mode runs every call on the reference "
+                         "backend too: drop --check")
+    from .profiling import profile
+    return profile()
+
+
+def _report_profile(args, profile) -> None:
+    if profile is None:
+        return
+    if args.profile:
+        from rich.console import Console
+        Console(width=None if sys.stdout.isatty() else 160).print(profile)  # (a pipe: rows of their full width)
+    if args.profile_json:
+        profile.save(args.profile_json)
+        print(f"profile written to {args.profile_json}")
 
 
 def cmd_train(args) -> int:
@@ -284,13 +309,18 @@ def cmd_train(args) -> int:
     from .train import parse_phases
     phases = parse_phases(args.phases, args.fn, args.epochs)
     if args.distributed:
+        if args.profile or args.profile_json:
+            raise UsageError("--profile profiles one process: drop --distributed")
         return _train_distributed(args, phases)
     model = load(args.file, backend=args.backend, seed=args.seed, exclude=args.exclude)
     if args.load_params:
         model.load_params(args.load_params)
     data = load_npz(args.data)
     evaluate = args.evaluate if args.evaluate in model.functions or args.evaluate != "error" else None
-    return _train_and_report(args, model, data, phases, evaluate)
+    with _profiling(args) as profile:
+        code = _train_and_report(args, model, data, phases, evaluate)
+    _report_profile(args, profile)
+    return code
 
 
 def _train_distributed(args, phases) -> int:
@@ -484,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default=None, help="llvm (default; or FLOWML_BACKEND), reference, opencl")
     c.add_argument("--check", action="store_true", help="check mode: also run every call on the reference "
                    "backend and stop at the first node whose values differ")
+    _add_profile(c)
     _add_exclude(c)
     c.set_defaults(func=cmd_run)
 
@@ -521,9 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distributed", action="store_true", help="data-parallel training: run under "
                    "`mpiexec -n K`; each rank takes --batch rows of every global mini-batch and the "
                    "gradients are averaged or summed across ranks (docs/distributed.md)")
+    _add_profile(c)
     _add_exclude(c)
     c.set_defaults(func=cmd_train)
     return p
+
+
+def _add_profile(c) -> None:
+    c.add_argument("--profile", action="store_true", help="profile the calls: print a table of each fn's "
+                   "steps (kernels, BLAS calls, loops, host steps) with their calls, time, share, GB/s and "
+                   "source line, timed in the fn's profiling build (docs/inspect.md)")
+    c.add_argument("--profile-json", metavar="PROFILE.json", help="write the profile as JSON (for tools and "
+                   "`flowml compile --emit html --profile-json`)")
 
 
 def _add_exclude(c) -> None:

@@ -8,7 +8,9 @@ array reaches a backend without its dtype and shape checked against the declarat
 from __future__ import annotations
 
 import os
+import time
 import types
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -335,6 +337,19 @@ def fn_signature(program: Program, decl: FnDecl) -> str:
 NATIVE_AFTER = int(os.environ.get("FLOWML_NATIVE_AFTER", "2"))
 
 
+def _object_cache_counts() -> dict[str, int]:
+    """The LLVM object-code cache's hits and misses so far (empty before the backend loaded)."""
+    import sys
+    cache = sys.modules.get("flowml.backends.llvm.cache")
+    return dict(cache.COUNTS) if cache is not None else {}
+
+
+# The live fns, and while a `flowml.profile()` block is open, what a fn made inside it is given
+# (flowml/profiling.py): only built or changed when profiling, never on a call.
+_LIVE: "weakref.WeakSet[Function]" = weakref.WeakSet()
+_PROFILING = None
+
+
 class Function:
     """A compiled entry function, called with numpy arrays by position or keyword."""
 
@@ -349,11 +364,20 @@ class Function:
         self.python_calls = 0  # calls that took the Python path (every call but the native entry's)
         # (given by the warm model cache: the optimized graph and, on a backend that keeps them,
         # the compiled fn, whose machine code comes from the backend's own cache)
+        start = time.perf_counter()
         self.compiled, executable = compiled if compiled is not None else (self.optimized(), None)
+        optimized_at = time.perf_counter()
         self._updated = [u.param for u in decl.updates]
         self._stale = model._shared.stale(model.backend.name)  # (a live set: empty while up to date)
+        objects = _object_cache_counts()
         self._executable = executable or model.backend.compile(self.compiled.graph, self.compiled.outputs,
                                                                self.compiled.updates, plan=self.compiled.plan)
+        # what compiling this fn took (the profiler reports it): the optimizer's phases, the
+        # backend, whether the model cache gave the fn, the object-code cache's hits and misses
+        self.compile_info = {"optimize_s": optimized_at - start, "backend_s": time.perf_counter() - optimized_at,
+                             "phases_s": dict(getattr(self.compiled, "seconds", {})),
+                             "model_cache": compiled is not None,
+                             "object_cache": {k: v - objects.get(k, 0) for k, v in _object_cache_counts().items()}}
         # (an executable whose outputs are fresh arrays the caller may keep says so: no second copy)
         self._owns_outputs = getattr(self._executable, "owns_outputs", False)
         # the LLVM backend's CPython entries (backends/llvm/pyentry.py), None where calls stay here
@@ -362,6 +386,9 @@ class Function:
             inputs = [(n, model.program.inputs[n].var.type) for n in self.input_names]
             self._native = fastcall(inputs, types.MethodType(Function.__call__, self), model._state.values,
                                     self._stale, model._shared._states, model._shared.lock if self._updated else None)
+        _LIVE.add(self)  # (for `flowml.profile()`, which profiles every fn called while it is open)
+        if _PROFILING is not None:
+            _PROFILING(self)
 
     @property
     def single_output(self) -> bool | None:
@@ -372,7 +399,9 @@ class Function:
     def single_output(self, value: bool | None) -> None:
         self._single_output = value
         if type(self) is not Function:  # a native entry built for the old value: the next call rebuilds
-            type(self).__call__ = Function.__call__
+            from .profiling import forget_entry
+            if not forget_entry(self):  # (inside a `flowml.profile()` block: the class it gets back)
+                type(self).__call__ = Function.__call__
 
     def optimized(self, after: str | None = None, level: int | None = None):
         """This function through the optimizer's phases up to `after` (all by default) at
@@ -433,6 +462,16 @@ class Function:
         if path is not None:
             page.save(path)
         return page
+
+    def profile(self, *args, **kwargs):
+        """Call the fn once, with these arguments, in its profiling build (docs/inspect.md,
+        "Profiling"): a `flowml.profiling.Profile` of the call, one row per step with its time
+        and the call boundary's; `.result` is what the call returned. The fn's ordinary calls
+        keep running its ordinary build."""
+        from .profiling import Profile
+        p = Profile()
+        p.call(self, args, kwargs)
+        return p
 
     def dot(self) -> str:
         from .ir.dump import to_dot

@@ -64,6 +64,11 @@ _ALLOWED = re.compile(r"^(llvm\..*|flowml_(mvec_)?\w+|_ZGV\w+|pthread_create|pth
                       r"(exp|log|log1p|expm1|sin|cos|tanh|erf|erfc|pow|fmod)f?)$")
 
 
+# what a fn's profiling build (flowml/backends/llvm/profiling.py, tests/test_profiler.py) calls
+# beyond its ordinary build: the monotonic clock, read around each step
+PROFILING_EXTERNALS = {"clock_gettime"}
+
+
 def _externals(model) -> set[str]:
     names = set()
     for fn in model.functions.values():

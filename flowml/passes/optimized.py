@@ -18,6 +18,7 @@ class Optimized:
     stats: Counter = field(default_factory=Counter)
     plan: MemoryPlan | None = None
     phase: str = "memory"  # the last phase that ran
+    seconds: dict = field(default_factory=dict)  # phase -> its wall time (the profiler's compile times)
 
     def kernels(self) -> int:
         """Nodes that compute (each a kernel of a native backend): all but leaves and views."""

@@ -19,6 +19,7 @@ every phase with what the phase did (`Snapshot`s, for the IR explorer: flowml/ex
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -196,10 +197,13 @@ def optimize(graph: Graph, outputs: list[int], updates: list[tuple[str, int]], l
     if trace is not None:
         trace.append(Snapshot("parse", run.graph, run.outputs, run.updates, []))
     last = "none"
+    seconds: dict[str, float] = {}
     for phase in PIPELINE if level > 0 else []:
         if phase.name not in excluded:
             run.steps = None if trace is None else []
+            start = time.perf_counter()
             phase.run(run)
+            seconds[phase.name] = time.perf_counter() - start
             last = phase.name
             if check:
                 verify_graph(run.graph, run.roots, f"phase {phase.name}")
@@ -207,7 +211,7 @@ def optimize(graph: Graph, outputs: list[int], updates: list[tuple[str, int]], l
                 trace.append(Snapshot(phase.name, run.graph, run.outputs, run.updates, run.steps, run.plan))
         if phase.name == after:
             break
-    return Optimized(run.graph, run.outputs, run.updates, stats, run.plan, last)
+    return Optimized(run.graph, run.outputs, run.updates, stats, run.plan, last, seconds)
 
 
 def _extract(graph: Graph, roots: list[int]) -> tuple[Graph, list[int]]:

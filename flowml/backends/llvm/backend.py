@@ -47,6 +47,7 @@ def _address(a: np.ndarray) -> int:
 class LLVMExecutable:
     owns_outputs = True  # a call returns new arrays (copies out of its frame)
     _lazy_reason = ""
+    profile = False  # the profiling build (profiling.ProfilingExecutable): clock reads around each step
 
     def __init__(self, graph: Graph, outputs: list[int], updates: list[tuple[str, int]], plan=None,
                  compile: bool = True):
@@ -88,7 +89,7 @@ class LLVMExecutable:
     # ------------------------------------------------------------ compile
 
     def _lower(self, compile: bool = True) -> NativeProgram:
-        program = NativeProgram(self.graph, self.nodes, self.results, self.alias)
+        program = NativeProgram(self.graph, self.nodes, self.results, self.alias, profile=self.profile)
         for step in program.steps:
             if step.kind == "host" and step.detail == "no LLVM lowering":
                 op = self.graph.op(step.node)
@@ -271,25 +272,12 @@ class LLVMExecutable:
                  direct: dict):
         g = self.graph
         ctx = frame.ctx
-        env = binding.env
         hook = None
         if record is not None:
             hook = self._recorder(record, inputs, params, binding, frame)
             ctx[HOOK_SLOT] = ctypes.cast(hook, ctypes.c_void_p).value
         try:
-            for seg in program.segments:
-                if seg.host is None:
-                    rc = program.entries[seg.name](frame.ctx_ptr)
-                    if rc:
-                        raise self.native_error(rc, ctx, env)
-                    continue
-                n = seg.host
-                args = [self._value(o, inputs, params, binding, frame) for o in g.operands(n)]
-                with np.errstate(all="ignore"):
-                    value = run_op(g, n, args, dict(env))
-                np.copyto(frame.arrays[n], value)
-                if record is not None:
-                    record[n] = np.array(value, copy=True)
+            self._run_segments(program, inputs, params, binding, frame, record)
         finally:
             ctx[HOOK_SLOT] = 0
         if record is not None:  # views and folded transposes: from what they view, as it was
@@ -311,6 +299,27 @@ class LLVMExecutable:
             else:
                 params[name] = v
         return outs
+
+    def _run_segments(self, program: NativeProgram, inputs, params, binding: "_Binding", frame: "_Frame", record):
+        """The entry points in order, with the host steps between them."""
+        for seg in program.segments:
+            if seg.host is None:
+                self._run_native(program, seg, binding, frame)
+            else:
+                self._run_host(seg.host, inputs, params, binding, frame, record)
+
+    def _run_native(self, program: NativeProgram, seg, binding: "_Binding", frame: "_Frame") -> None:
+        rc = program.entries[seg.name](frame.ctx_ptr)
+        if rc:
+            raise self.native_error(rc, frame.ctx, binding.env)
+
+    def _run_host(self, n: int, inputs, params, binding: "_Binding", frame: "_Frame", record) -> None:
+        args = [self._value(o, inputs, params, binding, frame) for o in self.graph.operands(n)]
+        with np.errstate(all="ignore"):
+            value = run_op(self.graph, n, args, dict(binding.env))
+        np.copyto(frame.arrays[n], value)
+        if record is not None:
+            record[n] = np.array(value, copy=True)
 
     def native_error(self, rc: int, ctx: np.ndarray, env: dict[str, int]):
         """The located error of an entry point's return code `rc`, its details in frame `ctx`."""

@@ -71,6 +71,10 @@ class CompileCache(FileCache):
 
 _default = CompileCache()
 
+# How this process's modules were found (the profiler reports a fn's): "hit" a module loaded
+# whole from cached objects, "miss" a module (or a split module's part) compiled
+COUNTS: dict[str, int] = {"hit": 0, "miss": 0}
+
 
 def get(key: str) -> bytes | None:
     """`CompileCache().get(key)` on the default directory."""
@@ -98,6 +102,7 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
     manifest_key = cache_key(ir_text, *key_parts, "manifest-v1")
     found = _from_manifest(cache, manifest_key, ir_text, name)
     if found is not None:
+        COUNTS["hit"] += 1
         return found
     split = split_kernels(ir_text)
     if split is not None:
@@ -110,7 +115,9 @@ def compile_cached(ir_text: str, *key_parts, name: str = "flowml_module", cache:
     key = cache_key(ir_text, *key_parts)
     obj = cache.get(key)
     if obj is not None:
+        COUNTS["hit"] += 1
         return JitModule(ir_text, cached_object=obj, name=name)
+    COUNTS["miss"] += 1
     jm = JitModule(ir_text, name=name)
     if jm.object_code is not None and cache.put(key, jm.object_code):
         _write_manifest(cache, manifest_key, [(name, key, 3, 3, ())])
@@ -159,6 +166,8 @@ def _compile_split(split, ir_text: str, key_parts, name: str, cache: CompileCach
         keys.append(cache_key(p.ir_text, *key_parts, "split-v1", p.speed_level, p.codegen_level))
         p.cached_object = cache.get(keys[-1])
     jm = JitModule.linked(parts, ir_text, name=name)
+    compiled = sum(1 for p in parts if p.cached_object is None)
+    COUNTS["miss" if compiled else "hit"] += 1
     stored = True
     for key, p in zip(keys, parts):
         if p.cached_object is None and p.object_code is not None:

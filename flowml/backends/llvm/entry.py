@@ -16,6 +16,13 @@ caller turns code k into the located error `errors[k - 1]` describes.
 Check mode records from the same entry points: after each native step they call the hook whose
 address is in the frame's slot 4 (zero, and so skipped, in an ordinary call), which copies the
 node's value as it is computed — check mode checks the very code that runs.
+
+The profiling build (`NativeProgram(..., profile=True)`, `profiling.ProfilingExecutable`) is a
+separate compilation whose entry points read the monotonic clock (libc's `clock_gettime`)
+after each top-level step (a loop or a branch is one step; the read ending one step starts the
+next, and the entry point's first step starts with a read of its own) and add the call and its
+nanoseconds to the step's two words of a counter array, whose address is in the frame slot
+keyed ("profile",). An ordinary program has neither the slot nor the clock reads.
 """
 
 from __future__ import annotations
@@ -165,13 +172,49 @@ def _record_hook(fn: IRFunction, n: int) -> None:
         fn.line(f"call void {hook}(ptr %ctx, i64 {n})")
 
 
+def _clock(w: "Lowerer") -> str:
+    """An i64 register: the monotonic clock's nanoseconds now (the profiling build)."""
+    import time
+    fn = w.fn
+    w.helper("clock_gettime", "declare i32 @clock_gettime(i32, ptr)")
+    ts = fn.array("i64", 2)  # struct timespec {tv_sec, tv_nsec}
+    fn.line(f"call i32 @clock_gettime(i32 {time.CLOCK_MONOTONIC}, ptr {ts})")
+    sec = fn.emit(f"load i64, ptr {ts}", "sec")
+    nsec = fn.emit(f"load i64, ptr {fn.gep('i64', ts, '1')}", "nsec")
+    ns = fn.emit(f"mul i64 {sec}, 1000000000", "ns")
+    return fn.emit(f"add i64 {ns}, {nsec}", "now")
+
+
+def _count(w: "Lowerer", index: int, t0: str) -> str:
+    """Add one call and the nanoseconds since `t0` to step `index`'s counter words; returns the
+    clock's register, which starts the next step of the entry point (its straight-line code
+    dominates what follows: every lowering leaves control flow joined)."""
+    fn = w.fn
+    now = _clock(w)
+    elapsed = fn.emit(f"sub i64 {now}, {t0}", "dt")
+    counters = fn.load_slot(("profile",))
+    for word, amount in ((2 * index, "1"), (2 * index + 1, elapsed)):
+        p = fn.gep("i64", counters, str(word))
+        old = fn.emit(f"load i64, ptr {p}", "c")
+        fn.line(f"store i64 {fn.emit(f'add i64 {old}, {amount}', 'c')}, ptr {p}")
+    return now
+
+
 class NativeProgram:
     """The lowered function: its steps, segments, slots, error table and module text."""
 
     statics: list = ()  # (see __init__; the default of a program pickled before there were any)
 
-    def __init__(self, graph: Graph, nodes: list[int], results: set[int], alias: dict[int, int]):
+    profile = False  # (see __init__; the default of a program pickled before there was profiling)
+    profiled: list = ()
+
+    def __init__(self, graph: Graph, nodes: list[int], results: set[int], alias: dict[int, int],
+                 profile: bool = False):
+        """`profile`: the profiling build (see the module's doc): `profiled[i]` is the node whose
+        step counter words 2i (calls) and 2i+1 (nanoseconds) count."""
         self.graph = graph
+        self.profile = profile
+        self.profiled: list[int] = []
         self.nodes = nodes
         self.results = results
         self.alias = alias  # view -> the node whose storage it shares (resolved to the root)
@@ -263,6 +306,12 @@ class NativeProgram:
                     w.fn = IRFunction(self._segment.name, self.slot_of, "i32", "ptr noalias %ctx")
                 mark = (len(w.fn.lines), len(w.fn.allocas), len(w.fn.head), dict(w.fn._dims),
                         len(self.pending), len(self.errors), len(self.statics))
+                timed = top and self.profile
+                if timed:  # (the clock read that ended the step before starts this one: one read a step)
+                    chained = w.fn.clock
+                    clock_at = len(w.fn.lines)
+                    t0 = chained or _clock(w)
+                    clock_end = len(w.fn.lines)
                 w.detail = ""
                 w.group, w.branch = nodes, item if isinstance(item, Branch) else None
                 try:
@@ -270,11 +319,18 @@ class NativeProgram:
                     reason = None
                 except HostStep as e:
                     reason = e.reason
+                    if timed:
+                        w.fn.clock = chained  # (a fresh read is rolled back with the rest)
                     lines, allocas, head, dims, pending, errors, statics = mark
                     del w.fn.lines[lines:], w.fn.allocas[allocas:], w.fn.head[head:]
                     w.fn._dims = dims
                     del self.pending[pending:], self.errors[errors:], self.statics[statics:]
             if reason is None:
+                if timed and w.detail == "folded":  # (no code: no row, and no clock reads)
+                    del w.fn.lines[clock_at:clock_end]
+                elif timed:
+                    w.fn.clock = _count(w, len(self.profiled), t0)
+                    self.profiled.append(n)
                 for k, m in enumerate(nodes):
                     detail = w.detail if k == 0 else (f"computed by the loop of node {n}" if op.name == "scan"
                                                       else f"computed with node {n}")

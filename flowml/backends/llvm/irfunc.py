@@ -32,6 +32,7 @@ class IRFunction:
         self.lines: list[str] = []
         self.count = 0
         self._dims: dict[str, str] = {}
+        self.clock: str | None = None  # the profiling build: the last clock read (entry.NativeProgram)
 
     # ------------------------------------------------------------ registers and text
 

@@ -116,7 +116,6 @@ class OpenCLExecutable:
             return self._call(inputs, state, env)
 
     def _call(self, inputs, state: OpenCLState, env):
-        _, runtime = _cl()
         g = self.graph
         if self._lazy:  # `if` picks one branch: the reference evaluator on host copies
             host = _HostState({k: v.get() for k, v in state.values.items()})
@@ -132,46 +131,53 @@ class OpenCLExecutable:
             op = g.op(n)
             if op is not P.param:  # a value bigger than a device buffer: a located error, before allocating
                 check_value(g, n, env, limit, where)
-            if op is P.input_:
-                v = runtime.to_device(inputs[g.attrs(n)["name"]], dev)
-            elif op is P.param:
-                v = state.values[g.attrs(n)["name"]]
-            elif op is P.const:
-                v = self._consts.get(n)
-                if v is None:
-                    v = self._consts[n] = runtime.to_device(np.array(g.attrs(n)["value"]), dev)
-            elif op is P.dim:
-                v = runtime.to_device(np.array(resolve_dim(g.attrs(n)["dim"], env), dtype=np.int64), dev)
-            elif n in self.kernels:
-                shape = tuple(resolve_dim(d, env) for d in g.attrs(n)["shape"])
-                # a one-element operand may have more (unit) dims than the iteration space (the
-                # fuse phase treats its reshape as the identity): drop them
-                args = [a.reshape(()) if len(a.shape) > len(shape) else a for a in (values[o] for o in g.operands(n))]
-                err = empty_reduction_error(g.attrs(n)["reduce"], shape, g.loc(n))
-                if err is not None:
-                    raise err
-                v = self.kernels[n](*args, shape=shape)
-            elif op is P.reshape:
-                src = values[g.operands(n)[0]]
-                v = src.reshape(tuple(resolve_dim(d, env) for d in g.type(n).shape))
-            elif op is P.matmul and g.type(n).dtype.kind == "f":
-                a, b = (self._casts[(n, k)](values[o]) if (n, k) in self._casts else values[o]
-                        for k, o in enumerate(g.operands(n)))
-                v = runtime.matmul(a, b, device=dev)
-            elif op is P.gemm:  # the device's matmul, then alpha and beta * c by pyopencl's array kernels
-                a, b, c = (values[o] for o in g.operands(n))
-                dt = g.type(n).dtype
-                v = runtime.matmul(a, b, device=dev) * dt.type(g.attrs(n)["alpha"]) + c * dt.type(g.attrs(n)["beta"])
-            elif op is P.transpose:
-                v = runtime.transpose(values[g.operands(n)[0]], g.attrs(n)["axes"], device=dev)
-            else:
-                v = self._host_step(n, [values[o] for o in g.operands(n)], env)
+            v = self._compute(n, values, inputs, state, env)
             values[n] = v
             self._check_shape(n, v, env)
         new = {name: values[n] for name, n in self.updates}
         for name, v in new.items():
             state.values[name] = v.copy() if v is state.values.get(name) else v
         return [values[n].get() for n in self.outputs]
+
+    def _compute(self, n, values: dict, inputs, state: OpenCLState, env):
+        """Node n's value (on the device), its operands' in `values`."""
+        _, runtime = _cl()
+        g, dev, op = self.graph, self.device, self.graph.op(n)
+        if op is P.input_:
+            v = runtime.to_device(inputs[g.attrs(n)["name"]], dev)
+        elif op is P.param:
+            v = state.values[g.attrs(n)["name"]]
+        elif op is P.const:
+            v = self._consts.get(n)
+            if v is None:
+                v = self._consts[n] = runtime.to_device(np.array(g.attrs(n)["value"]), dev)
+        elif op is P.dim:
+            v = runtime.to_device(np.array(resolve_dim(g.attrs(n)["dim"], env), dtype=np.int64), dev)
+        elif n in self.kernels:
+            shape = tuple(resolve_dim(d, env) for d in g.attrs(n)["shape"])
+            # a one-element operand may have more (unit) dims than the iteration space (the
+            # fuse phase treats its reshape as the identity): drop them
+            args = [a.reshape(()) if len(a.shape) > len(shape) else a for a in (values[o] for o in g.operands(n))]
+            err = empty_reduction_error(g.attrs(n)["reduce"], shape, g.loc(n))
+            if err is not None:
+                raise err
+            v = self.kernels[n](*args, shape=shape)
+        elif op is P.reshape:
+            src = values[g.operands(n)[0]]
+            v = src.reshape(tuple(resolve_dim(d, env) for d in g.type(n).shape))
+        elif op is P.matmul and g.type(n).dtype.kind == "f":
+            a, b = (self._casts[(n, k)](values[o]) if (n, k) in self._casts else values[o]
+                    for k, o in enumerate(g.operands(n)))
+            v = runtime.matmul(a, b, device=dev)
+        elif op is P.gemm:  # the device's matmul, then alpha and beta * c by pyopencl's array kernels
+            a, b, c = (values[o] for o in g.operands(n))
+            dt = g.type(n).dtype
+            v = runtime.matmul(a, b, device=dev) * dt.type(g.attrs(n)["alpha"]) + c * dt.type(g.attrs(n)["beta"])
+        elif op is P.transpose:
+            v = runtime.transpose(values[g.operands(n)[0]], g.attrs(n)["axes"], device=dev)
+        else:
+            v = self._host_step(n, [values[o] for o in g.operands(n)], env)
+        return v
 
     def _host_step(self, n, args, env):
         _, runtime = _cl()
