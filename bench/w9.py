@@ -1,8 +1,9 @@
 """W9: the zoo's LeNet training step (examples/lenet.flow: two conv + max-pool + tanh layers, a
 tanh layer, softmax; f64), batch 20, SGD lr 0.1: flowml against jax.jit of the same step
-(`value_and_grad` and the updates in one jitted function).
+(`value_and_grad` and the updates in one jitted function), torch eager and torch.compile (the
+loss and its gradients compiled, the updates eager).
 
-    python bench/w9.py                            # every peer importable here (flowml, jax)
+    python bench/w9.py                            # every peer importable here (flowml, jax, torch)
     python bench/w9.py --peers flowml --backend reference
     /work/benchvenv/bin/python bench/w9.py --steps 500 --repeats 7
     FLOWML_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
@@ -12,8 +13,7 @@ Every peer starts from the same params (flowml's initializers, seed 0) and walks
 mini-batches (rows of examples/data/digits.npz in order, 20 at a time). Each peer is checked
 first: its costs and params after three steps equal flowml's (rtol 1e-9). Then `--steps` steps
 are timed, best of `--repeats`; reported in µs per step (wall clock, and the process's CPU time:
-on a shared machine the second is the steadier) and steps/s. Not a `bench/run.py` workload yet
-(no torch peer).
+on a shared machine the second is the steadier) and steps/s. Not a `bench/run.py` workload yet.
 """
 
 from __future__ import annotations
@@ -103,12 +103,56 @@ class JaxPeer:
         return {k: np.asarray(v) for k, v in self.p.items()}
 
 
-PEERS = {"flowml": FlowmlPeer, "jax": JaxPeer}
+class TorchPeer:
+    """torch, eager (autograd), or with `compiled` the loss and its gradients under torch.compile
+    (inductor's C++ code for the CPU); the SGD updates in place under no_grad."""
+
+    compiled = False
+
+    def __init__(self, params, data, backend):
+        import torch
+        import torch.nn.functional as F
+        torch.set_num_threads(int(os.environ.get("FLOWML_NUM_THREADS", torch.get_num_threads())))
+        self.torch = torch
+        self.p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+        self.data = [(torch.from_numpy(X), torch.from_numpy(y)) for X, y in data]
+
+        def cost(p, X, y):  # lenet.flow, line by line
+            x = (X / 16).reshape(-1, 1, 8, 8)
+            h0 = torch.tanh(F.max_pool2d(F.conv2d(x, p["W0"]), 2) + p["c0"])
+            h1 = torch.tanh(F.max_pool2d(F.conv2d(h0, p["W1"]), 2) + p["c1"])
+            h2 = torch.tanh(h1.reshape(-1, 50) @ p["W2"] + p["c2"])
+            return F.cross_entropy(h2 @ p["W3"] + p["c3"], y)
+
+        def loss_and_grads(p, X, y):
+            c = cost(p, X, y)
+            return c, torch.autograd.grad(c, list(p.values()))
+        self.loss_and_grads = torch.compile(loss_and_grads, dynamic=False) if self.compiled else loss_and_grads
+
+    def step(self, i) -> float:
+        c, grads = self.loss_and_grads(self.p, *self.data[i % len(self.data)])
+        with self.torch.no_grad():
+            for v, g in zip(self.p.values(), grads):
+                v -= LR * g
+        return c
+
+    def sync(self, c):
+        return float(c.detach())
+
+    def params(self):
+        return {k: v.detach().numpy().copy() for k, v in self.p.items()}
+
+
+class TorchCompilePeer(TorchPeer):
+    compiled = True
+
+
+PEERS = {"flowml": FlowmlPeer, "jax": JaxPeer, "torch": TorchPeer, "torch.compile": TorchCompilePeer}
 
 
 def available(name) -> bool:
     try:
-        __import__({"flowml": "flowml", "jax": "jax"}[name])
+        __import__({"flowml": "flowml", "jax": "jax", "torch": "torch", "torch.compile": "torch"}[name])
         return True
     except ImportError:
         return False
@@ -138,7 +182,7 @@ def timed(peer, steps, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", default="flowml,jax")
+    ap.add_argument("--peers", default="flowml,jax,torch,torch.compile")
     ap.add_argument("--backend", default="llvm", help="flowml's backend")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
