@@ -243,6 +243,76 @@ def sigmoid(x): return _elementwise(P.sigmoid, x)
 def softplus(x): return _elementwise(P.softplus, x)
 def relu(x): return _elementwise(P.relu, x)
 
+def log2(x): return _elementwise(P.log2, x)
+def log10(x): return _elementwise(P.log10, x)
+def tan(x): return _elementwise(P.tan, x)
+def arcsin(x): return _elementwise(P.arcsin, x)
+def arccos(x): return _elementwise(P.arccos, x)
+def arctan(x): return _elementwise(P.arctan, x)
+def sinh(x): return _elementwise(P.sinh, x)
+def cosh(x): return _elementwise(P.cosh, x)
+def arcsinh(x): return _elementwise(P.arcsinh, x)
+def arccosh(x): return _elementwise(P.arccosh, x)
+def arctanh(x): return _elementwise(P.arctanh, x)
+def arctan2(a, b): return _elementwise(P.arctan2, a, b)
+def hypot(a, b): return _elementwise(P.hypot, a, b)
+def isnan(x): return _elementwise(P.isnan, x)
+def isinf(x): return _elementwise(P.isinf, x)
+def isfinite(x): return _elementwise(P.isfinite, x)
+
+
+def _rounded(op, x):
+    """floor / ceil / trunc / rint of floats; integers and bools are whole already, and keep
+    their dtype (numpy 2)."""
+    x = as_var(x, _graph_of(x))
+    return _elementwise(op, x) if is_float(x.dtype) else x
+
+
+def floor(x): return _rounded(P.floor, x)
+def ceil(x): return _rounded(P.ceil, x)
+def trunc(x): return _rounded(P.trunc, x)
+def rint(x): return _rounded(P.rint, x)
+
+
+def round(x, decimals=0):  # noqa: A001 - numpy's name
+    """numpy's round: to `decimals` places (static), halves to even, computed as numpy does
+    (rint(x * 10**d) / 10**d, or times 10**-d for negative d)."""
+    x = as_var(x, _graph_of(x))
+    d = static_int(decimals, "round's decimals")
+    if not is_float(x.dtype):
+        if d >= 0:
+            return x
+        raise FlowTypeError(f"round of integers to {d} decimals is not supported; cast to a float first",
+                            current_loc())
+    if d == 0:
+        return rint(x)
+    if d > 0:
+        return rint(x * 10.0 ** d) / 10.0 ** d
+    return rint(x / 10.0 ** -d) * 10.0 ** -d
+
+
+def square(x):
+    """x * x; of bools in i64 (numpy gives int8, which flowml lacks)."""
+    x = as_var(x, _graph_of(x))
+    if x.dtype.kind == "b":
+        x = cast(x, "i64")
+    return x * x
+
+
+def logaddexp(a, b):
+    """log(exp(a) + exp(b)) without overflow: max(a, b) + log1p(exp(-|a - b|)), as numpy. Where
+    a and b are the same infinity, a - b is NaN: the difference is taken as 0 there (the result
+    is that infinity). Its derivative (exp(a - result), exp(b - result)) follows from the
+    formula; at a == b it is split evenly, as maximum's is."""
+    g = _graph_of(a, b)
+    a, b = _coerce([as_var(a, g), as_var(b, g)])
+    if not is_float(promote(a.type, b.type)[0]):
+        a, b = cast(a, "f64"), cast(b, "f64")
+    d = a - b
+    d = where(isnan(d), 0, d)
+    return maximum(a, b) + log1p(exp(-abs(d)))
+
+
 
 def power(a, b):
     if isinstance(a, Var) and a.dtype.kind in "iu" and const_value(b) is not None and np.any(np.asarray(const_value(b)) < 0):
@@ -766,6 +836,9 @@ __all__ = [
     "Var",
     "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh", "erf", "erfc",
     "sigmoid", "softplus", "relu", "maximum", "minimum", "clip", "where", "ifelse", "cast",
+    "log2", "log10", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "arcsinh", "arccosh",
+    "arctanh", "hypot", "logaddexp", "square", "power", "floor", "ceil", "trunc", "rint", "round", "isnan",
+    "isinf", "isfinite",
     "sum", "mean", "max", "min", "prod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",

@@ -37,7 +37,9 @@ from .core import OPS, Leaf, Op, const, dim, input_, linear_in, param  # noqa: F
 from .elementwise import (  # noqa: F401
     Cast, Elementwise, Where, abs_, add, cast, cos, div, eq, erf, erfc, exp, expm1, floordiv, ge, gt, le,
     log, log1p, logical_and, logical_not, logical_or, lt, maximum, minimum, mod, mul, ne, neg, pow_, relu,
-    sigmoid, sign, sin, softplus, sqrt, sub, tanh, unary_float, where)
+    sigmoid, sign, sin, softplus, sqrt, sub, tanh, unary_float, where,
+    arccos, arccosh, arcsin, arcsinh, arctan, arctan2, arctanh, ceil, cosh, floor, hypot, isfinite, isinf,
+    isnan, log10, log2, rint, sinh, tan, trunc)
 from .control import IfElse, StopGradient, ifelse, stop_gradient  # noqa: F401
 from .shape import (  # noqa: F401
     Arange, BroadcastTo, ConcatPart, Concatenate, Full, Reshape, Transpose, ZerosLike, arange, broadcast_to,
