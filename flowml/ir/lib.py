@@ -467,6 +467,42 @@ def mean(x, axis=None, keepdims=False):
     return total / cast(dim(x.graph, count), dt)
 
 
+def _count(x, axes) -> Var:
+    """The number of elements over `axes` of x, an i64 scalar (a dim expression if symbolic)."""
+    return dim(x.graph, dims_product(x.type.shape[i] for i in axes))
+
+
+def var(x, axis=None, ddof=0, keepdims=False):
+    """numpy's var: the mean squared deviation from the mean, divided by n - ddof instead of n
+    (ddof=1: the unbiased estimate). Two passes (the mean first), as numpy, so it does not
+    cancel catastrophically as E[x^2] - E[x]^2 would. Integers and bools give f64."""
+    x = as_var(x, _graph_of(x))
+    axes = _normalize_axis(axis, x.ndim)
+    keepdims = static_bool(keepdims, "keepdims")
+    if not is_float(x.dtype):
+        x = cast(x, "f64")
+    deviation = x - mean(x, axes, keepdims=True)
+    total = sum(deviation * deviation, axes, keepdims)
+    return total / (cast(_count(x, axes), x.dtype) - static_int(ddof, "ddof"))
+
+
+def std(x, axis=None, ddof=0, keepdims=False):
+    """numpy's std: sqrt(var(x, axis, ddof, keepdims))."""
+    return sqrt(var(x, axis, ddof, keepdims))
+
+
+def any(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """Whether any element over `axis` is true (nonzero); false over no elements."""
+    x = as_var(x, _graph_of(x))
+    return sum(cast(x, "bool"), axis, keepdims) > 0
+
+
+def all(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """Whether every element over `axis` is true (nonzero); true over no elements."""
+    x = as_var(x, _graph_of(x))
+    return sum(logical_not(cast(x, "bool")), axis, keepdims) == 0
+
+
 def _argreduce(op, x, axis, keepdims):
     axis = None if axis is None else _normalize_axis(axis, x.ndim)[0]
     return _apply(op, [x], axis=axis, keepdims=static_bool(keepdims, "keepdims"))
@@ -658,7 +694,7 @@ def _shape_arg(shape):
 
 
 def full(graph: Graph, shape, value, dtype=None):
-    if any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
+    if builtins.any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
         raise FlowTypeError(f"a shape must not have negative dims, got {as_shape(shape)}", current_loc())
     if dtype is None:
         dtype = "f64" if isinstance(value, float) else ("bool" if isinstance(value, bool) else "i64")
@@ -762,7 +798,7 @@ def _conv_padding(padding, x: Var, w: Var, stride) -> tuple:
             return tuple(_same_padding(x.type.shape[2 + i], w.type.shape[2 + i], stride[i]) for i in range(2))
         raise FlowTypeError(f'conv2d: padding must be "valid", "same", an integer or pairs of integers, '
                             f'not "{padding}"', current_loc())
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and builtins.all(isinstance(p, (tuple, list)) for p in padding):
         pads = tuple(_int_pair(p, "conv2d's padding") for p in padding)
     else:
         ph, pw = _int_pair(padding, "conv2d's padding")
@@ -839,7 +875,7 @@ __all__ = [
     "log2", "log10", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "arcsinh", "arccosh",
     "arctanh", "hypot", "logaddexp", "square", "power", "floor", "ceil", "trunc", "rint", "round", "isnan",
     "isinf", "isfinite",
-    "sum", "mean", "max", "min", "prod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
+    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",

@@ -81,6 +81,11 @@ BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=co
 # Collectives across the ranks of a data-parallel run (identities in one process).
 BUILTINS.update(allreduce=C.allreduce, allgather=C.allgather, broadcast=C.broadcast,
                 rank=_with_graph(C.rank), world_size=_with_graph(C.world_size))
+# numpy's, C's and JAX's other names for built-ins, suggested for an unknown name
+ALIASES = {"amax": "max", "amin": "min", "absolute": "abs", "fabs": "abs", "clamp": "clip", "concat": "concatenate",
+           "around": "round", "asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2",
+           "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "pow": "power", "isneginf": "isinf",
+           "isposinf": "isinf", "average": "mean", "variance": "var", "stddev": "std"}
 # Derivatives are handled by the builder (they transform the graph).
 for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector", "scan", "iterate"):
     BUILTINS[_name] = None
