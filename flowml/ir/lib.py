@@ -271,7 +271,11 @@ def _rounded(op, x):
 def floor(x): return _rounded(P.floor, x)
 def ceil(x): return _rounded(P.ceil, x)
 def trunc(x): return _rounded(P.trunc, x)
-def rint(x): return _rounded(P.rint, x)
+def rint(x):
+    """numpy's rint: floats rounded half to even; integers and bools become f64 (as numpy's rint,
+    unlike its round)."""
+    x = as_var(x, _graph_of(x))
+    return _elementwise(P.rint, x) if is_float(x.dtype) else cast(x, "f64")
 
 
 def round(x, decimals=0):  # noqa: A001 - numpy's name
@@ -285,7 +289,7 @@ def round(x, decimals=0):  # noqa: A001 - numpy's name
         raise FlowTypeError(f"round of integers to {d} decimals is not supported; cast to a float first",
                             current_loc())
     if d == 0:
-        return rint(x)
+        return _elementwise(P.rint, x)
     if d > 0:
         return rint(x * 10.0 ** d) / 10.0 ** d
     return rint(x / 10.0 ** -d) * 10.0 ** -d

@@ -1,0 +1,291 @@
+"""numpy's everyday functions (issue 15): each against numpy on random inputs, on the reference,
+LLVM and OpenCL backends, and each derivative against finite differences.
+
+COVERAGE is the list of every function this file checks; a test pins that each is a .flow
+built-in, a `flowml` function and documented in docs/language.md. Native backends: one model per
+(backend, dtype) holds every function (and the derivatives), so each backend compiles twice.
+Tolerances: exact for rounding and float tests; 1e-12 relative (f64) and 2e-6 (f32) for the
+math functions (libm / libmvec, within 2 and 4 ulp); derivatives 1e-7 against the 5-point
+stencil (tests/autodiff_helpers.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flowml
+from autodiff_helpers import Case, check_jvp, check_lop
+from flowml.ir import lib as L
+from helpers import BACKENDS, axis_args, check
+
+# ----------------------------------------------------------------- the functions
+
+# name -> (the .flow expression of inputs x (any real), u (in (-1, 1)), w (>= 1), p (> 0),
+# y (any real)), numpy's value of it, the input its derivative is checked for (None: none))
+UNARY = {
+    "floor": ("floor(x)", lambda v: np.floor(v["x"]), None),
+    "ceil": ("ceil(x)", lambda v: np.ceil(v["x"]), None),
+    "trunc": ("trunc(x)", lambda v: np.trunc(v["x"]), None),
+    "round": ("round(x)", lambda v: np.round(v["x"]), None),
+    "rint": ("rint(x)", lambda v: np.rint(v["x"]), None),
+    "isnan": ("isnan(x)", lambda v: np.isnan(v["x"]), None),
+    "isinf": ("isinf(x)", lambda v: np.isinf(v["x"]), None),
+    "isfinite": ("isfinite(x)", lambda v: np.isfinite(v["x"]), None),
+    "square": ("square(x)", lambda v: np.square(v["x"]), "x"),
+    "log2": ("log2(p)", lambda v: np.log2(v["p"]), "p"),
+    "log10": ("log10(p)", lambda v: np.log10(v["p"]), "p"),
+    "tan": ("tan(u)", lambda v: np.tan(v["u"]), "u"),
+    "arcsin": ("arcsin(u)", lambda v: np.arcsin(v["u"]), "u"),
+    "arccos": ("arccos(u)", lambda v: np.arccos(v["u"]), "u"),
+    "arctan": ("arctan(x)", lambda v: np.arctan(v["x"]), "x"),
+    "sinh": ("sinh(x)", lambda v: np.sinh(v["x"]), "x"),
+    "cosh": ("cosh(x)", lambda v: np.cosh(v["x"]), "x"),
+    "arcsinh": ("arcsinh(x)", lambda v: np.arcsinh(v["x"]), "x"),
+    "arccosh": ("arccosh(w)", lambda v: np.arccosh(v["w"]), "w"),
+    "arctanh": ("arctanh(u)", lambda v: np.arctanh(v["u"]), "u"),
+}
+BINARY = {
+    "arctan2": ("arctan2(x, y)", lambda v: np.arctan2(v["x"], v["y"]), "y"),
+    "hypot": ("hypot(x, y)", lambda v: np.hypot(v["x"], v["y"]), "x"),
+    "logaddexp": ("logaddexp(x, y)", lambda v: np.logaddexp(v["x"], v["y"]), "y"),
+    "power": ("power(p, y)", lambda v: np.power(v["p"], v["y"]), "p"),
+}
+ELEMENTWISE = {**UNARY, **BINARY}
+EXACT = {"floor", "ceil", "trunc", "round", "rint", "isnan", "isinf", "isfinite", "square"}
+REDUCTIONS = ["var", "std", "any", "all"]
+COVERAGE = sorted(ELEMENTWISE) + REDUCTIONS
+
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.5, 1e-300, -7.0]
+
+
+def _inputs(dtype, n=61, seed=0, special=True):
+    """Random inputs in each function's domain; x and y also hold the special values."""
+    rng = np.random.default_rng(seed)
+    v = {"x": rng.uniform(-4, 4, n), "y": rng.uniform(-4, 4, n), "u": rng.uniform(-0.99, 0.99, n),
+         "w": rng.uniform(1.0, 6.0, n), "p": rng.uniform(0.05, 6.0, n)}
+    if special:
+        k = len(SPECIAL)
+        v["x"][:k] = SPECIAL
+        v["y"][:k] = SPECIAL[::-1]
+        v["y"][k:2 * k] = SPECIAL
+    return {k: a.astype({"f64": np.float64, "f32": np.float32}.get(dtype, dtype)) for k, a in v.items()}
+
+
+def _model_source(dtype):
+    exprs = [e for e, _, _ in ELEMENTWISE.values()]
+    grads = [f"grad(sum({e}), {d})" for e, _, d in ELEMENTWISE.values() if d]
+    decls = "\n".join(f"input {k} : {dtype}[N]" for k in "xyuwp")
+    return f"{decls}\nfn f(x, y, u, w, p) -> {', '.join(exprs + grads)}\n"
+
+
+def _tol(dtype):
+    return dict(rtol=2e-6, atol=1e-7) if dtype == "f32" else dict(rtol=1e-12, atol=1e-14)
+
+
+_REFERENCE_OUTPUTS = {}
+
+
+def _run(backend, dtype):
+    v = _inputs(dtype)
+    model = flowml.loads(_model_source(dtype), backend=backend)
+    with np.errstate(all="ignore"):
+        return v, model.f(v["x"], v["y"], v["u"], v["w"], v["p"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+def test_each_function_is_numpys_on_every_backend(backend, dtype):
+    v, outs = _run(backend, dtype)
+    with np.errstate(all="ignore"):
+        for (name, (expr, np_fn, _)), got in zip(ELEMENTWISE.items(), outs):
+            want = np_fn(v)
+            assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+            if name in EXACT:
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} on {backend}")
+            else:
+                np.testing.assert_allclose(got, want, equal_nan=True, err_msg=f"{name} on {backend}", **_tol(dtype))
+    # the derivatives: the same graphs as the reference's, compiled natively
+    if backend != "reference":
+        if (dtype,) not in _REFERENCE_OUTPUTS:
+            _REFERENCE_OUTPUTS[(dtype,)] = _run("reference", dtype)[1]
+        want_all = _REFERENCE_OUTPUTS[(dtype,)]
+        n = len(ELEMENTWISE)
+        names = [name for name, (_, _, d) in ELEMENTWISE.items() if d]
+        for name, got, want in zip(names, outs[n:], want_all[n:]):
+            np.testing.assert_allclose(got, want, equal_nan=True, err_msg=f"d {name} on {backend}",
+                                       rtol=1e-5 if dtype == "f32" else 1e-11, atol=1e-6 if dtype == "f32" else 1e-13)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, d) in ELEMENTWISE.items() if d])
+def test_each_derivative_matches_finite_differences(name):
+    expr, _, _ = ELEMENTWISE[name]
+    args = expr[expr.index("(") + 1:-1].split(", ")
+    v = _inputs("f64", n=7, seed=1, special=False)
+    fn = getattr(L, name)
+    case = Case(fn, [v[a] for a in args], label=name)
+    check_jvp(case)
+    check_lop(case)
+
+
+def test_rounding_is_half_to_even_and_keeps_integers():
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.125, -0.0])
+    check(flowml.round, np.round, x)
+    check(lambda a: flowml.round(a, 2), lambda a: np.round(a, 2), np.array([1.005, 2.675, -0.125, 1234.5678]))
+    check(lambda a: flowml.round(a, -2), lambda a: np.round(a, -2), np.array([1250.0, 1350.0, -49.0, 151.0]))
+    check(flowml.rint, np.rint, np.array([3, -4, 0]))  # (numpy's rint makes floats of them, its round not)
+    check(flowml.rint, lambda a: np.rint(a.astype(np.float64)), np.array([True, False]))
+    for fn in (flowml.floor, flowml.ceil, flowml.trunc, flowml.round):
+        check(fn, getattr(np, fn.__name__), np.array([3, -4, 0]))
+        # numpy rounds bools to float16 (no bool loop), but floors them to bools: flowml keeps bools
+        check(fn, lambda a: getattr(np, fn.__name__)(a).astype(bool), np.array([True, False]))
+    check(flowml.isnan, np.isnan, np.array([1, 2]))
+    check(flowml.isfinite, np.isfinite, np.array([True, False]))
+    check(flowml.square, lambda a: np.square(a).astype(np.int64), np.array([True, False]))  # numpy: int8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_where_the_naive_formula_overflows(backend):
+    src = """input a : f64[N]
+input b : f64[N]
+fn f(a, b) -> hypot(a, b), logaddexp(a, b), grad(sum(hypot(a, b)), a), grad(sum(logaddexp(a, b)), a), grad(sum(logaddexp(a, b)), b)
+"""
+    model = flowml.loads(src, backend=backend)
+    a = np.array([1e200, 3e-200, 1000.0, 1000.0, -np.inf, np.inf, 0.0])
+    b = np.array([1e200, 4e-200, 1000.0, 999.0, -np.inf, -np.inf, 0.0])
+    h, lae, gh, ga, gb = model.f(a, b)
+    np.testing.assert_allclose(h, np.hypot(a, b), rtol=1e-15)
+    np.testing.assert_allclose(lae, np.logaddexp(a, b), rtol=1e-15)
+    np.testing.assert_allclose(gh[:3], [2 ** -0.5, 0.6, 2 ** -0.5], rtol=1e-15)
+    assert gh[-1] == 0.0  # hypot at (0, 0): the subgradient 0, not NaN
+    np.testing.assert_allclose(ga[:4], [0.5, 0.5, 0.5, 1 / (1 + np.exp(-1))], rtol=1e-15)
+    np.testing.assert_allclose(ga[:4] + gb[:4], 1.0, rtol=1e-15)
+
+
+# ----------------------------------------------------------------- broadcasting and dtypes
+
+_DTYPES = st.sampled_from([np.float64, np.float32, np.int64, np.bool_])
+
+
+@st.composite
+def _broadcast_pair(draw):
+    shape = draw(st.lists(st.integers(1, 3), min_size=0, max_size=3))
+    other = [d if draw(st.booleans()) else 1 for d in shape][draw(st.integers(0, len(shape))):]
+    return tuple(shape), tuple(other)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shapes=_broadcast_pair(), dts=st.tuples(_DTYPES, _DTYPES), name=st.sampled_from(sorted(BINARY)),
+       seed=st.integers(0, 2 ** 16))
+def test_binary_functions_broadcast_and_promote_as_numpy(shapes, dts, name, seed):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.uniform(0.1, 3, s).astype(dt) if dt is not np.bool_ else rng.uniform(size=s) > 0.5
+            for s, dt in zip(shapes, dts))
+    if name == "power":  # numpy refuses integers to negative powers, and powers of two bools are int8
+        if np.dtype(dts[0]).kind in "bi" and np.dtype(dts[1]).kind in "bi":
+            return
+    np_fn = getattr(np, name)
+    if dts == (np.bool_, np.bool_):  # numpy computes float functions of bools in float16, flowml in f64
+        np_fn = lambda a, b, f=np_fn: f(a.astype(np.float64), b.astype(np.float64))  # noqa: E731
+    check(getattr(flowml, name), np_fn, a, b, **({"rtol": 2e-6, "atol": 1e-6} if np.float32 in dts
+                                                            else {"rtol": 1e-12, "atol": 1e-12}))
+
+
+# ----------------------------------------------------------------- statistics
+
+
+@st.composite
+def _array_and_axis(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    axis = draw(axis_args(len(shape)))
+    return shape, axis
+
+
+@pytest.mark.filterwarnings("ignore:Degrees of freedom <= 0")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_array_and_axis(), ddof=st.integers(0, 1), keepdims=st.booleans(), seed=st.integers(0, 2 ** 16),
+       dtype=st.sampled_from([np.float64, np.float32, np.int64]))
+def test_var_std_any_all_are_numpys(case, ddof, keepdims, seed, dtype):
+    shape, axis = case
+    x = (np.random.default_rng(seed).normal(size=shape) * 3).astype(dtype)
+    tol = {"rtol": 2e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    for name in ("var", "std"):
+        check(lambda a: getattr(flowml, name)(a, axis=axis, ddof=ddof, keepdims=keepdims),
+              lambda a: getattr(np, name)(a, axis=axis, ddof=ddof, keepdims=keepdims), x, **tol)
+    for name in ("any", "all"):
+        check(lambda a: getattr(flowml, name)(a > 0, axis=axis, keepdims=keepdims),
+              lambda a: getattr(np, name)(a > 0, axis=axis, keepdims=keepdims), x)
+        check(lambda a: getattr(flowml, name)(a, axis=axis, keepdims=keepdims),
+              lambda a: getattr(np, name)(a, axis=axis, keepdims=keepdims), x)
+
+
+@pytest.mark.filterwarnings("ignore:Degrees of freedom <= 0")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_statistics_on_every_backend(backend):
+    src = """input x : f64[N, 3]
+input m : bool[N, 3]
+fn f(x, m) -> var(x), var(x, axis=0, ddof=1), std(x, axis=-1, keepdims=true), any(m, axis=1), all(m, axis=0), any(m), all(x), std(x, axis=(0, 1), ddof=1)
+fn g(x) -> grad(sum(std(x, axis=1)) + var(x, ddof=1), x)
+"""
+    model = flowml.loads(src, backend=backend)
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 64):
+        x = rng.normal(size=(n, 3)) + 100.0  # an offset that E[x^2] - E[x]^2 would cancel
+        m = rng.uniform(size=(n, 3)) > 0.7
+        got = model.f(x, m)
+        with np.errstate(all="ignore"):  # (one row: var with ddof=1 is 0 / 0)
+            want = [x.var(), x.var(0, ddof=1), x.std(-1, keepdims=True), m.any(1), m.all(0), m.any(), x.all(),
+                    x.std(ddof=1)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-9, equal_nan=True)
+            assert np.asarray(g).dtype == np.asarray(w).dtype
+    x = rng.normal(size=(4, 3))
+    (gx,) = (model.g(x),)
+    d = x - x.mean(1, keepdims=True)
+    want = d / (3 * x.std(1, keepdims=True)) + 2 * (x - x.mean()) / (x.size - 1)
+    np.testing.assert_allclose(gx, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fn", ["var", "std"])
+def test_statistics_derivatives_match_finite_differences(fn):
+    x = np.random.default_rng(4).normal(size=(3, 4))
+    for kwargs in ({}, {"axis": 1, "ddof": 1}, {"axis": 0, "keepdims": True}):
+        case = Case(lambda a: getattr(L, fn)(a, **kwargs), [x], label=f"{fn}{kwargs}")
+        check_jvp(case)
+        check_lop(case)
+
+
+# ----------------------------------------------------------------- names, docs
+
+
+def _load_error(src):
+    with pytest.raises(flowml.FlowError) as e:
+        flowml.loads(src)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("typo,meant", [("isnul", "isnan"), ("arctn", "arctan"), ("sqaure", "square"),
+                                        ("flor", "floor"), ("logaddexp2", "logaddexp"), ("atan2", "arctan2"),
+                                        ("asin", "arcsin"), ("amax", "max"), ("pow", "power"), ("stdev", "std")])
+def test_an_unknown_name_suggests_a_real_neighbour(typo, meant):
+    msg = _load_error(f"input x : f64[3]\nfn f(x) -> {typo}(x)\n")
+    assert f"unknown function '{typo}'; did you mean '{meant}'?" in msg
+    msg = _load_error(f"input x : f64[3]\nfn f(x) -> x + {typo}\n")
+    assert f"unknown name '{typo}'; did you mean '{meant}'?" in msg
+
+
+def test_a_name_with_no_neighbour_gets_no_suggestion():
+    assert "did you mean" not in _load_error("input x : f64[3]\nfn f(x) -> qwzx(x)\n")
+
+
+def test_coverage_every_function_is_a_builtin_a_flowml_function_and_documented():
+    from pathlib import Path
+
+    from flowml.lang.builtins import BUILTINS
+    docs = (Path(__file__).parent.parent / "docs" / "language.md").read_text()
+    for name in COVERAGE:
+        assert name in BUILTINS, name
+        assert callable(getattr(flowml, name)), name
+        assert f"`{name}(" in docs, f"{name} is not in docs/language.md"
