@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowml
-from autodiff_helpers import Case, check_jvp, check_lop
+from autodiff_helpers import Case, check_hvp, check_jvp, check_lop
 from flowml.ir import lib as L
 from helpers import BACKENDS, axis_args, check
 
@@ -55,7 +55,7 @@ BINARY = {
 }
 ELEMENTWISE = {**UNARY, **BINARY}
 EXACT = {"floor", "ceil", "trunc", "round", "rint", "isnan", "isinf", "isfinite", "square"}
-REDUCTIONS = ["var", "std", "any", "all"]
+REDUCTIONS = ["var", "std", "any", "all", "cumsum", "cumprod"]
 COVERAGE = sorted(ELEMENTWISE) + REDUCTIONS
 
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.5, 1e-300, -7.0]
@@ -255,6 +255,53 @@ def test_statistics_derivatives_match_finite_differences(fn):
         case = Case(lambda a: getattr(L, fn)(a, **kwargs), [x], label=f"{fn}{kwargs}")
         check_jvp(case)
         check_lop(case)
+
+
+# ----------------------------------------------------------------- running sums and products
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cumsum_cumprod_are_numpys_to_the_bit(backend):
+    src = """input x : f64[N, M]
+input b : bool[N, M]
+input i : i32[N, M]
+input f : f32[N, M]
+fn f(x, b, i, f) -> cumsum(x, axis=0), cumsum(x, axis=-1), cumsum(x), cumprod(x, axis=1), cumsum(b, axis=1), cumprod(i, axis=0), cumsum(f, axis=0), cumprod(f)
+fn g(x) -> grad(sum(cumsum(x, axis=1) * x), x), grad(sum(cumprod(x, axis=0) * x), x)
+"""
+    model = flowml.loads(src, backend=backend)
+    rng = np.random.default_rng(5)
+    for shape in ((5, 4), (1, 7), (3, 1), (0, 3)):
+        x = rng.normal(size=shape)
+        x[rng.uniform(size=shape) < 0.2] = 0.0
+        b, i, f = x > 0, rng.integers(-3, 4, shape).astype(np.int32), x.astype(np.float32)
+        got = model.f(x, b, i, f)
+        want = [np.cumsum(x, 0), np.cumsum(x, -1), np.cumsum(x), np.cumprod(x, 1), np.cumsum(b, 1), np.cumprod(i, 0),
+                np.cumsum(f, 0), np.cumprod(f)]
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert g.dtype == w.dtype and np.array_equal(g, w), (k, shape, g, w)
+    x = rng.normal(size=(4, 3))
+    x[1, 1] = x[2, 1] = x[0, 2] = 0.0
+    gs, gp = model.g(x)
+    rev = lambda a, axis: np.flip(np.cumsum(np.flip(a, axis), axis), axis)  # noqa: E731
+    np.testing.assert_allclose(gs, rev(x, 1) + np.cumsum(x, 1), rtol=1e-12)
+    ref_gs, ref_gp = flowml.loads(src, backend="reference").g(x)
+    np.testing.assert_allclose(gp, ref_gp, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["cumsum", "cumprod"])
+def test_cumulative_derivatives_match_finite_differences_even_at_zeros(fn):
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.5, 1.5, size=(3, 6)) * rng.choice([-1, 1], size=(3, 6))
+    x[0, 2] = 0.0               # one zero in a row
+    x[1, 1] = x[1, 4] = 0.0     # two
+    x[2, 0] = x[2, 1] = 0.0     # two, side by side
+    for axis in (1, 0, None):
+        case = Case(lambda a: getattr(L, fn)(a, axis=axis), [x], label=f"{fn}(axis={axis})")
+        check_jvp(case)
+        check_lop(case)
+    # second derivatives (Hessian-vector products: the derivatives of the derivatives)
+    check_hvp(Case(lambda a: L.sum(getattr(L, fn)(a, axis=1) ** 2), [x], label=f"{fn} squared"))
 
 
 # ----------------------------------------------------------------- names, docs

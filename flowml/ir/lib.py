@@ -507,6 +507,23 @@ def all(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
     return sum(logical_not(cast(x, "bool")), axis, keepdims) == 0
 
 
+def _cumulative(op, x, axis):
+    x = as_var(x, _graph_of(x))
+    if axis is None:  # numpy: over the flattened array
+        x, axis = reshape(x, (-1,)), 0
+    return _apply(op, [x], axis=_normalize_axis(axis, x.ndim)[0], reverse=False)
+
+
+def cumsum(x, axis=None):
+    """The running sums along `axis` (the flattened array by default); integers and bools in i64."""
+    return _cumulative(P.cumsum, x, axis)
+
+
+def cumprod(x, axis=None):
+    """The running products along `axis` (the flattened array by default); integers and bools in i64."""
+    return _cumulative(P.cumprod, x, axis)
+
+
 def _argreduce(op, x, axis, keepdims):
     axis = None if axis is None else _normalize_axis(axis, x.ndim)[0]
     return _apply(op, [x], axis=axis, keepdims=static_bool(keepdims, "keepdims"))
@@ -879,7 +896,7 @@ __all__ = [
     "log2", "log10", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "arcsinh", "arccosh",
     "arctanh", "hypot", "logaddexp", "square", "power", "floor", "ceil", "trunc", "rint", "round", "isnan",
     "isinf", "isfinite",
-    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
+    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "cumsum", "cumprod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
