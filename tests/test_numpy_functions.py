@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import flowml
 from autodiff_helpers import Case, check_hvp, check_jvp, check_lop
 from flowml.ir import lib as L
-from helpers import BACKENDS, axis_args, check
+from helpers import BACKENDS, axis_args, check, typed
 
 # ----------------------------------------------------------------- the functions
 
@@ -56,7 +56,9 @@ BINARY = {
 ELEMENTWISE = {**UNARY, **BINARY}
 EXACT = {"floor", "ceil", "trunc", "round", "rint", "isnan", "isinf", "isfinite", "square"}
 REDUCTIONS = ["var", "std", "any", "all", "cumsum", "cumprod"]
-COVERAGE = sorted(ELEMENTWISE) + REDUCTIONS
+SHAPES = ["squeeze", "expand_dims", "swapaxes", "moveaxis", "flip", "roll", "repeat", "tile", "pad", "diagonal",
+          "trace", "diag", "eye", "tril", "triu", "linspace", "take_along_axis", "tensordot", "einsum"]
+COVERAGE = sorted(ELEMENTWISE) + REDUCTIONS + SHAPES
 
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.5, 1e-300, -7.0]
 
@@ -302,6 +304,136 @@ def test_cumulative_derivatives_match_finite_differences_even_at_zeros(fn):
         check_lop(case)
     # second derivatives (Hessian-vector products: the derivatives of the derivatives)
     check_hvp(Case(lambda a: L.sum(getattr(L, fn)(a, axis=1) ** 2), [x], label=f"{fn} squared"))
+
+
+# ----------------------------------------------------------------- shapes
+
+_R = np.random.default_rng(7)
+A = _R.normal(size=(2, 1, 3, 4))   # most cases take this
+M = _R.normal(size=(4, 5))
+V = _R.normal(size=5)
+I = _R.integers(-3, 3, size=(2, 1, 3, 4))
+IDX = _R.integers(0, 4, size=(2, 1, 3, 2))
+B = _R.normal(size=(4, 3, 2))
+C = _R.normal(size=(2, 4, 6))
+
+# (label, flowml's function of the arrays, numpy's, the arrays); every float array is differentiated
+SHAPE_CASES = [
+    ("squeeze", lambda a: flowml.squeeze(a), np.squeeze, [A]),
+    ("squeeze axis", lambda a: flowml.squeeze(a, axis=-3), lambda a: np.squeeze(a, axis=-3), [A]),
+    ("expand_dims", lambda a: flowml.expand_dims(a, (0, -1)), lambda a: np.expand_dims(a, (0, -1)), [A]),
+    ("swapaxes", lambda a: flowml.swapaxes(a, 0, -1), lambda a: np.swapaxes(a, 0, -1), [A]),
+    ("moveaxis", lambda a: flowml.moveaxis(a, (0, 1), (-1, 0)), lambda a: np.moveaxis(a, (0, 1), (-1, 0)), [A]),
+    ("flip", lambda a: flowml.flip(a, axis=(0, -1)), lambda a: np.flip(a, axis=(0, -1)), [A]),
+    ("flip all", flowml.flip, np.flip, [A]),
+    ("roll", lambda a: flowml.roll(a, 5, axis=-1), lambda a: np.roll(a, 5, axis=-1), [A]),
+    ("roll two axes", lambda a: flowml.roll(a, (1, -2), axis=(0, 2)), lambda a: np.roll(a, (1, -2), axis=(0, 2)), [A]),
+    ("roll flat", lambda a: flowml.roll(a, -7), lambda a: np.roll(a, -7), [A]),
+    ("repeat", lambda a: flowml.repeat(a, 3, axis=-2), lambda a: np.repeat(a, 3, axis=-2), [A]),
+    ("repeat each", lambda a: flowml.repeat(a, (1, 0, 2), axis=2), lambda a: np.repeat(a, (1, 0, 2), axis=2), [A]),
+    ("repeat flat", lambda a: flowml.repeat(a, 2), lambda a: np.repeat(a, 2), [A]),
+    ("tile", lambda a: flowml.tile(a, (2, 1, 3)), lambda a: np.tile(a, (2, 1, 3)), [A]),
+    ("tile longer", lambda v: flowml.tile(v, (2, 2)), lambda v: np.tile(v, (2, 2)), [V]),
+    ("pad", lambda a: flowml.pad(a, ((0, 1), (2, 0), (1, 1), (0, 0)), constant_values=-1.5),
+     lambda a: np.pad(a, ((0, 1), (2, 0), (1, 1), (0, 0)), constant_values=-1.5), [A]),
+    ("pad all", lambda m: flowml.pad(m, 2), lambda m: np.pad(m, 2), [M]),
+    ("diagonal", lambda m: flowml.diagonal(m, 1), lambda m: np.diagonal(m, 1), [M]),
+    ("diagonal axes", lambda a: flowml.diagonal(a, -1, 2, 3), lambda a: np.diagonal(a, -1, 2, 3), [A]),
+    ("trace", flowml.trace, np.trace, [M]),
+    ("trace offset", lambda a: flowml.trace(a, 1, -1, -2), lambda a: np.trace(a, 1, -1, -2), [A]),
+    ("diag of a vector", lambda v: flowml.diag(v, -2), lambda v: np.diag(v, -2), [V]),
+    ("diag above", lambda v: flowml.diag(v, 1), lambda v: np.diag(v, 1), [V]),
+    ("diag of a matrix", lambda m: flowml.diag(m, -1), lambda m: np.diag(m, -1), [M]),
+    ("tril", lambda a: flowml.tril(a, -1), lambda a: np.tril(a, -1), [A]),
+    ("triu", lambda m: flowml.triu(m, 2), lambda m: np.triu(m, 2), [M]),
+    ("tril ints", flowml.tril, np.tril, [I]),
+    ("take_along_axis", lambda a, i: flowml.take_along_axis(a, i, -1), lambda a, i: np.take_along_axis(a, i, -1),
+     [A, IDX]),
+    ("take_along_axis argsort-like", lambda m: flowml.take_along_axis(m, np.argsort(M, 0), 0),
+     lambda m: np.take_along_axis(m, np.argsort(M, 0), 0), [M]),
+    ("tensordot", lambda m, b: flowml.tensordot(m, b, 1), lambda m, b: np.tensordot(m, b, 1), [M.T, B]),
+    ("tensordot pairs", lambda b, c: flowml.tensordot(b, c, ((0, 2), (1, 0))),
+     lambda b, c: np.tensordot(b, c, ((0, 2), (1, 0))), [B, C]),
+    ("tensordot full", lambda m: flowml.tensordot(m, m, 2), lambda m: np.tensordot(m, m, 2), [M]),
+    ("einsum matmul", lambda m, v: flowml.einsum("ij,j->i", m, v), lambda m, v: np.einsum("ij,j->i", m, v), [M, V]),
+    ("einsum batched", lambda b, c: flowml.einsum("kib,bkj->bij", b, c), lambda b, c: np.einsum("kib,bkj->bij", b, c),
+     [B, C]),
+    ("einsum implicit", lambda m: flowml.einsum("ij,kj", m, m), lambda m: np.einsum("ij,kj", m, m), [M]),
+    ("einsum outer and sum", lambda v, m: flowml.einsum("i,jk->ij", v, m), lambda v, m: np.einsum("i,jk->ij", v, m),
+     [V, M]),
+    ("einsum one", lambda a: flowml.einsum("abcd->db", a), lambda a: np.einsum("abcd->db", a), [A]),
+    ("einsum three", lambda m, v, b: flowml.einsum("ij,j,ikl->kl", m, v, b), lambda m, v, b: np.einsum("ij,j,ikl->kl", m, v, b),
+     [M, V, B]),
+]
+
+
+@pytest.mark.parametrize("label", [c[0] for c in SHAPE_CASES])
+def test_shape_functions_are_numpys_and_differentiable(label):
+    _, fn, np_fn, arrays = next(c for c in SHAPE_CASES if c[0] == label)
+    check(fn, np_fn, *arrays)
+    case = Case(fn, arrays, label=label)
+    if case.wrt:
+        check_lop(case)
+        check_jvp(case)
+
+
+# what OpenCL runs as kernels (the rest are gathers and copies on the host there; PoCL takes
+# ~0.4 s per kernel to build, so the OpenCL test keeps to these)
+OPENCL_CASES = {"repeat", "tile", "tril", "triu", "diag of a vector", "trace", "einsum one", "pad all"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_shape_functions_on_the_native_backends(backend):
+    flowml.reset_default_graph()
+    ins, outs, wants = [], [], []
+    cases = [c for c in SHAPE_CASES if backend == "llvm" or c[0] in OPENCL_CASES]
+    for k, (label, fn, np_fn, arrays) in enumerate(cases):
+        xs = [flowml.tensor(f"c{k}_{i}", typed(a)) for i, a in enumerate(arrays)]
+        out = fn(*xs)
+        ins += xs
+        outs.append(out)
+        if out.dtype.kind == "f" and backend == "llvm":  # (OpenCL: their kernels take PoCL ~20 s to build)
+            outs.append(flowml.grad(flowml.sum(out * out), xs[0]))
+        wants.append((label, np_fn(*arrays)))
+    fn = flowml.function(ins, outs, backend=backend)
+    got = fn(*[a for c in cases for a in c[3]])
+    ref = flowml.function(ins, outs, backend="reference")(*[a for c in cases for a in c[3]])
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+    if backend == "llvm":  # compositions of natively lowered ops: nothing runs on the host
+        assert fn._executable.host_steps() == {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constructors_eye_linspace(backend):
+    src = """input x : f64[N]
+fn f(x) -> eye(3), eye(2, 4, k=1, dtype=i64), eye(N, k=-1), linspace(0, 1, 5), linspace(-1.0, 2.0, 4, endpoint=false), linspace(0, 10, 4, dtype=i64), linspace(x[0], x[1], 3), grad(sum(linspace(x[0], x[1], 3) ** 2), x)
+"""
+    model = flowml.loads(src, backend=backend)
+    x = np.array([1.5, -2.0, 0.0])
+    got = model.f(x)
+    want = [np.eye(3), np.eye(2, 4, k=1, dtype=np.int64), np.eye(3, k=-1), np.linspace(0, 1, 5),
+            np.linspace(-1.0, 2.0, 4, endpoint=False), np.linspace(0, 10, 4, dtype=np.int64),
+            np.linspace(x[0], x[1], 3)]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-15)
+    ys = np.linspace(x[0], x[1], 3)
+    np.testing.assert_allclose(got[-1], [2 * (ys[0] + 0.5 * ys[1]), 2 * (0.5 * ys[1] + ys[2]), 0], rtol=1e-14)
+
+
+def test_shape_function_errors_are_located_and_clear():
+    for src, msg in [
+        ("fn f(x) -> squeeze(x, axis=0)", "cannot squeeze axis 0 of f64[3, 1]: its length is 3, not 1"),
+        ("fn f(x) -> pad(x, 1, mode=\"edge\")", 'pad: only mode "constant" is supported, not "edge"'),
+        ("fn f(x) -> einsum(\"ii->i\", x)", "einsum: a repeated index within one operand (\"ii\", a diagonal)"),
+        ("fn f(x) -> einsum(\"i->i\", x)", "einsum: \"i\" names 1 axes of f64[3, 1]"),
+        ("fn f(x) -> einsum(\"ij,jk->ik\", x, x)", "einsum: index 'j' has lengths 1 and 3"),
+        ("fn f(x) -> tensordot(x, x, 3)", "tensordot: cannot sum over 3 axes"),
+        ("fn f(x) -> repeat(x, (1, 2), axis=0)", "repeat: 2 repeats for an axis of length 3"),
+    ]:
+        err = _load_error("input x : f64[3, 1]\n" + src + "\n")
+        assert msg in err and ":2:" in err.splitlines()[0], (msg, err)
 
 
 # ----------------------------------------------------------------- names, docs

@@ -900,4 +900,11 @@ __all__ = [
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
+    "squeeze", "swapaxes", "moveaxis", "flip", "roll", "repeat", "tile", "pad", "diagonal", "trace", "diag",
+    "tril", "triu", "take_along_axis", "tensordot", "einsum",
 ]
+
+# numpy's array-manipulation functions, composed from the primitives above (flowml/ir/arrays.py;
+# its constructors eye and linspace take the graph first, as zeros does)
+from .arrays import (diag, diagonal, einsum, eye, flip, linspace, moveaxis, pad, repeat, roll,  # noqa: E402
+                     squeeze, swapaxes, take_along_axis, tensordot, tile, trace, tril, triu)
