@@ -306,6 +306,23 @@ def test_cumulative_derivatives_match_finite_differences_even_at_zeros(fn):
     check_hvp(Case(lambda a: L.sum(getattr(L, fn)(a, axis=1) ** 2), [x], label=f"{fn} squared"))
 
 
+def test_onnx_export_of_the_rounding_trigonometric_and_float_test_functions():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    src = """input x : {dt}[N]
+input u : {dt}[N]
+fn f(x, u) -> floor(x), ceil(x), round(x), tan(u), arcsin(u), arccos(u), arctan(x), sinh(x), cosh(x), arcsinh(x), arccosh(abs(x) + 1), arctanh(u), isnan(x), isinf(x)
+"""
+    x = np.array([0.5, 1.5, -2.5, np.inf, np.nan, 3.2], np.float32)
+    u = np.array([0.1, -0.5, 0.9, 0.0, 0.3, -0.99], np.float32)
+    onnx.checker.check_model(flowml.loads(src.format(dt="f64")).f.to_onnx())  # (onnxruntime has no f64 Tan)
+    model = flowml.loads(src.format(dt="f32"))
+    session = ort.InferenceSession(model.f.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, {"x": x, "u": u}), model.f(x, u)):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+
+
 # ----------------------------------------------------------------- shapes
 
 _R = np.random.default_rng(7)
