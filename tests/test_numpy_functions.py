@@ -166,6 +166,17 @@ fn f(a, b) -> hypot(a, b), logaddexp(a, b), grad(sum(hypot(a, b)), a), grad(sum(
     np.testing.assert_allclose(ga[:4] + gb[:4], 1.0, rtol=1e-15)
 
 
+def test_the_optimizer_rewrites_the_naive_spellings_into_hypot_and_logaddexp():
+    src = """input a : f64[N]
+input b : f64[N]
+fn f(a, b) -> sqrt(a ** 2 + b ** 2), log(exp(a) + exp(b)), grad(sum(sqrt(a * a + b * b)), a)
+"""
+    h, lae, gh = flowml.loads(src).f(np.array([1e200, 3.0, 1000.0]), np.array([1e200, 4.0, 999.0]))
+    np.testing.assert_allclose(h, [2 ** 0.5 * 1e200, 5.0, np.hypot(1000, 999)], rtol=1e-15)
+    np.testing.assert_allclose(lae, [1e200 + np.log(2), np.logaddexp(3, 4), np.logaddexp(1000, 999)], rtol=1e-15)
+    np.testing.assert_allclose(gh, [2 ** -0.5, 0.6, 1000 / np.hypot(1000, 999)], rtol=1e-15)
+
+
 # ----------------------------------------------------------------- broadcasting and dtypes
 
 _DTYPES = st.sampled_from([np.float64, np.float32, np.int64, np.bool_])

@@ -108,6 +108,8 @@ RULES = [
     Rule("log(sum(exp(x), axis=a, keepdims=k)) -> logsumexp(x, axis=a, keepdims=k)"),
     Rule("log(exp(x)) -> x"),
     Rule("sqrt(x * x) -> abs(x)"),
+    Rule("sqrt(x * x + y * y) -> hypot(x, y)"),
+    Rule("log(exp(x) + exp(y)) -> logaddexp(x, y)"),
     Rule("1 - erf(x) -> erfc(x)"),
     Rule("1 + erf(x) -> erfc(-x)"),
     Rule("log(erfc(x)) -> log_erfc(x)", when=lambda x: _not_clamped(x) and x.dtype.kind == "f",
