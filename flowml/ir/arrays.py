@@ -99,8 +99,7 @@ def _along(x, axis, s):
 
 def roll(x, shift, axis=None):
     """The elements shifted by `shift` along `axis` (the flattened array by default), those
-    pushed past the end coming back at the start. `shift` and `axis` may be tuples. A shift
-    along an axis of symbolic length must be shorter than the axis."""
+    pushed past the end coming back at the start. `shift` and `axis` may be tuples."""
     x = _var(x)
     if axis is None:
         return L.reshape(roll(L.reshape(x, (-1,)), shift, 0), x.type.shape)
@@ -114,11 +113,14 @@ def roll(x, shift, axis=None):
         total[a] = total.get(a, 0) + s
     for a, s in total.items():
         n = x.type.shape[a]
-        if isinstance(n, int):
-            s = s % n if n else 0
-        if s == 0:
+        if not isinstance(n, int):
+            # a gather of (i - s) mod n keeps the axis's symbolic length (two slices joined would
+            # have the length "N-s+s", a different dim)
+            x = L.take(x, L.mod(L.arange(x.graph, n) - s, L.dim(x.graph, n)), a)
             continue
-        x = L.concatenate([_along(x, a, slice(-s, None)), _along(x, a, slice(None, -s))], axis=a)
+        s = s % n if n else 0
+        if s:
+            x = L.concatenate([_along(x, a, slice(-s, None)), _along(x, a, slice(None, -s))], axis=a)
     return x
 
 
@@ -376,10 +378,10 @@ def _contract(a, free_a, sum_a, b, sum_b, free_b):
 
 
 def einsum(subscripts, *operands):
-    """numpy's einsum for one or two operands (and more, contracted left to right): "ij,jk->ik",
-    "bij,bjk->bik", "ii->i" is not supported (no repeated index within an operand), nor "...".
-    Without "->" the output is the indices that appear once, sorted. Each pair is one matmul
-    (batched over the indices both operands and the output share)."""
+    """numpy's einsum (without "..."), operands contracted left to right: "ij,jk->ik",
+    "bij,bjk->bik", "ii->i" (an index repeated within an operand takes the diagonal). Without
+    "->" the output is the indices that appear once, sorted. Each pair is one matmul (batched
+    over the indices both operands and the output share)."""
     if not isinstance(subscripts, str):
         raise _err("einsum's first argument must be a string of subscripts, like \"ij,jk->ik\"")
     if not operands:
@@ -399,13 +401,13 @@ def einsum(subscripts, *operands):
             raise _err(f"einsum: subscripts are letters, not \"{t}\"")
         if len(t) != x.ndim:
             raise _err(f"einsum: \"{t}\" names {len(t)} axes of {x.type}")
-        if len(set(t)) != len(t):
-            raise _err(f"einsum: a repeated index within one operand (\"{t}\", a diagonal) is not supported")
     if not arrow:
         counts = {c: "".join(terms).count(c) for c in set("".join(terms))}
         output = "".join(sorted(c for c, n in counts.items() if n == 1))
     if len(set(output)) != len(output) or not set(output) <= set("".join(terms)):
         raise _err(f"einsum: the output \"{output}\" must name distinct indices of the inputs")
+    for k, (t, x) in enumerate(zip(terms, ops)):
+        ops[k], terms[k] = _diagonals(x, t)
     sizes = {}
     for t, x in zip(terms, ops):
         for c, d in zip(t, x.type.shape):
@@ -417,6 +419,18 @@ def einsum(subscripts, *operands):
         x, t = _einsum_pair(x, t, ops[i], terms[i], later)
     x, t = _sum_out(x, t, set(output))
     return L.transpose(x, tuple(t.index(c) for c in output))
+
+
+def _diagonals(x, t):
+    """An index repeated within one operand ("ii->i") is its diagonal over those axes."""
+    while len(set(t)) != len(t):
+        c = next(c for c in t if t.count(c) > 1)
+        i, j = t.index(c), t.index(c, t.index(c) + 1)
+        if x.type.shape[i] != x.type.shape[j]:
+            raise _err(f"einsum: index '{c}' has lengths {x.type.shape[i]} and {x.type.shape[j]}")
+        x = diagonal(x, 0, i, j)
+        t = "".join(ch for k, ch in enumerate(t) if k not in (i, j)) + c
+    return x, t
 
 
 def _sum_out(x, t, keep):
