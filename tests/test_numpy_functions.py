@@ -416,6 +416,47 @@ def test_shape_functions_are_numpys_and_differentiable(label):
 OPENCL_CASES = {"repeat", "tile", "tril", "triu", "diag of a vector", "trace", "einsum one", "pad all"}
 
 
+@st.composite
+def _shape_call(draw):
+    """A random array and a call of a shape function on it with random (valid) arguments."""
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    nd = len(shape)
+    ax = st.integers(-nd, nd - 1)
+    name = draw(st.sampled_from(["flip", "roll", "repeat", "tile", "pad", "moveaxis", "swapaxes", "tril", "triu",
+                                 "squeeze", "cumsum", "cumprod"]))
+    if name == "flip":
+        kw = {"axis": draw(st.none() | ax)}
+    elif name == "roll":
+        kw = {"shift": draw(st.integers(-6, 6)), "axis": draw(st.none() | ax)}
+    elif name == "repeat":
+        kw = {"repeats": draw(st.integers(0, 3)), "axis": draw(st.none() | ax)}
+    elif name == "tile":
+        kw = {"reps": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=3)))}
+    elif name == "pad":
+        kw = {"pad_width": tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape),
+              "constant_values": draw(st.floats(-2, 2))}
+    elif name == "moveaxis":
+        kw = {"source": draw(ax), "destination": draw(ax)}
+    elif name == "swapaxes":
+        kw = {"axis1": draw(ax), "axis2": draw(ax)}
+    elif name in ("tril", "triu"):
+        shape = shape if nd >= 2 else shape + (3,)
+        kw = {"k": draw(st.integers(-3, 3))}
+    elif name == "squeeze":
+        kw = {}
+    else:
+        kw = {"axis": draw(st.none() | ax)}
+    return name, shape, kw
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(call=_shape_call(), seed=st.integers(0, 2 ** 16))
+def test_shape_functions_with_random_arguments_are_numpys(call, seed):
+    name, shape, kw = call
+    x = np.random.default_rng(seed).normal(size=shape)
+    check(lambda a: getattr(flowml, name)(a, **kw), lambda a: getattr(np, name)(a, **kw), x)
+
+
 @pytest.mark.parametrize("backend", BACKENDS[1:])
 def test_shape_functions_on_the_native_backends(backend):
     flowml.reset_default_graph()
