@@ -280,7 +280,7 @@ def test_cumsum_cumprod_are_numpys_to_the_bit(backend):
     src = """input x : f64[N, M]
 input b : bool[N, M]
 input i : i32[N, M]
-input f : f32[N, M]
+input f : f32[P, Q]
 fn f(x, b, i, f) -> cumsum(x, axis=0), cumsum(x, axis=-1), cumsum(x), cumprod(x, axis=1), cumsum(b, axis=1), cumprod(i, axis=0), cumsum(f, axis=0), cumprod(f)
 fn g(x) -> grad(sum(cumsum(x, axis=1) * x), x), grad(sum(cumprod(x, axis=0) * x), x)
 """
@@ -302,6 +302,20 @@ fn g(x) -> grad(sum(cumsum(x, axis=1) * x), x), grad(sum(cumprod(x, axis=0) * x)
     np.testing.assert_allclose(gs, rev(x, 1) + np.cumsum(x, 1), rtol=1e-12)
     ref_gs, ref_gp = flowml.loads(src, backend="reference").g(x)
     np.testing.assert_allclose(gp, ref_gp, rtol=1e-12)
+
+
+def test_cumsum_along_a_leading_axis_in_blocks_of_rows_on_llvm():
+    """Along a leading axis the LLVM kernel steps blocks of 4096 neighbouring rows together: more
+    rows than a block (a partial last block), and reversed (the derivative), are numpy's too."""
+    src = """input x : f64[N, M, K]
+input f : f32[P, Q]
+fn f(x, f) -> cumsum(x, axis=1), cumprod(f, axis=0), grad(sum(cumsum(x, axis=0) * x), x)
+"""
+    rng = np.random.default_rng(9)
+    x, f = rng.normal(size=(3, 4, 1100)), rng.uniform(0.9, 1.1, size=(5, 4100)).astype(np.float32)
+    cs, cp, g = flowml.loads(src, backend="llvm").f(x, f)
+    assert np.array_equal(cs, np.cumsum(x, 1)) and np.array_equal(cp, np.cumprod(f, 0))
+    assert np.array_equal(g, np.flip(np.cumsum(np.flip(x, 0), 0), 0) + np.cumsum(x, 0))
 
 
 @pytest.mark.parametrize("fn", ["cumsum", "cumprod"])
