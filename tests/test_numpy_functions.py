@@ -55,7 +55,7 @@ BINARY = {
 }
 ELEMENTWISE = {**UNARY, **BINARY}
 EXACT = {"floor", "ceil", "trunc", "round", "rint", "isnan", "isinf", "isfinite", "square"}
-REDUCTIONS = ["var", "std", "any", "all", "cumsum", "cumprod"]
+REDUCTIONS = ["var", "std", "any", "all", "cumsum", "cumprod", "sort", "argsort"]
 SHAPES = ["squeeze", "expand_dims", "swapaxes", "moveaxis", "flip", "roll", "repeat", "tile", "pad", "diagonal",
           "trace", "diag", "eye", "tril", "triu", "linspace", "take_along_axis", "tensordot", "einsum"]
 COVERAGE = sorted(ELEMENTWISE) + REDUCTIONS + SHAPES
@@ -348,6 +348,56 @@ fn f(x, u) -> floor(x), ceil(x), round(x), tan(u), arcsin(u), arccos(u), arctan(
     for got, want in zip(session.run(None, {"x": x, "u": u}), model.f(x, u)):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+
+
+# ----------------------------------------------------------------- sorting
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sort_argsort_are_numpys_stable_order_with_nans_last(backend):
+    src = """input x : f64[N, M]
+input i : i32[N, M]
+input b : bool[N, M]
+input f : f32[N, M]
+fn f(x, i, b, f) -> argsort(x), argsort(x, axis=0), sort(x, axis=0), argsort(i), argsort(b, axis=0), sort(f), grad(sum(sort(x) * arange(M)), x)
+"""
+    model = flowml.loads(src, backend=backend)
+    rng = np.random.default_rng(10)
+    for shape in ((5, 7), (1, 1), (3, 40), (0, 3)):
+        x = rng.integers(-3, 3, shape).astype(np.float64)  # many ties
+        x[rng.uniform(size=shape) < 0.15] = np.nan
+        x[rng.uniform(size=shape) < 0.1] = -0.0
+        i = rng.integers(-2, 2, shape).astype(np.int32)
+        b, f = i > 0, rng.normal(size=shape).astype(np.float32)
+        got = model.f(x, i, b, f)
+        want = [np.argsort(x, kind="stable"), np.argsort(x, 0, kind="stable"), np.sort(x, 0),
+                np.argsort(i, kind="stable"), np.argsort(b, 0, kind="stable"), np.sort(f)]
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert g.dtype == w.dtype and np.array_equal(g, w, equal_nan=True), (shape, k, g, w)
+        # the derivative goes back to where each sorted element came from
+        scatter = np.zeros(shape)
+        np.put_along_axis(scatter, np.argsort(x, kind="stable"), np.broadcast_to(np.arange(shape[1], dtype=float), shape), 1)
+        assert np.array_equal(got[-1], scatter)
+    if backend == "llvm":
+        assert model.functions["f"]._executable.host_steps() == {}
+
+
+def test_sort_derivative_matches_finite_differences():
+    x = np.random.default_rng(11).permutation(24).reshape(4, 6) / 7.0  # distinct: sort is smooth there
+    for axis in (-1, 0, None):
+        case = Case(lambda a: L.sort(a, axis=axis) * np.arange(1.0, 1 + (24 if axis is None else x.shape[axis]))
+                    .reshape((-1,) if axis is None else ((1, -1) if axis == -1 else (-1, 1))), [x], label=f"sort({axis})")
+        check_jvp(case)
+        check_lop(case)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), seed=st.integers(0, 2 ** 16), data=st.data())
+def test_argsort_with_random_shapes_and_axes_is_numpys(shape, seed, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1) | st.none())
+    x = np.random.default_rng(seed).integers(-2, 3, size=shape).astype(np.float64)
+    check(lambda a: flowml.argsort(a, axis=axis), lambda a: np.argsort(a, axis=axis, kind="stable"), x)
+    check(lambda a: flowml.sort(a, axis=axis), lambda a: np.sort(a, axis=axis), x)
 
 
 # ----------------------------------------------------------------- shapes

@@ -524,6 +524,27 @@ def cumprod(x, axis=None):
     return _cumulative(P.cumprod, x, axis)
 
 
+def argsort(x, axis=-1):
+    """The indices (i64) that sort x along `axis` (the flattened array for None): numpy's stable
+    order, ascending, NaNs last, ties in their order."""
+    x = as_var(x, _graph_of(x))
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    if x.ndim == 0:
+        raise FlowTypeError(f"cannot sort a scalar {x.type}", current_loc())
+    return _apply(P.argsort, [x], axis=_normalize_axis(axis, x.ndim)[0])
+
+
+def sort(x, axis=-1):
+    """x sorted along `axis` (the flattened array for None), NaNs last: x gathered at argsort(x),
+    so its derivative takes each cotangent back to where its element came from."""
+    from .arrays import take_along_axis
+    x = as_var(x, _graph_of(x))
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    return take_along_axis(x, argsort(x, axis), axis)
+
+
 def _argreduce(op, x, axis, keepdims):
     axis = None if axis is None else _normalize_axis(axis, x.ndim)[0]
     return _apply(op, [x], axis=axis, keepdims=static_bool(keepdims, "keepdims"))
@@ -896,7 +917,7 @@ __all__ = [
     "log2", "log10", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "arcsinh", "arccosh",
     "arctanh", "hypot", "logaddexp", "square", "power", "floor", "ceil", "trunc", "rint", "round", "isnan",
     "isinf", "isfinite",
-    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "cumsum", "cumprod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
+    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "cumsum", "cumprod", "sort", "argsort", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",

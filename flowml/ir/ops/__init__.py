@@ -25,6 +25,7 @@ The families (the rest of flowml imports this package as `P` and reads every op 
     reduce       sum, prod, max, min, logsumexp, argmax, argmin, softmax, log_softmax,
                  categorical_crossentropy
     cumulative   cumsum, cumprod (running sums and products along an axis)
+    sorting      argsort (numpy's stable order)
     linalg       matmul, gemm (alpha * a @ b + beta * c, built by the specialize phase)
     rng          random (Philox)
     conv         conv2d, max_pool2d and the ops of their derivatives
@@ -50,6 +51,7 @@ from .reduce import (  # noqa: F401
     ArgReduce, CategoricalCrossentropy, Reduce, Softmax, argmax, argmin, categorical_crossentropy, log_softmax,
     logsumexp, max_, min_, prod, softmax, sum_)
 from .cumulative import Cumulative, cumprod, cumsum  # noqa: F401
+from .sorting import Argsort, argsort  # noqa: F401
 from .linalg import Gemm, Matmul, gemm, matmul  # noqa: F401
 from .rng import Random, random  # noqa: F401
 from .conv import (  # noqa: F401
