@@ -607,6 +607,19 @@ def test_shape_function_errors_are_located_and_clear():
         assert msg in err and ":2:" in err.splitlines()[0], (msg, err)
 
 
+def test_var_methods_are_numpys_ndarray_methods():
+    x = np.random.default_rng(12).normal(size=(3, 1, 4))
+    for method, args, kw in [("prod", (0,), {}), ("max", (-1,), {"keepdims": True}), ("min", (), {}),
+                             ("var", (None,), {"ddof": 1}), ("std", (2,), {"keepdims": True}), ("any", (0,), {}),
+                             ("all", (), {}), ("argmax", (2,), {}), ("argmin", (), {}), ("cumsum", (0,), {}),
+                             ("cumprod", (), {}), ("round", (1,), {}), ("clip", (-0.5, 0.5), {}), ("flatten", (), {}),
+                             ("squeeze", (), {}), ("swapaxes", (0, 2), {}), ("transpose", (), {}),
+                             ("transpose", (1, 2, 0), {}), ("transpose", ((2, 0, 1),), {}), ("repeat", (2, 1), {}),
+                             ("diagonal", (0, 0, 2), {}), ("trace", (1, 0, 2), {})]:
+        check(lambda a: getattr(a, method)(*args, **kw), lambda a: getattr(a, method)(*args, **kw), x)
+    check(lambda a: a.argsort(0), lambda a: a.argsort(0, kind="stable"), x)
+
+
 # ----------------------------------------------------------------- names, docs
 
 

@@ -107,6 +107,28 @@ class Var:
     def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
     def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
     def astype(self, dtype): return cast(self, dtype)
+    # numpy's other ndarray methods that have a function here (sort is left out: numpy's sorts in place)
+    def prod(self, axis=None, keepdims=False): return prod(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return min(self, axis, keepdims)
+    def var(self, axis=None, *, ddof=0, keepdims=False): return var(self, axis, ddof=ddof, keepdims=keepdims)
+    def std(self, axis=None, *, ddof=0, keepdims=False): return std(self, axis, ddof=ddof, keepdims=keepdims)
+    def any(self, axis=None, keepdims=False): return any(self, axis, keepdims)
+    def all(self, axis=None, keepdims=False): return all(self, axis, keepdims)
+    def argmax(self, axis=None, keepdims=False): return argmax(self, axis, keepdims)
+    def argmin(self, axis=None, keepdims=False): return argmin(self, axis, keepdims)
+    def argsort(self, axis=-1): return argsort(self, axis)
+    def cumsum(self, axis=None): return cumsum(self, axis)
+    def cumprod(self, axis=None): return cumprod(self, axis)
+    def round(self, decimals=0): return round(self, decimals)
+    def clip(self, lo, hi): return clip(self, lo, hi)
+    def flatten(self): return reshape(self, (-1,))
+    def squeeze(self, axis=None): return squeeze(self, axis)
+    def swapaxes(self, axis1, axis2): return swapaxes(self, axis1, axis2)
+    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+    def repeat(self, repeats, axis=None): return repeat(self, repeats, axis)
+    def diagonal(self, offset=0, axis1=0, axis2=1): return diagonal(self, offset, axis1, axis2)
+    def trace(self, offset=0, axis1=0, axis2=1): return trace(self, offset, axis1, axis2)
 
 
 # ----------------------------------------------------------------- constants and leaves
@@ -476,9 +498,10 @@ def _count(x, axes) -> Var:
     return dim(x.graph, dims_product(x.type.shape[i] for i in axes))
 
 
-def var(x, axis=None, ddof=0, keepdims=False):
+def var(x, axis=None, *, ddof=0, keepdims=False):
     """numpy's var: the mean squared deviation from the mean, divided by n - ddof instead of n
-    (ddof=1: the unbiased estimate). Two passes (the mean first), as numpy, so it does not
+    (ddof=1: the unbiased estimate; ddof and keepdims by keyword only, numpy's third positional
+    argument being a dtype). Two passes (the mean first), as numpy, so it does not
     cancel catastrophically as E[x^2] - E[x]^2 would. Integers and bools give f64."""
     x = as_var(x, _graph_of(x))
     axes = _normalize_axis(axis, x.ndim)
@@ -490,9 +513,9 @@ def var(x, axis=None, ddof=0, keepdims=False):
     return total / (cast(_count(x, axes), x.dtype) - static_int(ddof, "ddof"))
 
 
-def std(x, axis=None, ddof=0, keepdims=False):
-    """numpy's std: sqrt(var(x, axis, ddof, keepdims))."""
-    return sqrt(var(x, axis, ddof, keepdims))
+def std(x, axis=None, *, ddof=0, keepdims=False):
+    """numpy's std: sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))."""
+    return sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))
 
 
 def any(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
