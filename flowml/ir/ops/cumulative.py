@@ -49,8 +49,11 @@ cumsum = Cumulative("cumsum", np.cumsum, _cumsum_vjp, linear_in(0))
 
 
 def _zeros_seen(x, axis, reverse):
-    """(x == 0, how many zeros up to each position, the first zero of each row)."""
-    is_zero = x == 0
+    """(x is zero, how many zeros up to each position, the first zero of each row). "Zero" is
+    |x| < sqrt(smallest normal) (1.5e-154 in f64): dividing by such an x could overflow, and
+    taking it as an exact zero drops terms of the derivative that carry it as a factor, which are
+    that small relative to the rest."""
+    is_zero = L.abs(x) < float(np.sqrt(np.finfo(x.dtype).tiny))
     count = L.apply(cumsum, [L.cast(is_zero, "i64")], axis=axis, reverse=reverse)
     return is_zero, count, is_zero & (count == 1)
 
@@ -63,7 +66,8 @@ def _cumprod_without_first_zero(x, first, axis, reverse):
 def _cumprod_vjp(g, y, x, axis, reverse):
     # d y_j / d x_i = prod_{k <= j, k != i} x_k (for i <= j). Dividing y_j by x_i fails at zeros:
     # a row's first zero gets the products that skip it; any entry after it (zero or not) gets
-    # y_j / x_i, which is 0 there because y_j is (the products include the first zero).
+    # y_j / x_i, which is 0 there because y_j is (the products include the first zero). (A tiny
+    # x counts as a zero: `_zeros_seen`.)
     def cot():
         is_zero, _, first = _zeros_seen(x, axis, reverse)
         back = lambda v: L.apply(cumsum, [v], axis=axis, reverse=not reverse)  # noqa: E731
