@@ -4,7 +4,7 @@ Write a model in a .flow file (or build it in Python), differentiate it symbolic
 on numpy (the reference backend) — see README.md and docs/.
 """
 
-from .api import (allgather, allreduce, broadcast, rank, world_size, arange, bernoulli, normal, randint, uniform, default_graph, full, op, hessian, hessian_vector, jacobian, lop, ones, rop, zeros, function, get_value, grad, load, loads, param, parse_program,
+from .api import (allgather, allreduce, broadcast, rank, world_size, arange, eye, linspace, bernoulli, normal, randint, uniform, default_graph, full, op, hessian, hessian_vector, jacobian, lop, ones, rop, zeros, function, get_value, grad, load, loads, param, parse_program,
                   reset_default_graph, set_value, shared, tensor)
 from .errors import (FlowCallError, FlowError, FlowGradError, FlowInternalError, FlowNameError,
                      FlowRuntimeError, FlowSyntaxError, FlowTypeError)

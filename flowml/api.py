@@ -299,6 +299,14 @@ def arange(start, stop=None, step=1) -> Var:
     return L.arange(default_graph(), start, stop, step)
 
 
+def eye(N, M=None, k=0, dtype="f64") -> Var:
+    return L.eye(default_graph(), N, M, k, dtype)
+
+
+def linspace(start, stop, num=50, endpoint=True, dtype=None) -> Var:
+    return L.linspace(default_graph(), start, stop, num, endpoint, dtype)
+
+
 # Derivatives beyond grad (graph → graph, like grad): see flowml.passes.rop.
 from .passes.rop import hessian, hessian_vector, jacobian, lop, rop  # noqa: E402,F401
 

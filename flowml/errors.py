@@ -100,9 +100,24 @@ class FlowInternalError(FlowError):
     """A bug in flowml itself: please report it with the model that triggered it."""
 
 
-def did_you_mean(name: str, candidates) -> str | None:
-    """A 'did you mean' suggestion for a misspelt name, or None."""
-    import difflib
+def did_you_mean(name: str, candidates, aliases=None) -> str | None:
+    """A 'did you mean' suggestion for a misspelt name, or None.
 
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    difflib's similarity, plus a bonus for a shared first few letters: a misspelling keeps its
+    start far more often than its end, so `isnul` is closer to `isnan` than to `scan`, and
+    `arctn` to `arctan` than to `arange`. A name much shorter or longer than the candidate is
+    suggested only if the rest is close. `aliases`: other
+    libraries' names for a candidate (`amax` -> `max`), suggested first."""
+    import difflib
+    import os
+
+    if aliases and aliases.get(name) in candidates:
+        return f"did you mean '{aliases[name]}'?"
+    best, best_score = None, 0.0
+    for candidate in sorted(set(candidates)):
+        ratio = difflib.SequenceMatcher(None, name, candidate).ratio()
+        prefix = len(os.path.commonprefix([name.lower(), candidate.lower()]))
+        score = ratio + 0.06 * min(prefix, 4)
+        if score > best_score:
+            best, best_score = candidate, score
+    return f"did you mean '{best}'?" if best is not None and best_score >= 0.66 else None

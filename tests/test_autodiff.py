@@ -156,6 +156,27 @@ def with_zeros(shape):
     return hnp.arrays(np.float64, shape, elements=st.one_of(st.just(0.0), st.floats(-2, 2)))
 
 
+def rounding_case(fn):
+    """floor / ceil / trunc / rint: values k + [0.1, 0.4], away from their jumps (at integers and
+    halves), where the derivative is 0."""
+    @st.composite
+    def draw_case(draw):
+        shape = draw(small_shapes)
+        el = st.tuples(st.integers(-3, 3), st.floats(0.1, 0.4)).map(lambda p: p[0] + p[1])
+        return Case(fn, [draw(hnp.arrays(np.float64, shape, elements=el))])
+    return draw_case()
+
+
+def cumulative_case(fn, values_strategy=None):
+    @st.composite
+    def draw_case(draw):
+        shape = draw(nonempty_shapes)
+        x = draw(values_strategy(shape) if values_strategy else floats(shape))
+        axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1))
+        return Case(lambda v: fn(v, axis=axis), [x], label=f"axis={axis}")
+    return draw_case()
+
+
 def softmax_case(fn):
     @st.composite
     def draw_case(draw):
@@ -415,6 +436,21 @@ OP_CASES = {
     "softplus": unary_case(L.softplus, -5, 5),
     "relu": unary_case(L.relu, -2, 2, 0.1),
     "sign": unary_case(L.sign, -2, 2, 0.1),  # zero derivative
+    "log2": unary_case(L.log2, 0.2, 3),
+    "log10": unary_case(L.log10, 0.2, 3),
+    "tan": unary_case(L.tan, -1.2, 1.2),
+    "arcsin": unary_case(L.arcsin, -0.9, 0.9),
+    "arccos": unary_case(L.arccos, -0.9, 0.9),
+    "arctan": unary_case(L.arctan, -3, 3),
+    "sinh": unary_case(L.sinh, -2, 2),
+    "cosh": unary_case(L.cosh, -2, 2),
+    "arcsinh": unary_case(L.arcsinh, -3, 3),
+    "arccosh": unary_case(L.arccosh, 1.1, 4),
+    "arctanh": unary_case(L.arctanh, -0.9, 0.9),
+    "floor": rounding_case(L.floor),  # zero derivatives
+    "ceil": rounding_case(L.ceil),
+    "trunc": rounding_case(L.trunc),
+    "rint": rounding_case(L.rint),
     "pow_int_literal": unary_case(lambda v: v ** 3, -2, 2),
     "literal_pow": unary_case(lambda v: 2.0 ** v, -2, 2),
     # elementwise, two or three operands, broadcasting
@@ -425,6 +461,9 @@ OP_CASES = {
     "mod": binary_case(L.mod, (-3, 3), (-2, 2, 0.5), _mod_away_from_jumps),
     "floordiv": binary_case(L.floor_div, (-3, 3), (-2, 2, 0.5), _mod_away_from_jumps),  # zero derivative
     "pow": binary_case(L.power, (0.3, 2), (-2, 2)),
+    "arctan2": binary_case(L.arctan2, (-2, 2), (0.3, 2)),  # (away from the cut along the negative x-axis)
+    "hypot": binary_case(L.hypot, (-2, 2, 0.1), (-2, 2, 0.1)),
+    "logaddexp": binary_case(L.logaddexp, (-3, 3), (-3, 3)),
     "maximum": grid_pair_case(L.maximum),
     "minimum": grid_pair_case(L.minimum),
     "where": where_case(),
@@ -438,6 +477,8 @@ OP_CASES = {
     "max": reduction_case(L.max, distinct),
     "min": reduction_case(L.min, distinct),
     "logsumexp": reduction_case(L.logsumexp),
+    "cumsum": cumulative_case(L.cumsum),
+    "cumprod": cumulative_case(L.cumprod, with_zeros),
     "softmax": softmax_case(L.softmax),
     "log_softmax": softmax_case(L.log_softmax),
     "categorical_crossentropy": crossentropy_case(),

@@ -142,7 +142,8 @@ def check(problems: list[str]) -> None:
 
 # max ulp against the reference per op (see the module docstring); absent: exact
 ULPS = {"exp": 4, "log": 4, "log1p": 3, "expm1": 4, "tanh": 6, "sin": 5, "cos": 5, "erf": 17, "erfc": 17,
-        "pow": 17, "sigmoid": 8, "softplus": 8}
+        "pow": 17, "sigmoid": 8, "softplus": 8, "log2": 4, "log10": 4, "tan": 6, "arcsin": 5, "arccos": 5,
+        "arctan": 6, "sinh": 5, "cosh": 5, "arcsinh": 5, "arccosh": 5, "arctanh": 6, "arctan2": 7, "hypot": 5}
 # PoCL 3.0's double erfc misses the spec's 16 ulp in the tail (see tests/test_opencl_kernels.py)
 ERFC_F64_TAIL = (5.0, 512)
 
@@ -163,6 +164,11 @@ FLOAT_OPS = [
     ("div_int", "x / (i + 2)"), ("chain", "sqrt(abs(x) + 1) / (1 + y * y) - minimum(x, 0) * 3"),
     ("where_scalar", "where(x > 0, s, -1)"), ("square", "x ** 2"), ("recip", "1 / x"),
     ("stop_gradient", "stop_gradient(x) * 3"),
+    ("log2", "log2(x)"), ("log10", "log10(x)"), ("tan", "tan(x)"), ("arcsin", "arcsin(x)"), ("arccos", "arccos(x)"),
+    ("arctan", "arctan(x)"), ("sinh", "sinh(x)"), ("cosh", "cosh(x)"), ("arcsinh", "arcsinh(x)"),
+    ("arccosh", "arccosh(x)"), ("arctanh", "arctanh(x)"), ("arctan2", "arctan2(x, y)"), ("hypot", "hypot(x, z)"),
+    ("floor", "floor(x)"), ("ceil", "ceil(x)"), ("trunc", "trunc(x)"), ("rint", "rint(x)"), ("isnan", "isnan(x)"),
+    ("isinf", "isinf(x)"), ("isfinite", "isfinite(x)"),
 ]
 
 SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 3.0, -7.25, 1e-3, 100.0, 1e30, -1e30, np.inf, -np.inf, np.nan]

@@ -126,11 +126,14 @@ BINARY_SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 3.0, -7.25, 1e-3, 100.0, 1e3
 
 # max ulp against numpy per op (see the module docstring); absent: exact
 ULPS = {"exp": 4, "log": 4, "log1p": 3, "expm1": 4, "tanh": 6, "sin": 5, "cos": 5, "erf": 17, "erfc": 17,
-        "pow": 17, "sigmoid": 8, "softplus": 8}
+        "pow": 17, "sigmoid": 8, "softplus": 8, "log2": 4, "log10": 4, "tan": 6, "arcsin": 5, "arccos": 5,
+        "arctan": 6, "sinh": 5, "cosh": 5, "arcsinh": 5, "arccosh": 5, "arctanh": 6, "arctan2": 7, "hypot": 5}
 UNARY_FLOAT = ["neg", "exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf", "erfc", "sigmoid",
-               "softplus", "abs", "sign", "relu", "not", "stop_gradient"]
+               "softplus", "abs", "sign", "relu", "not", "stop_gradient", "log2", "log10", "tan", "arcsin",
+               "arccos", "arctan", "sinh", "cosh", "arcsinh", "arccosh", "arctanh", "floor", "ceil", "trunc",
+               "rint", "isnan", "isinf", "isfinite"]
 BINARY = ["add", "sub", "mul", "div", "floordiv", "mod", "pow", "maximum", "minimum",
-          "eq", "ne", "lt", "le", "gt", "ge", "and", "or"]
+          "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "arctan2", "hypot"]
 
 
 def _float_inputs(dt):

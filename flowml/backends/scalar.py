@@ -30,8 +30,10 @@ from ..ir.types import is_float
 
 # The libm functions the formulas call (a builder's `call` / `call2`): a new elementwise op
 # computed by one of them is added here and in FORMULAS, nowhere else.
-CALLS = frozenset({"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf", "erfc", "fabs", "floor"})
-CALLS2 = frozenset({"pow", "fmod"})
+CALLS = frozenset({"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf", "erfc", "fabs", "floor",
+                   "ceil", "trunc", "rint", "log2", "log10", "tan", "asin", "acos", "atan", "sinh", "cosh",
+                   "asinh", "acosh", "atanh"})
+CALLS2 = frozenset({"pow", "fmod", "atan2", "hypot"})
 
 
 def _zero(b, dt):
@@ -204,6 +206,27 @@ def _relu(b, dt, x):
     return _maximum(b, dt, x, _zero(b, dt))
 
 
+def _isnan(b, dt, x):
+    return _is_nan(b, x, dt) if is_float(dt) else b.const(False, "bool")
+
+
+def _isinf(b, dt, x):
+    if not is_float(dt):
+        return b.const(False, "bool")
+    return b.compare("eq", b.call("fabs", x, dt), b.const(float("inf"), dt), dt)
+
+
+def _isfinite(b, dt, x):
+    if not is_float(dt):
+        return b.const(True, "bool")
+    # ordered: false for NaN as for the infinities
+    return b.compare("lt", b.call("fabs", x, dt), b.const(float("inf"), dt), dt)
+
+
+def _call2(fn):
+    return lambda b, dt, x, y: b.call2(fn, x, y, dt)
+
+
 def _compare(op):
     return lambda b, dt, x, y: b.compare(op, x, y, dt)
 
@@ -233,6 +256,12 @@ FORMULAS = {
     "sqrt": _call("sqrt"), "tanh": _call("tanh"), "sin": _call("sin"), "cos": _call("cos"),
     "erf": _call("erf"), "erfc": _call("erfc"), "sigmoid": _sigmoid, "softplus": _softplus,
     "abs": _abs, "sign": _sign, "relu": _relu,
+    "floor": _call("floor"), "ceil": _call("ceil"), "trunc": _call("trunc"), "rint": _call("rint"),
+    "log2": _call("log2"), "log10": _call("log10"), "tan": _call("tan"), "arcsin": _call("asin"),
+    "arccos": _call("acos"), "arctan": _call("atan"), "sinh": _call("sinh"), "cosh": _call("cosh"),
+    "arcsinh": _call("asinh"), "arccosh": _call("acosh"), "arctanh": _call("atanh"),
+    "arctan2": _call2("atan2"), "hypot": _call2("hypot"),
+    "isnan": _isnan, "isinf": _isinf, "isfinite": _isfinite,
     "eq": _compare("eq"), "ne": _compare("ne"), "lt": _compare("lt"), "le": _compare("le"),
     "gt": _compare("gt"), "ge": _compare("ge"),
     "and": _logic("and"), "or": _logic("or"), "not": _not,

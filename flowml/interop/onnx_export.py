@@ -228,7 +228,9 @@ for _name, _onnx_op in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", 
                         "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "tanh": "Tanh", "sigmoid": "Sigmoid",
                         "softplus": "Softplus", "relu": "Relu", "abs": "Abs", "erf": "Erf", "sin": "Sin",
                         "cos": "Cos", "sign": "Sign", "maximum": "Max", "minimum": "Min",
-                        "stop_gradient": "Identity"}.items():
+                        "stop_gradient": "Identity", "floor": "Floor", "ceil": "Ceil", "rint": "Round",
+                        "tan": "Tan", "arcsin": "Asin", "arccos": "Acos", "arctan": "Atan", "sinh": "Sinh",
+                        "cosh": "Cosh", "arcsinh": "Asinh", "arccosh": "Acosh", "arctanh": "Atanh"}.items():
     CONVERTERS[_name] = _elementwise(_onnx_op)
 
 
@@ -251,6 +253,11 @@ def _erfc(ex, n, ins):
     (x,) = _operands_as(ex, n, ins, ex.graph.type(n).dtype)
     one = ex.constant(np.ones((), ex.graph.type(n).dtype), "one")
     return ex.emit("Sub", [one, ex.emit("Erf", [x])], _base(ex, n))
+
+
+@converts("isnan", "isinf")
+def _float_test(ex, n, ins):
+    return ex.emit({"isnan": "IsNaN", "isinf": "IsInf"}[ex.graph.op(n).name], ins, _base(ex, n))
 
 
 _COMPARISONS = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}

@@ -108,6 +108,28 @@ class Var:
     def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
     def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
     def astype(self, dtype): return cast(self, dtype)
+    # numpy's other ndarray methods that have a function here (sort is left out: numpy's sorts in place)
+    def prod(self, axis=None, keepdims=False): return prod(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return min(self, axis, keepdims)
+    def var(self, axis=None, *, ddof=0, keepdims=False): return var(self, axis, ddof=ddof, keepdims=keepdims)
+    def std(self, axis=None, *, ddof=0, keepdims=False): return std(self, axis, ddof=ddof, keepdims=keepdims)
+    def any(self, axis=None, keepdims=False): return any(self, axis, keepdims)
+    def all(self, axis=None, keepdims=False): return all(self, axis, keepdims)
+    def argmax(self, axis=None, keepdims=False): return argmax(self, axis, keepdims)
+    def argmin(self, axis=None, keepdims=False): return argmin(self, axis, keepdims)
+    def argsort(self, axis=-1): return argsort(self, axis)
+    def cumsum(self, axis=None): return cumsum(self, axis)
+    def cumprod(self, axis=None): return cumprod(self, axis)
+    def round(self, decimals=0): return round(self, decimals)
+    def clip(self, lo, hi): return clip(self, lo, hi)
+    def flatten(self): return reshape(self, (-1,))
+    def squeeze(self, axis=None): return squeeze(self, axis)
+    def swapaxes(self, axis1, axis2): return swapaxes(self, axis1, axis2)
+    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+    def repeat(self, repeats, axis=None): return repeat(self, repeats, axis)
+    def diagonal(self, offset=0, axis1=0, axis2=1): return diagonal(self, offset, axis1, axis2)
+    def trace(self, offset=0, axis1=0, axis2=1): return trace(self, offset, axis1, axis2)
 
 
 # ----------------------------------------------------------------- constants and leaves
@@ -243,6 +265,80 @@ def erfc(x): return _elementwise(P.erfc, x)
 def sigmoid(x): return _elementwise(P.sigmoid, x)
 def softplus(x): return _elementwise(P.softplus, x)
 def relu(x): return _elementwise(P.relu, x)
+
+def log2(x): return _elementwise(P.log2, x)
+def log10(x): return _elementwise(P.log10, x)
+def tan(x): return _elementwise(P.tan, x)
+def arcsin(x): return _elementwise(P.arcsin, x)
+def arccos(x): return _elementwise(P.arccos, x)
+def arctan(x): return _elementwise(P.arctan, x)
+def sinh(x): return _elementwise(P.sinh, x)
+def cosh(x): return _elementwise(P.cosh, x)
+def arcsinh(x): return _elementwise(P.arcsinh, x)
+def arccosh(x): return _elementwise(P.arccosh, x)
+def arctanh(x): return _elementwise(P.arctanh, x)
+def arctan2(a, b): return _elementwise(P.arctan2, a, b)
+def hypot(a, b): return _elementwise(P.hypot, a, b)
+def isnan(x): return _elementwise(P.isnan, x)
+def isinf(x): return _elementwise(P.isinf, x)
+def isfinite(x): return _elementwise(P.isfinite, x)
+
+
+def _rounded(op, x):
+    """floor / ceil / trunc / rint of floats; integers and bools are whole already, and keep
+    their dtype (numpy 2)."""
+    x = as_var(x, _graph_of(x))
+    return _elementwise(op, x) if is_float(x.dtype) else x
+
+
+def floor(x): return _rounded(P.floor, x)
+def ceil(x): return _rounded(P.ceil, x)
+def trunc(x): return _rounded(P.trunc, x)
+def rint(x):
+    """numpy's rint: floats rounded half to even; integers and bools become f64 (as numpy's rint,
+    unlike its round)."""
+    x = as_var(x, _graph_of(x))
+    return _elementwise(P.rint, x) if is_float(x.dtype) else cast(x, "f64")
+
+
+def round(x, decimals=0):  # noqa: A001 - numpy's name
+    """numpy's round: to `decimals` places (static), halves to even, computed as numpy does
+    (rint(x * 10**d) / 10**d, or times 10**-d for negative d)."""
+    x = as_var(x, _graph_of(x))
+    d = static_int(decimals, "round's decimals")
+    if not is_float(x.dtype):
+        if d >= 0:
+            return x
+        raise FlowTypeError(f"round of integers to {d} decimals is not supported; cast to a float first",
+                            current_loc())
+    if d == 0:
+        return _elementwise(P.rint, x)
+    if d > 0:
+        return rint(x * 10.0 ** d) / 10.0 ** d
+    return rint(x / 10.0 ** -d) * 10.0 ** -d
+
+
+def square(x):
+    """x * x; of bools in i64 (numpy gives int8, which flowml lacks)."""
+    x = as_var(x, _graph_of(x))
+    if x.dtype.kind == "b":
+        x = cast(x, "i64")
+    return x * x
+
+
+def logaddexp(a, b):
+    """log(exp(a) + exp(b)) without overflow: max(a, b) + log1p(exp(-|a - b|)), as numpy. Where
+    a and b are the same infinity, a - b is NaN: the difference is taken as 0 there (the result
+    is that infinity). Its derivative (exp(a - result), exp(b - result)) follows from the
+    formula; at a == b it is split evenly, as maximum's is."""
+    g = _graph_of(a, b)
+    a, b = _coerce([as_var(a, g), as_var(b, g)])
+    if not is_float(promote(a.type, b.type)[0]):
+        a, b = cast(a, "f64"), cast(b, "f64")
+    d = a - b
+    d = where(isnan(d), 0, d)
+    return maximum(a, b) + log1p(exp(-abs(d)))
+
 
 
 def power(a, b):
@@ -396,6 +492,81 @@ def mean(x, axis=None, keepdims=False):
     count = dims_product(x.type.shape[i] for i in axes)
     dt = x.dtype if is_float(x.dtype) else DTYPES["f64"]
     return total / cast(dim(x.graph, count), dt)
+
+
+def _count(x, axes) -> Var:
+    """The number of elements over `axes` of x, an i64 scalar (a dim expression if symbolic)."""
+    return dim(x.graph, dims_product(x.type.shape[i] for i in axes))
+
+
+def var(x, axis=None, *, ddof=0, keepdims=False):
+    """numpy's var: the mean squared deviation from the mean, divided by n - ddof instead of n
+    (ddof=1: the unbiased estimate; ddof and keepdims by keyword only, numpy's third positional
+    argument being a dtype). Two passes (the mean first), as numpy, so it does not
+    cancel catastrophically as E[x^2] - E[x]^2 would. Integers and bools give f64."""
+    x = as_var(x, _graph_of(x))
+    axes = _normalize_axis(axis, x.ndim)
+    keepdims = static_bool(keepdims, "keepdims")
+    if not is_float(x.dtype):
+        x = cast(x, "f64")
+    deviation = x - mean(x, axes, keepdims=True)
+    total = sum(deviation * deviation, axes, keepdims)
+    return total / (cast(_count(x, axes), x.dtype) - static_int(ddof, "ddof"))
+
+
+def std(x, axis=None, *, ddof=0, keepdims=False):
+    """numpy's std: sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))."""
+    return sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))
+
+
+def any(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """Whether any element over `axis` is true (nonzero); false over no elements."""
+    x = as_var(x, _graph_of(x))
+    return sum(cast(x, "bool"), axis, keepdims) > 0
+
+
+def all(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """Whether every element over `axis` is true (nonzero); true over no elements."""
+    x = as_var(x, _graph_of(x))
+    return sum(logical_not(cast(x, "bool")), axis, keepdims) == 0
+
+
+def _cumulative(op, x, axis):
+    x = as_var(x, _graph_of(x))
+    if axis is None:  # numpy: over the flattened array
+        x, axis = reshape(x, (-1,)), 0
+    return _apply(op, [x], axis=_normalize_axis(axis, x.ndim)[0], reverse=False)
+
+
+def cumsum(x, axis=None):
+    """The running sums along `axis` (the flattened array by default); integers and bools in i64."""
+    return _cumulative(P.cumsum, x, axis)
+
+
+def cumprod(x, axis=None):
+    """The running products along `axis` (the flattened array by default); integers and bools in i64."""
+    return _cumulative(P.cumprod, x, axis)
+
+
+def argsort(x, axis=-1):
+    """The indices (i64) that sort x along `axis` (the flattened array for None): numpy's stable
+    order, ascending, NaNs last, ties in their order."""
+    x = as_var(x, _graph_of(x))
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    if x.ndim == 0:
+        raise FlowTypeError(f"cannot sort a scalar {x.type}", current_loc())
+    return _apply(P.argsort, [x], axis=_normalize_axis(axis, x.ndim)[0])
+
+
+def sort(x, axis=-1):
+    """x sorted along `axis` (the flattened array for None), NaNs last: x gathered at argsort(x),
+    so its derivative takes each cotangent back to where its element came from."""
+    from .arrays import take_along_axis
+    x = as_var(x, _graph_of(x))
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    return take_along_axis(x, argsort(x, axis), axis)
 
 
 def _argreduce(op, x, axis, keepdims):
@@ -826,7 +997,7 @@ def _shape_arg(shape):
 
 
 def full(graph: Graph, shape, value, dtype=None):
-    if any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
+    if builtins.any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
         raise FlowTypeError(f"a shape must not have negative dims, got {as_shape(shape)}", current_loc())
     if dtype is None:
         dtype = "f64" if isinstance(value, float) else ("bool" if isinstance(value, bool) else "i64")
@@ -930,7 +1101,7 @@ def _conv_padding(padding, x: Var, w: Var, stride) -> tuple:
             return tuple(_same_padding(x.type.shape[2 + i], w.type.shape[2 + i], stride[i]) for i in range(2))
         raise FlowTypeError(f'conv2d: padding must be "valid", "same", an integer or pairs of integers, '
                             f'not "{padding}"', current_loc())
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and builtins.all(isinstance(p, (tuple, list)) for p in padding):
         pads = tuple(_int_pair(p, "conv2d's padding") for p in padding)
     else:
         ph, pw = _int_pair(padding, "conv2d's padding")
@@ -1004,10 +1175,20 @@ __all__ = [
     "Var",
     "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh", "erf", "erfc",
     "sigmoid", "softplus", "relu", "maximum", "minimum", "clip", "where", "ifelse", "cast",
-    "sum", "mean", "max", "min", "prod", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
+    "log2", "log10", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "arcsinh", "arccosh",
+    "arctanh", "hypot", "logaddexp", "square", "power", "floor", "ceil", "trunc", "rint", "round", "isnan",
+    "isinf", "isfinite",
+    "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "cumsum", "cumprod", "sort", "argsort", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
     "stop_gradient", "conv2d", "max_pool2d",
     "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm", "svd", "pinv", "lstsq",
     "qr", "cho_solve",
+    "squeeze", "swapaxes", "moveaxis", "flip", "roll", "repeat", "tile", "pad", "diagonal", "trace", "diag",
+    "tril", "triu", "take_along_axis", "tensordot", "einsum",
 ]
+
+# numpy's array-manipulation functions, composed from the primitives above (flowml/ir/arrays.py;
+# its constructors eye and linspace take the graph first, as zeros does)
+from .arrays import (diag, diagonal, einsum, eye, flip, linspace, moveaxis, pad, repeat, roll,  # noqa: E402
+                     squeeze, swapaxes, take_along_axis, tensordot, tile, trace, tril, triu)

@@ -24,7 +24,7 @@ from ..passes.grad import grad as grad_transform
 from ..passes.rop import hessian, hessian_vector, jacobian, lop, rop
 from ..program import rng_key, Derivative, FnDecl, InputDecl, ParamDecl, Program, UpdateDecl
 from . import ast as A
-from .builtins import BUILTINS, INITIALIZERS, Constant, Draw
+from .builtins import ALIASES, BUILTINS, INITIALIZERS, Constant, Draw
 
 
 @dataclass
@@ -345,7 +345,7 @@ class Builder:
                 return e.name
             if e.name in BUILTINS or e.name in self.ops:
                 raise FlowNameError(f"'{e.name}' is a function; call it: {e.name}(...)", e.loc)
-            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS) | set(DTYPES) | set(self.ops))
+            hint = did_you_mean(e.name, scope.visible() | set(BUILTINS) | set(DTYPES) | set(self.ops), ALIASES)
             raise FlowNameError(f"unknown name '{e.name}'" + (f"; {hint}" if hint else ""), e.loc)
         if b.kind == "def":
             raise FlowNameError(f"'{e.name}' is a def; call it: {e.name}(...)", e.loc)
@@ -401,7 +401,7 @@ class Builder:
             return self.wrapped_call(e, scope)
         if e.func not in BUILTINS:
             hint = did_you_mean(e.func, {n for n in scope.visible() if (scope.lookup(n).kind == "def")}
-                                | set(BUILTINS) | set(self.ops))
+                                | set(BUILTINS) | set(self.ops), ALIASES)
             raise FlowNameError(f"unknown function '{e.func}'" + (f"; {hint}" if hint else ""), e.func_loc)
         fn = BUILTINS[e.func]
         args = [self.expr(a, scope) for a in e.args]

@@ -40,6 +40,16 @@ def arange(graph, start, stop=None, step=1):
     return L.arange(graph, start, stop, step)
 
 
+@_with_graph
+def eye(graph, N, M=None, k=0, dtype="f64"):
+    return L.eye(graph, N, M, k, dtype)
+
+
+@_with_graph
+def linspace(graph, start, stop, num=50, endpoint=True, dtype=None):
+    return L.linspace(graph, start, stop, num, endpoint, dtype)
+
+
 def _with_rng(fn):
     """Random builtins get the model's random-stream key first (see flowml/program.py)."""
     fn.needs_rng = True
@@ -76,11 +86,17 @@ def stack(*xs, axis=0):
 
 
 BUILTINS = {name: getattr(L, name) for name in L.__all__ if name != "Var"}
-BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, concatenate=concatenate, stack=stack,
+BUILTINS.update(zeros=zeros, ones=ones, full=full, arange=arange, eye=eye, linspace=linspace,
+                concatenate=concatenate, stack=stack,
                 uniform=uniform, normal=normal, bernoulli=bernoulli, randint=randint)
 # Collectives across the ranks of a data-parallel run (identities in one process).
 BUILTINS.update(allreduce=C.allreduce, allgather=C.allgather, broadcast=C.broadcast,
                 rank=_with_graph(C.rank), world_size=_with_graph(C.world_size))
+# numpy's, C's and JAX's other names for built-ins, suggested for an unknown name
+ALIASES = {"amax": "max", "amin": "min", "absolute": "abs", "fabs": "abs", "clamp": "clip", "concat": "concatenate",
+           "around": "round", "asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2",
+           "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "pow": "power", "isneginf": "isinf",
+           "isposinf": "isinf", "average": "mean", "variance": "var", "stddev": "std"}
 # Derivatives are handled by the builder (they transform the graph).
 for _name in ("grad", "rop", "lop", "jacobian", "hessian", "hessian_vector", "scan", "iterate"):
     BUILTINS[_name] = None

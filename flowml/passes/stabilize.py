@@ -118,6 +118,8 @@ RULES = [
     Rule("log(abs(det(a))) -> slogdet(a)[1]"),
     Rule("inv(a) @ b -> solve(a, b)"),
     Rule("sqrt(x * x) -> abs(x)"),
+    Rule("sqrt(x * x + y * y) -> hypot(x, y)"),
+    Rule("log(exp(x) + exp(y)) -> logaddexp(x, y)"),
     Rule("1 - erf(x) -> erfc(x)"),
     Rule("1 + erf(x) -> erfc(-x)"),
     Rule("log(erfc(x)) -> log_erfc(x)", when=lambda x: _not_clamped(x) and x.dtype.kind == "f",

@@ -35,7 +35,8 @@ BLOCK = 4096
 _FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}
 _ICMP = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
 _UCMP = {"eq": "eq", "ne": "ne", "lt": "ult", "le": "ule", "gt": "ugt", "ge": "uge"}
-_INTRINSIC = {"fabs": "fabs", "floor": "floor", "sqrt": "sqrt"}
+_INTRINSIC = {"fabs": "fabs", "floor": "floor", "sqrt": "sqrt", "ceil": "ceil", "trunc": "trunc",
+              "rint": "roundeven"}
 
 
 def float_literal(value: float, dtype: str) -> str:

@@ -24,6 +24,8 @@ The families (the rest of flowml imports this package as `P` and reads every op 
     indexing     index_type (the shape algebra of x[spec]), index, index_add, onehot
     reduce       sum, prod, max, min, logsumexp, argmax, argmin, softmax, log_softmax,
                  categorical_crossentropy
+    cumulative   cumsum, cumprod (running sums and products along an axis)
+    sorting      argsort (numpy's stable order)
     linalg       matmul, gemm (alpha * a @ b + beta * c, built by the specialize phase)
     decomp       solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd, qr (LAPACK's, natively)
     rng          random (Philox)
@@ -38,7 +40,9 @@ from .core import OPS, Leaf, Op, const, dim, input_, linear_in, param  # noqa: F
 from .elementwise import (  # noqa: F401
     Cast, Elementwise, Where, abs_, add, cast, cos, div, eq, erf, erfc, exp, expm1, floordiv, ge, gt, le,
     log, log1p, logical_and, logical_not, logical_or, lt, maximum, minimum, mod, mul, ne, neg, pow_, relu,
-    sigmoid, sign, sin, softplus, sqrt, sub, tanh, unary_float, where)
+    sigmoid, sign, sin, softplus, sqrt, sub, tanh, unary_float, where,
+    arccos, arccosh, arcsin, arcsinh, arctan, arctan2, arctanh, ceil, cosh, floor, hypot, isfinite, isinf,
+    isnan, log10, log2, rint, sinh, tan, trunc)
 from .control import IfElse, StopGradient, ifelse, stop_gradient  # noqa: F401
 from .shape import (  # noqa: F401
     Arange, BroadcastTo, ConcatPart, Concatenate, Full, Reshape, Transpose, ZerosLike, arange, broadcast_to,
@@ -47,6 +51,8 @@ from .indexing import Index, IndexAdd, Onehot, index, index_add, index_type, one
 from .reduce import (  # noqa: F401
     ArgReduce, CategoricalCrossentropy, Reduce, Softmax, argmax, argmin, categorical_crossentropy, log_softmax,
     logsumexp, max_, min_, prod, softmax, sum_)
+from .cumulative import Cumulative, cumprod, cumsum  # noqa: F401
+from .sorting import Argsort, argsort  # noqa: F401
 from .linalg import Gemm, Matmul, gemm, matmul  # noqa: F401
 from .decomp import (  # noqa: F401
     Cholesky, Det, Eigh, Inv, Qr, Slogdet, Solve, SolveTriangular, Svd, cholesky, det, eigh, inv, qr, slogdet,

@@ -125,6 +125,42 @@ sigmoid = unary_float("sigmoid", _special("expit"), lambda y, x: [lambda t: t * 
 # log(1 + exp(x)) computed without overflow for large |x|.
 softplus = unary_float("softplus", lambda x: np.logaddexp(x.dtype.type(0), x),
                        lambda y, x: [lambda t: t * L.sigmoid(x)])
+
+# numpy's everyday functions (issue 15). Logs in other bases, the rest of the trigonometric and
+# hyperbolic family, each derivative written so that it does not overflow before the function does.
+_LN2, _LN10 = math.log(2), math.log(10)
+log2 = unary_float("log2", np.log2, lambda y, x: [lambda t: t / (x * _LN2)])
+log10 = unary_float("log10", np.log10, lambda y, x: [lambda t: t / (x * _LN10)])
+tan = unary_float("tan", np.tan, lambda y, x: [lambda t: t * (1 + y * y)])
+arcsin = unary_float("arcsin", np.arcsin, lambda y, x: [lambda t: t / L.sqrt(1 - x * x)])
+arccos = unary_float("arccos", np.arccos, lambda y, x: [lambda t: -(t / L.sqrt(1 - x * x))])
+arctan = unary_float("arctan", np.arctan, lambda y, x: [lambda t: t / (1 + x * x)])
+sinh = unary_float("sinh", np.sinh, lambda y, x: [lambda t: t * L.cosh(x)])
+cosh = unary_float("cosh", np.cosh, lambda y, x: [lambda t: t * L.sinh(x)])
+# 1 / sqrt(x^2 + 1) as 1 / hypot(x, 1), and sqrt(x^2 - 1) as sqrt(x - 1) sqrt(x + 1): x^2 would
+# overflow at |x| = 1e155 (f64) where the derivative is still a normal number.
+arcsinh = unary_float("arcsinh", np.arcsinh, lambda y, x: [lambda t: t / L.hypot(x, 1)])
+arccosh = unary_float("arccosh", np.arccosh, lambda y, x: [lambda t: t / (L.sqrt(x - 1) * L.sqrt(x + 1))])
+arctanh = unary_float("arctanh", np.arctanh, lambda y, x: [lambda t: t / (1 - x * x)])
+
+
+def _rounding(name, fn):
+    """floor, ceil, trunc, rint: of floats only (`flowml.ir.lib` returns ints and bools as they
+    are, as numpy 2 does); piecewise constant, so a zero derivative wherever it exists."""
+    return Elementwise(name, fn, lambda y, x: [None], nin=1, cheap=True)
+
+
+floor = _rounding("floor", np.floor)
+ceil = _rounding("ceil", np.ceil)
+trunc = _rounding("trunc", np.trunc)
+rint = _rounding("rint", np.rint)  # round half to even, as np.round
+
+# Tests of a float's class: a bool per element, no derivative (like a comparison; of integers
+# and bools: never NaN or inf).
+isnan = Elementwise("isnan", np.isnan, nin=1, comparison=True, cheap=True)
+isinf = Elementwise("isinf", np.isinf, nin=1, comparison=True, cheap=True)
+isfinite = Elementwise("isfinite", np.isfinite, nin=1, comparison=True, cheap=True)
+
 abs_ = Elementwise("abs", np.abs, lambda y, x: [lambda t: t * L.sign(x)], nin=1, cheap=True)
 # sign is piecewise constant: zero derivative wherever it exists.
 sign = Elementwise("sign", np.sign, lambda y, x: [None], nin=1, not_for_bools="sign of bools is not supported")
@@ -174,6 +210,28 @@ def _pow_deriv(y, a, b):
 
 pow_ = Elementwise("pow", _on_ints_if_bool(np.power), _pow_deriv, verb="raise", out_dtype=_int_if_bool)
 
+
+
+def _float_binary(name, fn, deriv, verb):
+    return Elementwise(name, lambda a, b: fn(as_float(a), as_float(b)), deriv, verb=verb, out_dtype=float_dtype)
+
+
+def _arctan2_deriv(y, a, b):
+    # d atan2(a, b) = (b da - a db) / (a^2 + b^2), with a^2 + b^2 as hypot(a, b)^2 so that it
+    # neither overflows nor underflows before atan2 does. (At (0, 0) it is NaN, as in JAX.)
+    h = L.hypot(a, b)
+    return [lambda t: t * (b / h) / h, lambda t: -(t * (a / h) / h)]
+
+
+def _hypot_deriv(y, a, b):
+    # d hypot = (a da + b db) / hypot; at (0, 0), where it is not defined, 0 (a subgradient)
+    safe = L.where(y == 0, 1, y)
+    return [lambda t: t * (a / safe), lambda t: t * (b / safe)]
+
+
+arctan2 = _float_binary("arctan2", np.arctan2, _arctan2_deriv, "take the arctangent of")
+# sqrt(a^2 + b^2) without overflow or underflow (libm's hypot: finite at 1e200, exact to an ulp)
+hypot = _float_binary("hypot", np.hypot, _hypot_deriv, "take the hypotenuse of")
 
 def _minmax_deriv(pick):
     # The winner takes the derivative; a tie splits it evenly (as JAX does).

@@ -36,4 +36,4 @@ def lowers(*names: str):
     return register
 
 
-from . import collective, control, conv, core, decomp, indexing, linalg, reduce, rng, shape  # noqa: E402,F401  (register the families)
+from . import collective, control, conv, core, cumulative, decomp, indexing, linalg, reduce, rng, shape, sorting  # noqa: E402,F401,E501
