@@ -82,12 +82,12 @@ def test_emit_plan_lists_every_step_and_names_host_steps(tmp_path):
 
 
 def test_the_plan_names_a_wrapped_op_as_a_host_step():
-    cumsum = flowml.op(np.cumsum, lambda t, axis: t, name="cumsum")
-    model = flowml.loads("input x : f64[N]\nfn f(x) -> cumsum(exp(x), axis=0) * 2\n", backend="llvm",
-                         ops={"cumsum": cumsum})
+    running_sum = flowml.op(np.cumsum, lambda t, axis: t, name="running_sum")
+    model = flowml.loads("input x : f64[N]\nfn f(x) -> running_sum(exp(x), axis=0) * 2\n", backend="llvm",
+                         ops={"running_sum": running_sum})
     ex = model.f._executable
     assert {ex.graph.op(n).name: why for n, why in ex.host_steps().items()} == \
-        {"cumsum": "a wrapped Python function (flowml.op)"}
+        {"running_sum": "a wrapped Python function (flowml.op)"}
     np.testing.assert_allclose(model.f(np.arange(3.0)), np.cumsum(np.exp(np.arange(3.0))) * 2)
 
 
