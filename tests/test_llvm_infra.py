@@ -757,3 +757,22 @@ define void @run(ptr %ctx, i64 %n, i64 %t) {{
     np.testing.assert_allclose(outs[1][sub], ref, atol=1e-5)  # exp is 1-3 ulp off near 20, sin amplifies
     print(f"\nparallel_for 2^21 floats: 1 thread {best[1] * 1e3:.1f} ms, 2 threads {best[2] * 1e3:.1f} ms, "
           f"speedup {best[1] / best[2]:.2f}x")
+
+
+def test_small_products_run_blas_on_one_thread_and_restore_its_count():
+    """A product below blas.SMALL_GEMM flops sets OpenBLAS (scipy's, not numpy's) to one thread
+    around its call and restores the count after it; a big one leaves it alone."""
+    import flowml
+    lib = ctypes.CDLL(blas.cython_module("cython_blas").__file__)
+    count = getattr(lib, "scipy_openblas_get_num_threads", None)
+    if count is None:  # another BLAS: the setter is libc's abs, which changes nothing
+        assert blas.threads_address() == ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value
+        return
+    before = count()
+    model = flowml.loads("input a : f64[N, K]\ninput b : f64[K, M]\nfn f(a, b) -> a @ b\n", backend="llvm")
+    assert "call i32 @flowml_blas_threads_local(i32 1)" in model.f._executable.llvm_ir()
+    rng = np.random.default_rng(0)
+    for shape in ((30, 40, 50), (300, 300, 300)):  # below and above 2**24 flops
+        a, b = rng.normal(size=shape[:2]), rng.normal(size=shape[1:])
+        np.testing.assert_allclose(model.f(a, b), a @ b, rtol=1e-12)
+        assert count() == before

@@ -67,6 +67,12 @@ LAPACK = {
 SIGNATURES.update(LAPACK)
 PREFIX = "flowml_"
 _lock = threading.Lock()
+# OpenBLAS's `int openblas_set_num_threads_local(int)` (it returns the count it replaces): a
+# product below SMALL_GEMM flops runs on the calling thread alone. OpenBLAS would split it over
+# its own threads, which then spin beside flowml's pool: on 2 cores LeNet's training (products
+# of ~1e5-4e6 flops) took 3x as long with OpenBLAS's default threads as with one.
+THREADS = "blas_threads_local"
+SMALL_GEMM = 1 << 24
 
 
 def _capsule_pointer(capsule) -> int:
@@ -121,6 +127,19 @@ def symbol(name: str) -> str:
     return PREFIX + name
 
 
+@functools.lru_cache(maxsize=None)
+def threads_address() -> int:
+    """The address of `openblas_set_num_threads_local` of the OpenBLAS behind scipy's BLAS
+    capsules (looked up through cython_blas's own handle: numpy's separate OpenBLAS has one too);
+    where there is none (another BLAS, or an OpenBLAS older than 0.3.26), libc's `abs`, which has
+    its signature and changes nothing."""
+    try:
+        fn = ctypes.CDLL(cython_module("cython_blas").__file__).openblas_set_num_threads_local
+        return ctypes.cast(fn, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value
+
+
 def ensure_symbols(names=None) -> None:
     """Bind `flowml_<name>` for each routine (default: all in SIGNATURES) for the JIT. Idempotent."""
     from .jit import _init_native
@@ -128,11 +147,13 @@ def ensure_symbols(names=None) -> None:
     with _lock:
         for name in names or SIGNATURES:
             if llvm.address_of_symbol(symbol(name)) is None:
-                llvm.add_symbol(symbol(name), address(name))
+                llvm.add_symbol(symbol(name), threads_address() if name == THREADS else address(name))
 
 
 def declaration(name: str) -> str:
     """`declare void @flowml_dgemm(ptr, ..., ptr)` for one routine."""
+    if name == THREADS:
+        return f"declare i32 @{symbol(name)}(i32)"
     ret, nargs = SIGNATURES[name]
     return f"declare {ret} @{symbol(name)}({', '.join(['ptr'] * nargs)})"
 

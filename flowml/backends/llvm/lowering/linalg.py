@@ -133,6 +133,7 @@ def _gemm_call(w, dt, trans_a, trans_b, M, N, K, alpha=1.0, beta=0.0):
         return cell(ft, float_literal(value, dt))
 
     def emit(pa, pb, pc):
+        restore = one_thread_if_small(w, fn.mul(fn.mul(M, N), K))
         ta = cell("i8", ord("T" if trans_b else "N"))
         tb = cell("i8", ord("T" if trans_a else "N"))
         m = cell("i32", fn.emit(f"trunc i64 {N} to i32", "d"))
@@ -143,7 +144,26 @@ def _gemm_call(w, dt, trans_a, trans_b, M, N, K, alpha=1.0, beta=0.0):
         ldc = cell("i32", i32(N))
         fn.line(f"call void {routine}(ptr {ta}, ptr {tb}, ptr {m}, ptr {nn}, ptr {k}, ptr {scalar(alpha)}, "
                 f"ptr {pb}, ptr {ldb}, ptr {pa}, ptr {lda}, ptr {scalar(beta)}, ptr {pc}, ptr {ldc})")
+        restore()
     return emit
+
+
+def one_thread_if_small(w, work: str):
+    """Run the BLAS call about to be emitted on the calling thread alone when `work` (flops, an
+    i64) is below `blas.SMALL_GEMM` (see there); returns the function that emits the restoring
+    call, for after it."""
+    from .. import blas
+    fn = w.fn
+    setter = w.blas(blas.THREADS)
+    small = fn.emit(f"icmp ult i64 {work}, {blas.SMALL_GEMM}", "small")
+    old = fn.var("i32", "0")
+    with fn.if_(small):
+        fn.line(f"store i32 {fn.emit(f'call i32 {setter}(i32 1)', 'nt')}, ptr {old}")
+
+    def restore():
+        with fn.if_(small):
+            fn.line(f"call i32 {setter}(i32 {fn.emit(f'load i32, ptr {old}', 'nt')})")
+    return restore
 
 
 def _loop_matmul(w, n, a, b, out_batch, M, N, K, mk, kn, mn, count):
