@@ -62,10 +62,7 @@ def _as_inputs(fn, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     the dtypes `fn`'s inputs declare: the digits come as uint8, and a mini-batch of another
     dtype than its input's would be converted on every call, on the Python path."""
     from .program import coerce_array
-    model = getattr(fn, "model", None)
-    if model is None:  # (a stand-in with the call interface only, as tests wrap fns)
-        return arrays
-    decls = model.program.inputs
+    decls = fn.model.program.inputs
     return {k: coerce_array(a, decls[k].var.type, f"{fn.name}(): input '{k}'", decls[k].loc, {})
             for k, a in arrays.items()}
 

@@ -21,15 +21,15 @@ class Faulty:
 
     def __init__(self, fn, how):
         self.fn, self.how, self.calls = fn, how, 0
-        self.input_names = fn.input_names
+        self.input_names, self.model, self.name = fn.input_names, fn.model, fn.name
 
-    def __call__(self, **inputs):
+    def __call__(self, *args, **inputs):
         self.calls += 1
         if world().rank == 1 and self.calls == 3:
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError("injected fault on the third step")
-        return self.fn(**inputs)
+        return self.fn(*args, **inputs)
 
 
 def main():
