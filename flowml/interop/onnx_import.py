@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FlowError
+from ..errors import FlowError, Loc
 from ..ir import lib as L
-from ..ir.graph import Graph
+from ..ir.graph import Graph, at
 from ..ir.lib import Var
 from ..ir.types import DTYPES, Sym, TensorType, dim_div, dim_mul, dims_product, sym
 
@@ -203,9 +203,10 @@ class Importer:
                 self.values[iname] = var
             else:  # shapes, axes, indices, scalars: known at import time
                 self.values[iname] = arr
-        for node in g.node:
+        for k, node in enumerate(g.node):
             self.node = node
-            outs = self.convert(node)
+            with at(Loc(self.file, k + 1, 1)):  # (a node's flowml nodes are located at "FILE:k:1", node k)
+                outs = self.convert(node)
             for oname, v in zip(node.output, outs):
                 if oname:
                     self.values[oname] = v
@@ -228,7 +229,8 @@ class Importer:
                 if var.dtype != want:
                     var = L.cast(var, want)
             outputs.append((_identifier(vo.name, used_out), var))
-        fn_name = name or (g.name if g.name.isidentifier() and g.name not in self.names else "predict")
+        generic = g.name in _GENERIC_GRAPH_NAMES or not g.name.isidentifier() or g.name in self.names
+        fn_name = name or ("predict" if generic else g.name)
         prog.functions[fn_name] = FnDecl(fn_name, input_names, outputs, [], None)
         model = Model(prog, backend=backend)
         model.functions[fn_name].single_output = len(outputs) == 1
@@ -293,6 +295,10 @@ class Importer:
         if len(outs) < len([o for o in node.output if o]):
             raise FlowError(f"{self.where(node)}: only its first {len(outs)} output(s) are supported")
         return outs
+
+
+# graph names exporters give every model (PyTorch's): the fn is called `predict` instead
+_GENERIC_GRAPH_NAMES = {"main_graph", "torch_jit", "torch-jit-export", "graph", ""}
 
 
 class _Value:
@@ -787,6 +793,26 @@ def _gather(imp, ins, a, n_out):
         iv = L.reshape(iv, (1,))
         return L.reshape(L.take(xv, iv, axis=axis), tuple(d for k, d in enumerate(xv.shape) if k != axis))
     return L.take(xv, iv, axis=axis)
+
+
+@handles("GatherElements")
+def _gather_elements(imp, ins, a, n_out):
+    # out[..., j, ...] = x[..., idx[..., j, ...], ...] along `axis`: a one-hot selection over
+    # that axis moved last (a `where`, so an inf elsewhere in the row stays out of the sum)
+    x, idx = imp.var(ins[0]), imp.var(ins[1])
+    axis = _norm_axes([a.get("axis", 0)], x.ndim)[0]
+    c = x.shape[axis]
+    if not isinstance(c, int):
+        raise Unsupported(f"gathering along the symbolic dim {c}")
+    items = tuple(slice(None) if k == axis or d == x.shape[k] else slice(0, d) for k, d in enumerate(idx.shape))
+    if any(it != slice(None) for it in items):
+        x = x[items]  # (idx may be smaller than x along the other axes)
+    perm = tuple(k for k in range(x.ndim) if k != axis) + (axis,)
+    xt, it = L.transpose(x, perm), L.transpose(idx, perm)
+    hot = L.onehot(L.cast(it, "i64"), c, "bool")  # [..., k, C]; a negative index wraps once
+    picked = L.sum(L.where(hot, L.expand_dims(xt, -2), L.zeros_like(L.expand_dims(xt, -2))), -1)
+    back = tuple(perm.index(k) for k in range(x.ndim))
+    return L.transpose(picked, back)
 
 
 _BIG = 2 ** 62
