@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import flowml
-from flowml.cli import synthesize_inputs
+from flowml.cli import main, synthesize_inputs
+from flowml.interop.flow_writer import write_flow
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -39,13 +40,18 @@ def test_zoo_fn_exported_and_imported_gives_the_same_outputs(path, name):
     imported = flowml.from_onnx(fn.to_onnx(), backend="reference")
     (back,) = imported.functions.values()
     assert back.name == name and back.input_names == fn.input_names
+    # and written as .flow (what `flowml import` writes), loaded again with its params
+    text, arrays = write_flow(imported)
+    again = flowml.loads(text, backend="reference", file="imported.flow")
+    again.params.update(arrays)
     for n, seed in ((7, 0), (3, 1)):  # the batch axis stays symbolic: one import, two sizes
         inputs = synthesize_inputs(fn, model.program, {"N": n, "y": 10}, {}, np.random.RandomState(seed))
-        expected, got = _outputs(fn(**inputs)), _outputs(back(**inputs))
-        assert len(got) == len(expected)
-        for e, g in zip(expected, got):
-            assert g.dtype == e.dtype and g.shape == e.shape
-            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+        expected = _outputs(fn(**inputs))
+        for got in (_outputs(back(**inputs)), _outputs(again.functions[name](**inputs))):
+            assert len(got) == len(expected)
+            for e, g in zip(expected, got):
+                assert g.dtype == e.dtype and g.shape == e.shape
+                np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
 
 
 def test_imported_lenet_runs_on_llvm_as_on_the_reference_backend():
@@ -106,6 +112,43 @@ def test_pytorch_flatten_chain_has_no_shape_arithmetic_left():
     ir = fn.ir(level=0)  # the graph as imported
     assert "concatenate" not in ir and "dim" not in ir.split("reshape")[0].split("=")[-1]
     assert "reshape" in ir
+
+
+def test_flowml_import_writes_a_program_that_trains(tmp_path, capsys):
+    proto, w1, b1 = _torch_style_mlp()
+    onnx.save_model(proto, str(tmp_path / "mlp.onnx"))
+    assert main(["import", str(tmp_path / "mlp.onnx"), "-o", str(tmp_path / "mlp.flow")]) == 0
+    assert "mlp.flow: fn predict(input_: f32[batch_size, 3, 4]) -> (output: f32[batch_size, 16]), 2 params" \
+        in capsys.readouterr().out
+    text = (tmp_path / "mlp.flow").read_text()
+    assert "reshape(input_, (batch_size, 12))" in text  # the flatten chain, one reshape
+    x = np.random.default_rng(0).normal(size=(8, 3, 4)).astype(np.float32)
+    model = flowml.load(tmp_path / "mlp.flow", backend="reference")
+    model.load_params(str(tmp_path / "mlp.npz"))
+    np.testing.assert_allclose(model.predict(x), np.maximum(x.reshape(8, -1) @ w1.T + b1, 0), rtol=1e-5, atol=1e-6)
+    # the program is a .flow program like any other: fine-tune it towards a target
+    tuned = text + """
+input target : f32[batch_size, 16]
+cost = mean((output - target) ** 2)
+g_w, g_b = grad(cost, fc1_weight, fc1_bias)
+fn tune(input_, target) -> cost {
+    fc1_weight <- fc1_weight - 0.05 * g_w
+    fc1_bias <- fc1_bias - 0.05 * g_b
+}
+"""
+    model = flowml.loads(tuned, backend="reference", file="tuned.flow")
+    model.load_params(str(tmp_path / "mlp.npz"))
+    target = np.zeros((8, 16), np.float32)
+    costs = [float(model.tune(x, target)) for _ in range(20)]
+    assert costs[-1] < 0.5 * costs[0]
+
+
+def test_flowml_import_errors_are_clean(tmp_path, capsys):
+    proto = _one_node("Einsum", [("a", [2, 3]), ("b", [3, 4])], {"equation": "ij,jk->ik"}, name="e")
+    onnx.save_model(proto, str(tmp_path / "e.onnx"))
+    assert main(["import", str(tmp_path / "e.onnx"), "-o", str(tmp_path / "e.flow")]) == 1
+    err = capsys.readouterr().err
+    assert "node 'e' (Einsum, opset 17): the op type Einsum is not supported" in err and "Traceback" not in err
 
 
 def _one_node(op_type, inputs, attrs=None, opset=17, name="node0", in_types=None):

@@ -62,10 +62,18 @@ def _static_dims(dims: tuple, scalar: bool = False):
     return Dims(tuple(dims), scalar)
 
 
+_RESERVED = set("input param const def fn return if then else and or not true false seed".split())
+
+
 def _identifier(name: str, used: set) -> str:
+    """`name` as a name a .flow program can declare: an identifier, not a reserved word, a
+    built-in function or a dtype (`input` -> `input_`, `input.1` -> `input_1`)."""
+    from ..lang.builtins import BUILTINS
     base = re.sub(r"\W", "_", name) or "v"
     if not base[0].isalpha() and base[0] != "_":
         base = "v" + base
+    if base in _RESERVED or base in BUILTINS or base in DTYPES:
+        base += "_"
     out, k = base, 1
     while out in used:
         k += 1
