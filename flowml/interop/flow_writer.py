@@ -156,6 +156,14 @@ class FlowWriter:
         if op == "conv2d":
             (pt, pb), (pl, pr) = a["padding"]
             return f"conv2d({ins[0]}, {ins[1]}, stride={_tuple(a['stride'])}, padding=(({pt}, {pb}), ({pl}, {pr})))"
+        if op == "conv2d_backprop_input":
+            # the transposed convolution, spelled as what it is: the gradient of a conv2d with
+            # respect to its images (the .flow built-ins have no name for it)
+            (pt, pb), (pl, pr) = a["padding"]
+            z = f"zeros_{n}"
+            self.lines.append(f"{z} = zeros({_tuple(t.shape)}, {DTYPE_NAMES[t.dtype]})")
+            conv = f"conv2d({z}, {ins[1]}, stride={_tuple(a['stride'])}, padding=(({pt}, {pb}), ({pl}, {pr})))"
+            return f"grad(sum({conv} * {ins[0]}), {z})"
         if op == "max_pool2d":
             return f"max_pool2d({ins[0]}, {_tuple(a['window'])}, {_tuple(a['stride'])})"
         if op == "index":

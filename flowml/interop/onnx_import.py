@@ -1077,6 +1077,37 @@ def _conv(imp, ins, a, n_out):
     return _same_dtype(out, x)
 
 
+@handles("ConvTranspose")
+def _conv_transpose(imp, ins, a, n_out):
+    # the transposed convolution: conv2d's VJP with respect to its images, w [C, F, KH, KW]
+    x, w = imp.var(ins[0]), imp.var(ins[1])
+    if a.get("group", 1) != 1:
+        raise Unsupported(f"group={a.get('group')} (grouped convolutions)")
+    if x.ndim != 4:
+        raise Unsupported(f"an input of rank {x.ndim}; flowml's ConvTranspose takes [N, C, H, W] images")
+    if list(a.get("dilations", [1, 1])) != [1, 1]:
+        raise Unsupported(f"dilations={list(a.get('dilations'))}")
+    kernel = list(a.get("kernel_shape", list(w.shape[2:])))
+    strides = list(a.get("strides", [1, 1]))
+    out_pad = list(a.get("output_padding", [0, 0]))
+    if a.get("auto_pad", "NOTSET") != "NOTSET" or a.get("output_shape") is not None:
+        raise Unsupported("auto_pad and output_shape (give pads)")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    size = []
+    for i in range(2):
+        d = x.shape[2 + i]
+        if not isinstance(d, int):
+            raise Unsupported(f"the symbolic image size {d}")
+        size.append(strides[i] * (d - 1) + out_pad[i] + kernel[i] - pads[i] - pads[2 + i])
+    dt = x.dtype
+    out = L.conv2d_backprop_input(x, L.cast(w, dt), tuple(size), tuple(strides),
+                                  ((pads[0], pads[2]), (pads[1], pads[3])))
+    if len(ins) > 2 and ins[2] is not None:
+        b = imp.var(ins[2])
+        out = out + L.reshape(b, (1, b.shape[0], 1, 1))
+    return _same_dtype(out, x)
+
+
 def _pool_checks(a):
     if a.get("ceil_mode", 0):
         raise Unsupported("ceil_mode=1")
