@@ -981,10 +981,15 @@ def _argreduce_of(op_type):
 
     def handle(imp, ins, a, n_out):
         x = imp.var(ins[0])
-        if a.get("select_last_index", 0):
-            raise Unsupported("select_last_index=1 (flowml gives the first index of ties, as numpy)")
         axis = _norm_axes([a.get("axis", 0)], x.ndim)[0]
-        return L.cast(f(x, axis, bool(a.get("keepdims", 1))), "i64")
+        keepdims = bool(a.get("keepdims", 1))
+        if a.get("select_last_index", 0):  # the last of ties: the first of the reversed axis
+            n = x.shape[axis]
+            if not isinstance(n, int):
+                raise Unsupported(f"select_last_index=1 along the symbolic dim {n}")
+            flipped = x[(slice(None),) * axis + (slice(None, None, -1),)]
+            return L.cast((n - 1) - f(flipped, axis, keepdims), "i64")
+        return L.cast(f(x, axis, keepdims), "i64")
     return handle
 
 
