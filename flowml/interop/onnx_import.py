@@ -1237,7 +1237,7 @@ def _mvn(imp, ins, a, n_out):
 # are static.
 STATIC_SLOTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
                 "Unsqueeze": (1,), "Split": (1,), "Pad": (1, 2, 3), "ConstantOfShape": (0,),
-                "Range": (0, 1, 2), "Dropout": (1, 2), **{t: (1,) for t in _REDUCE}}
+                "Range": (0, 1, 2), "Dropout": (1, 2), "OneHot": (1,), **{t: (1,) for t in _REDUCE}}
 
 
 def static_input_names(model) -> list[str]:
@@ -1250,3 +1250,80 @@ def static_input_names(model) -> list[str]:
             if k < len(node.input) and node.input[k] in inputs and node.input[k] not in out:
                 out.append(node.input[k])
     return out
+
+
+# ------------------------------------------------------------ rounding, one-hot
+
+
+def _floor(x):
+    # x // 1 is numpy's floor of a finite float; an infinity stays itself (inf // 1 is nan)
+    return L.where(L.equal(L.abs(x), np.inf), x, L.floor_div(x, 1.0))
+
+
+def _round_half_even(x):
+    f = _floor(x)
+    d = x - f
+    even = L.equal(L.mod(f, 2.0), 0.0)
+    return L.where(L.greater(d, 0.5), f + 1.0, L.where(L.less(d, 0.5), f, L.where(even, f, f + 1.0)))
+
+
+_ROUNDING = {"Floor": _floor, "Ceil": lambda x: -_floor(-x), "Round": _round_half_even}
+for _t, _f in _ROUNDING.items():
+    HANDLERS[_t] = _float_unary(lambda x, a, _f=_f: _f(x))
+
+
+def _one_hot_along(imp, idx: Var, n: int, axis: int, dtype) -> Var:
+    """onehot of `idx` with the new axis of size n at `axis` of the result."""
+    hot = L.onehot(L.cast(idx, "i64"), n, _dtype_name(dtype))  # the new axis last
+    ndim = hot.ndim
+    axis = axis + ndim if axis < 0 else axis
+    if axis == ndim - 1:
+        return hot
+    perm = list(range(ndim - 1))
+    perm.insert(axis, ndim - 1)
+    return L.transpose(hot, tuple(perm))
+
+
+@handles("OneHot")
+def _onehot(imp, ins, a, n_out):
+    idx = imp.var(ins[0])
+    depth = int(imp.static(ins[1], "OneHot's depth").reshape(-1)[0])
+    values = ins[2]
+    v = imp.var(values)
+    hot = _one_hot_along(imp, idx if idx.dtype.kind in "iu" else L.cast(idx, "i64"), depth, a.get("axis", -1),
+                         np.dtype(bool))
+    return L.where(hot, v[1], v[0])
+
+
+@handles("Hardmax")
+def _hardmax(imp, ins, a, n_out):
+    x = imp.var(ins[0])
+    axis = _norm_axes([a.get("axis", -1)], x.ndim)[0]
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        raise Unsupported(f"Hardmax along the symbolic dim {n}")
+    return _one_hot_along(imp, L.argmax(x, axis), n, axis, x.dtype)
+
+
+@handles("EyeLike")
+def _eye_like(imp, ins, a, n_out):
+    shape = _shape_of(ins[0])
+    if not all(isinstance(d, int) for d in shape):
+        raise Unsupported(f"EyeLike of the symbolic shape {list(shape)}")
+    like = imp.var(ins[0]).dtype if not _is_static(ins[0]) else np.asarray(ins[0]).dtype
+    dt = imp.dtype(a.get("dtype"), "EyeLike's dtype") if a.get("dtype") is not None else like
+    return np.eye(shape[0], shape[1], k=a.get("k", 0), dtype=dt)
+
+
+@handles("LpNormalization")
+def _lp_normalization(imp, ins, a, n_out):
+    x = imp.var(ins[0])
+    axis = _norm_axes([a.get("axis", -1)], x.ndim)[0]
+    p = a.get("p", 2)
+    if p == 1:
+        norm = L.sum(L.abs(x), axis, True)
+    elif p == 2:
+        norm = L.sqrt(L.sum(x * x, axis, True))
+    else:
+        raise Unsupported(f"p={p} (1 or 2)")
+    return _same_dtype(L.where(L.equal(norm, 0), L.zeros_like(x), x / norm), x)
