@@ -209,3 +209,31 @@ def test_not_a_model_is_a_clean_error(tmp_path):
 def test_import_flowml_does_not_load_onnx():
     code = "import sys, flowml; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["torch_mlp", "torch_lenet"])
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_models_exported_by_pytorch_give_pytorchs_outputs(name, backend):
+    """tests/data/onnx/make_torch_models.py: torch.onnx.export of an MLP and a LeNet with a
+    dynamic batch axis; their flatten is PyTorch's Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape chain."""
+    model = flowml.from_onnx(f"tests/data/onnx/{name}.onnx", backend=backend)
+    fn = model.predict
+    assert fn.signature.startswith("fn predict(images: f32[batch, 1, 8, 8]) -> (scores: f32[batch, 10])")
+    ir = fn.ir(level=0)
+    assert "reshape" in ir and "concatenate" not in ir  # the shape chain folded to (batch, K)
+    data = np.load(f"tests/data/onnx/{name}.npz")
+    for n in (1, 5):  # one import, two batch sizes
+        got = fn(data[f"x{n}"])
+        assert got.dtype == np.float32 and got.shape == (n, 10)
+        np.testing.assert_allclose(got, data[f"y{n}"], rtol=1e-5, atol=1e-5)
+
+
+def test_pytorch_lenet_exports_back_and_runs_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    model = flowml.from_onnx("tests/data/onnx/torch_lenet.onnx", backend="reference")
+    proto = model.predict.to_onnx()  # flowml's export of the imported model
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    data = np.load("tests/data/onnx/torch_lenet.npz")
+    (got,) = sess.run(None, {"images": data["x5"]})
+    np.testing.assert_allclose(got, data["y5"], rtol=1e-5, atol=1e-5)
