@@ -234,8 +234,9 @@ class Importer:
                     want = self.dtype(vo.type.tensor_type.elem_type, f"graph output '{vo.name}'")
                 except Unsupported as e:
                     raise FlowError(f"{self.file}: {e}") from None
-                if var.dtype != want:
-                    var = L.cast(var, want)
+                if var.dtype != want:  # (a converter's mistake: said, not cast away)
+                    raise FlowError(f"{self.file}: graph output '{vo.name}' is declared {want} but computes "
+                                    f"{var.dtype} here")
             outputs.append((_identifier(vo.name, used_out), var))
         generic = g.name in _GENERIC_GRAPH_NAMES or not g.name.isidentifier() or g.name in self.names
         fn_name = name or ("predict" if generic else g.name)
@@ -296,6 +297,8 @@ class Importer:
             raise FlowError(f"{self.where(node)}: {e}") from None
         except FlowError as e:
             raise FlowError(f"{self.where(node)}: {e.args[0] if e.args else e}") from None
+        except (TypeError, ValueError, IndexError, KeyError) as e:  # (inputs a converter did not expect)
+            raise FlowError(f"{self.where(node)}: cannot import this node ({type(e).__name__}: {e})") from None
         unread = attrs.unread()
         if unread:
             raise FlowError(f"{self.where(node)}: the attribute(s) {', '.join(unread)} are not supported")
