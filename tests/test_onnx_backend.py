@@ -28,11 +28,11 @@ Abs Acosh Add And ArgMax ArgMin Asinh Atanh AveragePool BatchNormalization Cast 
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh DepthToSpace Det Div Dropout Elu Equal Erf Exp Expand EyeLike
 Flatten Floor Gather GatherElements Gelu Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual Hardmax HardSigmoid
 HardSwish Identity InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual
-Log LogSoftmax LpNormalization MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg Not OneHot Or PRelu
+Log LogSoftmax LpNormalization MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul NegativeLogLikelihoodLoss Neg Not OneHot Or PRelu
 Pad Pow Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
 ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Round Selu Shape Shrink Sigmoid Sign Sin Sinh
-Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
-ThresholdedRelu Tile Transpose Unsqueeze Where Xor
+Size Slice Softmax SoftmaxCrossEntropyLoss Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+ThresholdedRelu Tile Transpose Trilu Unsqueeze Where Xor
 """.split()
 
 # Cases of included op types that do not run, and why (an attribute or dtype flowml lacks).

@@ -1240,7 +1240,7 @@ def _mvn(imp, ins, a, n_out):
 # are static.
 STATIC_SLOTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
                 "Unsqueeze": (1,), "Split": (1,), "Pad": (1, 2, 3), "ConstantOfShape": (0,),
-                "Range": (0, 1, 2), "Dropout": (1, 2), "OneHot": (1,), **{t: (1,) for t in _REDUCE}}
+                "Range": (0, 1, 2), "Dropout": (1, 2), "OneHot": (1,), "Trilu": (1,), **{t: (1,) for t in _REDUCE}}
 
 
 def static_input_names(model) -> list[str]:
@@ -1330,3 +1330,60 @@ def _lp_normalization(imp, ins, a, n_out):
     else:
         raise Unsupported(f"p={p} (1 or 2)")
     return _same_dtype(L.where(L.equal(norm, 0), L.zeros_like(x), x / norm), x)
+
+
+@handles("Trilu")
+def _trilu(imp, ins, a, n_out):
+    x = imp.var(ins[0])
+    k = int(imp.static(ins[1], "Trilu's k").reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    rows, cols = x.shape[-2:]
+    if not (isinstance(rows, int) and isinstance(cols, int)):
+        raise Unsupported(f"Trilu of the symbolic matrix size {rows} x {cols}")
+    upper = a.get("upper", 1)
+    keep = np.triu(np.ones((rows, cols), bool), k) if upper else np.tril(np.ones((rows, cols), bool), k)
+    return L.where(L.constant(keep, imp.graph, dtype="bool"), x, L.zeros_like(x))
+
+
+def _nll(imp, logp: Var, target: Var, weight, a):
+    """NegativeLogLikelihoodLoss of log-probabilities [N, C, d...] and targets [N, d...]."""
+    c = logp.shape[1]
+    if not isinstance(c, int):
+        raise Unsupported(f"the symbolic number of classes {c}")
+    target = L.cast(target, "i64")
+    ignore = a.get("ignore_index")
+    valid = L.not_equal(target, ignore) if ignore is not None else None
+    safe = L.where(valid, target, L.zeros_like(target)) if valid is not None else target
+    hot = _one_hot_along(imp, safe, c, 1, np.dtype(bool))
+    picked = L.sum(L.where(hot, logp, L.zeros_like(logp)), 1)  # [N, d...]
+    if weight is not None:
+        w = L.reshape(imp.var(weight), (1, c) + (1,) * (logp.ndim - 2))
+        wt = L.sum(L.where(hot, L.broadcast_to(w, logp.shape), L.zeros_like(logp)), 1)
+    else:
+        wt = L.ones_like(picked)
+    if valid is not None:
+        wt = L.where(valid, wt, L.zeros_like(wt))
+    loss = -picked * wt
+    reduction = a.get("reduction", "mean")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return L.sum(loss)
+    if reduction == "mean":
+        return L.sum(loss) / L.sum(wt)
+    raise Unsupported(f"reduction='{reduction}'")
+
+
+@handles("NegativeLogLikelihoodLoss")
+def _nll_loss(imp, ins, a, n_out):
+    x = imp.var(ins[0])
+    weight = ins[2] if len(ins) > 2 else None
+    return _same_dtype(_nll(imp, x, imp.var(ins[1]), weight, a), x)
+
+
+@handles("SoftmaxCrossEntropyLoss")
+def _softmax_xent(imp, ins, a, n_out):
+    x = imp.var(ins[0])
+    logp = L.log_softmax(x, 1)
+    weight = ins[2] if len(ins) > 2 else None
+    loss = _same_dtype(_nll(imp, logp, imp.var(ins[1]), weight, a), x)
+    return [loss, logp][:max(n_out, 1)]
