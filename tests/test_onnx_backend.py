@@ -25,7 +25,7 @@ from flowml.interop.onnx_backend import backend_for  # noqa: E402
 # The op types run: those flowml has the semantics of (see flowml/interop/onnx_import.py).
 OP_TYPES = """
 Abs Acosh Add And ArgMax ArgMin Asinh Atanh AveragePool BatchNormalization Cast CastLike Ceil Celu Clip
-Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh DepthToSpace Det Div Dropout Elu Equal Erf Exp Expand EyeLike
+Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace Det Div Dropout Elu Equal Erf Exp Expand EyeLike
 Flatten Floor Gather GatherElements Gelu Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual Hardmax HardSigmoid
 HardSwish Identity InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual
 Log LogSoftmax LpNormalization MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul NegativeLogLikelihoodLoss Neg Not OneHot Or PRelu

@@ -1240,7 +1240,7 @@ def _mvn(imp, ins, a, n_out):
 # are static.
 STATIC_SLOTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
                 "Unsqueeze": (1,), "Split": (1,), "Pad": (1, 2, 3), "ConstantOfShape": (0,),
-                "Range": (0, 1, 2), "Dropout": (1, 2), "OneHot": (1,), "Trilu": (1,), **{t: (1,) for t in _REDUCE}}
+                "Range": (0, 1, 2), "Dropout": (1, 2), "OneHot": (1,), "Trilu": (1,), "CumSum": (1,), **{t: (1,) for t in _REDUCE}}
 
 
 def static_input_names(model) -> list[str]:
@@ -1387,3 +1387,20 @@ def _softmax_xent(imp, ins, a, n_out):
     weight = ins[2] if len(ins) > 2 else None
     loss = _same_dtype(_nll(imp, logp, imp.var(ins[1]), weight, a), x)
     return [loss, logp][:max(n_out, 1)]
+
+
+@handles("CumSum")
+def _cumsum(imp, ins, a, n_out):
+    # a matmul with a triangular matrix of ones along the axis (moved last): static lengths
+    x = imp.var(ins[0])
+    axis = _norm_axes([int(imp.static(ins[1], "CumSum's axis").reshape(-1)[0])], x.ndim)[0]
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        raise Unsupported(f"CumSum along the symbolic dim {n}")
+    exclusive, reverse = a.get("exclusive", 0), a.get("reverse", 0)
+    tri = np.triu(np.ones((n, n), x.dtype), 1 if exclusive else 0)  # tri[i, j]: x[i] counts in out[j]
+    if reverse:
+        tri = tri.T
+    perm = tuple(k for k in range(x.ndim) if k != axis) + (axis,)
+    out = L.matmul(L.transpose(x, perm), L.constant(tri, imp.graph, dtype=x.dtype))
+    return _same_dtype(L.transpose(out, tuple(perm.index(k) for k in range(x.ndim))), x)
