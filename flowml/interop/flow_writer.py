@@ -45,7 +45,7 @@ def _literal(value, dtype) -> str:
         if np.isnan(v):
             return "(0.0 / 0.0)"
         if np.isinf(v):
-            return "(1.0 / 0.0)" if v > 0 else "(-1.0 / 0.0)"
+            return "(1.0 / 0.0)" if v > 0 else "(-(1.0 / 0.0))"
         return repr(v)
     return str(v)
 
@@ -148,7 +148,11 @@ class FlowWriter:
             return _dim(a["dim"]) if isinstance(a["dim"], Sym) and a["dim"].coeff == 1 and len(a["dim"].names) == 1 \
                 else f"({' * '.join([str(a['dim'].coeff)] + list(a['dim'].names))})"
         if op == "full":
-            return f"full({_tuple(a['shape'])}, {_literal(a['value'], t.dtype)}, {DTYPE_NAMES[t.dtype]})"
+            dt = DTYPE_NAMES[t.dtype]
+            if isinstance(a["value"], float) and not np.isfinite(a["value"]):
+                # (full's value of a constant expression like (1.0 / 0.0) comes out nan: added instead)
+                return f"(zeros({_tuple(a['shape'])}, {dt}) + cast({_literal(a['value'], t.dtype)}, {dt}))"
+            return f"full({_tuple(a['shape'])}, {_literal(a['value'], t.dtype)}, {dt})"
         if op == "arange":
             return f"arange({a['start']}, {_dim(a['stop'])}, {a['step']})"
         if op == "onehot":

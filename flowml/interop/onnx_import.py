@@ -959,6 +959,10 @@ _REDUCE = {"ReduceSum": L.sum, "ReduceMean": L.mean, "ReduceMax": L.max, "Reduce
            "ReduceLogSum": lambda x, axis, keepdims: L.log(L.sum(x, axis, keepdims))}
 
 
+# max and min of nothing (numpy's have no identity): ONNX's -inf / +inf (false / true for bools)
+_EMPTY_IDENTITY = {"ReduceMax": -np.inf, "ReduceMin": np.inf}
+
+
 def _reduce_of(op_type):
     def handle(imp, ins, a, n_out):
         x = imp.var(ins[0])
@@ -971,6 +975,12 @@ def _reduce_of(op_type):
         else:
             a.get("noop_with_empty_axes")
         axes = tuple(sorted(_norm_axes(axes, x.ndim)))
+        if op_type in _EMPTY_IDENTITY and any(x.shape[k] == 0 for k in axes):  # an empty set: ONNX's identity
+            shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape) if keepdims or k not in axes)
+            value = _EMPTY_IDENTITY[op_type] if x.dtype.kind == "f" else (op_type == "ReduceMin")
+            if x.dtype.kind not in "fb":
+                raise Unsupported(f"{op_type} of an empty set of {x.dtype}")
+            return L.full(imp.graph, shape, value if x.dtype.kind == "f" else bool(value), _dtype_name(x.dtype))
         return _same_dtype(_REDUCE[op_type](x, axes, keepdims), x)
     return handle
 
