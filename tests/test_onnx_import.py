@@ -237,3 +237,18 @@ def test_pytorch_lenet_exports_back_and_runs_in_onnxruntime():
     data = np.load("tests/data/onnx/torch_lenet.npz")
     (got,) = sess.run(None, {"images": data["x5"]})
     np.testing.assert_allclose(got, data["y5"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", range(13, 22))
+def test_opsets_13_to_21_import(opset):
+    """A Squeeze (its axes an input since 13) and a ReduceSum (an input since 13) at each opset."""
+    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["s"]), helper.make_node("ReduceSum", ["s", "raxes"], ["y"],
+                                                                                 keepdims=0)]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             numpy_helper.from_array(np.array([-1], np.int64), "raxes")]
+    graph = helper.make_graph(nodes, "sq", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N"])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.arange(6.0).reshape(2, 1, 3)
+    np.testing.assert_array_equal(flowml.from_onnx(proto).sq(x), x.sum(axis=(1, 2)))
