@@ -1131,6 +1131,34 @@ def _pool_checks(a):
         raise Unsupported("ceil_mode=1")
 
 
+class _Attrs1D:
+    """A 1-D pool's attributes as those of the 2-D pool of [N, C, 1, L] images."""
+
+    def __init__(self, a: Attrs):
+        self.a = a
+
+    def get(self, name, default=None):
+        v = self.a.get(name, None)
+        if v is None:
+            return default
+        if name in ("kernel_shape", "strides", "dilations"):
+            return [1] + list(v)
+        if name == "pads":
+            return [0, v[0], 0, v[1]]
+        return v
+
+
+def _pool_1d(handler):
+    def handle(imp, ins, a, n_out):
+        x = imp.var(ins[0])
+        if x.ndim != 3:
+            return handler(imp, ins, a, n_out)
+        n, c, length = x.shape
+        out = handler(imp, [L.reshape(x, (n, c, 1, length))] + list(ins[1:]), _Attrs1D(a), n_out)
+        return L.reshape(out, (n, c, out.shape[3]))
+    return handle
+
+
 @handles("MaxPool")
 def _max_pool(imp, ins, a, n_out):
     x = imp.var(ins[0])
@@ -1185,6 +1213,8 @@ def _global_pool_of(op_type):
     return handle
 
 
+HANDLERS["MaxPool"] = _pool_1d(HANDLERS["MaxPool"])
+HANDLERS["AveragePool"] = _pool_1d(HANDLERS["AveragePool"])
 HANDLERS["GlobalAveragePool"] = _global_pool_of("GlobalAveragePool")
 HANDLERS["GlobalMaxPool"] = _global_pool_of("GlobalMaxPool")
 
