@@ -19,6 +19,13 @@ def to_onnx(fn: Function, path=None):
     `fn.to_onnx(path)` (docs/onnx.md)."""
     return fn.to_onnx(path)
 
+
+def from_onnx(model, backend=None, name=None, static_inputs=None):
+    """A Model of an ONNX model (a path or an onnx.ModelProto) with one fn, named after its
+    graph (or `name`, or `predict`) (docs/onnx.md, "Import")."""
+    from .interop.onnx_import import from_onnx as _from_onnx
+    return _from_onnx(model, backend=backend, name=name, static_inputs=static_inputs)
+
 __version__ = "0.1.0"
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -249,6 +249,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    import os
+
+    from .interop.flow_writer import write_flow
+    from .interop.onnx_import import from_onnx
+    from .io import save_npz
+    model = from_onnx(args.file, backend="reference", name=args.fn)
+    text, arrays = write_flow(model)
+    (fn,) = model.functions.values()
+    params = os.path.splitext(args.output)[0] + ".npz"
+    header = (f"# {fn.name} of {os.path.basename(args.file)}, imported from ONNX by `flowml import`; the params'\n"
+              f"# values are in {os.path.basename(params)}: run with --load-params {os.path.basename(params)}\n")
+    try:
+        with open(args.output, "w") as f:
+            f.write(header + text)
+    except OSError as e:
+        raise FlowError(f"{args.output}: cannot write the program ({e.strerror or e})") from None
+    if arrays:
+        try:
+            save_npz(params, arrays)
+        except OSError as e:
+            raise FlowError(f"{params}: cannot write the params ({e.strerror or e})") from None
+    print(f"{args.output}: fn {fn.signature[3:]}, {len(arrays)} params" + (f" in {params}" if arrays else ""))
+    return 0
+
+
 def cmd_run(args) -> int:
     from .api import load
     from .io import load_npz
@@ -527,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None, help="seed for param initializers")
     _add_exclude(c)
     c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("import", help="write an ONNX model as a .flow program, its initializers as params in an "
+                       ".npz beside it (docs/onnx.md)")
+    c.add_argument("file", metavar="MODEL.onnx")
+    c.add_argument("-o", "--output", required=True, metavar="MODEL.flow")
+    c.add_argument("--fn", default=None, help="the fn's name (default: the graph's, or predict)")
+    c.set_defaults(func=cmd_import)
 
     c = sub.add_parser("train", help="train a model with mini-batches over the rows of a data file, "
                        "evaluating on the held-out rows each epoch")
