@@ -783,3 +783,15 @@ def test_shape_entries_can_be_symbolic():
     np.testing.assert_array_equal(z, xv)
     np.testing.assert_array_equal(a, np.arange(4))
     np.testing.assert_allclose(m, xv.mean(axis=0))
+
+
+def test_full_of_a_computed_value_in_flow():
+    """full's value may be an expression that is not folded (1.0 / 0.0) or a value of the graph:
+    it is broadcast (it was taken for a missing constant and gave NaN)."""
+    m = flowml.loads("input x : f64[N]\nfn f(x) -> full((2,), (1.0 / 0.0), f32), full((3,), x[0] * 2)\n",
+                     backend="llvm")
+    inf, doubled = m.f(np.array([2.0, 3.0]))
+    assert inf.dtype == np.float32 and np.all(np.isposinf(inf))
+    np.testing.assert_array_equal(doubled, [4.0, 4.0, 4.0])
+    with pytest.raises(flowml.FlowError, match="full's value must be a scalar"):
+        flowml.loads("input x : f64[N]\nfn f(x) -> full((2,), x)\n")

@@ -32,7 +32,12 @@ def ones(graph, shape, dtype="f64"):
 
 @_with_graph
 def full(graph, shape, value, dtype=None):
-    return L.full(graph, shape, L.const_value(value), dtype)
+    constant = L.const_value(value)
+    if constant is None and isinstance(value, L.Var):  # a computed value (1.0 / 0.0, a param's entry)
+        if value.ndim != 0:
+            raise L.FlowTypeError(f"full's value must be a scalar, not {value.type}", L.current_loc())
+        return L.broadcast_to(value if dtype is None else L.cast(value, dtype), L.as_shape(shape))
+    return L.full(graph, shape, constant, dtype)
 
 
 @_with_graph
