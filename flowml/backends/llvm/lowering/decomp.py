@@ -83,6 +83,15 @@ class _Lapack:
                 v = fn.load(t, src, fn.add(fn.mul(i, cols), j))
                 fn.store(t, v, dst, fn.add(fn.mul(j, rows), i))
 
+    def lu(self, lu: str, piv: str, src: str, N: str, n32: str, lda: str, describe=None) -> None:
+        """`lu` and `piv` the LU factors (getrf) of the n x n matrix at `src`, copied; when
+        `describe` is given, an exactly singular matrix ends the call with its error."""
+        self.copy(lu, src, self.fn.mul(N, N))
+        self.fn.line(f"call void {self.routine('getrf')}(ptr {n32}, ptr {n32}, ptr {lu}, ptr {lda}, ptr {piv}, "
+                     f"ptr {self.info})")
+        if describe is not None:
+            self.fail_on_info(describe)
+
     def fail_on_info(self, describe) -> None:
         """The call ends with `describe`'s error when LAPACK's info is positive (info: its word)."""
         info = self.fn.emit(f"load i32, ptr {self.info}", "info")
@@ -159,15 +168,13 @@ def lower_solve(w, n):
     lu = lp.scratch(lp.dt, at.shape[-2:])
     piv = lp.scratch("int32", at.shape[-1:])
     pa = w.ptr(a_node)
-    getrf, getrs = lp.routine("getrf"), lp.routine("getrs")
+    getrs = lp.routine("getrs")
     n32, lda = lp.i32(N), lp.ld(N)
     nrhs = lp.i32("1" if bt.ndim == 1 else w.dim(bt.shape[-1]))
     trans = lp.char("T")
 
     def solver(bi, x):
-        lp.copy(lu, a.at(fn, pa, bi, lp.t), fn.mul(N, N))
-        fn.line(f"call void {getrf}(ptr {n32}, ptr {n32}, ptr {lu}, ptr {lda}, ptr {piv}, ptr {lp.info})")
-        lp.fail_on_info(_singular)
+        lp.lu(lu, piv, a.at(fn, pa, bi, lp.t), N, n32, lda, _singular)
         fn.line(f"call void {getrs}(ptr {trans}, ptr {n32}, ptr {nrhs}, ptr {lu}, ptr {lda}, ptr {piv}, "
                 f"ptr {x}, ptr {lda}, ptr {lp.info})")
     _solve_rhs(lp, b_node, out_batch, solver)
@@ -284,15 +291,13 @@ def lower_inv(w, n):
     N = w.dim(at.shape[-1])
     lu = lp.scratch(lp.dt, at.shape[-2:])
     piv = lp.scratch("int32", at.shape[-1:])
-    getrf, getrs = lp.routine("getrf"), lp.routine("getrs")
+    getrs = lp.routine("getrs")
     n32, lda, trans = lp.i32(N), lp.ld(N), lp.char("N")
     pa, px = w.ptr(a_node), w.ptr(n)
     nn = fn.mul(N, N)
     one, zero = float_literal(1.0, lp.dt), float_literal(0.0, lp.dt)
     with fn.loop("0", w.size(at.shape[:-2]), "lb") as bi:
-        lp.copy(lu, fn.gep(lp.t, pa, fn.mul(bi, nn)), nn)
-        fn.line(f"call void {getrf}(ptr {n32}, ptr {n32}, ptr {lu}, ptr {lda}, ptr {piv}, ptr {lp.info})")
-        lp.fail_on_info(_singular)
+        lp.lu(lu, piv, fn.gep(lp.t, pa, fn.mul(bi, nn)), N, n32, lda, _singular)
         x = fn.gep(lp.t, px, fn.mul(bi, nn))
         with fn.loop("0", N, "ei") as i:  # the identity, then (a^T)^-1 column-major = a^-1 row-major
             with fn.loop("0", N, "ej") as j:
@@ -348,7 +353,6 @@ def lower_det(w, n):
     N = w.dim(at.shape[-1])
     lu = lp.scratch(lp.dt, at.shape[-2:])
     piv = lp.scratch("int32", at.shape[-1:])
-    getrf = lp.routine("getrf")
     n32, lda = lp.i32(N), lp.ld(N)
     pa = w.ptr(a_node)
     outs = {part: w.ptr(m) for part, m in parts.items()}
@@ -358,8 +362,7 @@ def lower_det(w, n):
     suffix = "f32" if ft == "float" else "f64"
     w.helper(f"llvm.fabs.{suffix}", f"declare {ft} @llvm.fabs.{suffix}({ft})")
     with fn.loop("0", w.size(at.shape[:-2]), "lb") as bi:
-        lp.copy(lu, fn.gep(lp.t, pa, fn.mul(bi, nn)), nn)
-        fn.line(f"call void {getrf}(ptr {n32}, ptr {n32}, ptr {lu}, ptr {lda}, ptr {piv}, ptr {lp.info})")
+        lp.lu(lu, piv, fn.gep(lp.t, pa, fn.mul(bi, nn)), N, n32, lda)  # (singular: det 0)
         sign, logabs = fn.var(ft, lit(1.0)), fn.var(ft, lit(0.0))
         with fn.loop("0", N, "di") as i:
             d = fn.load(lp.t, lu, fn.add(fn.mul(i, N), i))
