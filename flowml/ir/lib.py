@@ -559,6 +559,23 @@ def argsort(x, axis=-1):
     return _apply(P.argsort, [x], axis=_normalize_axis(axis, x.ndim)[0])
 
 
+def top_k(x, k):
+    """The k largest entries along the last axis, largest first, and their indices (JAX's
+    lax.top_k): (values, indices [..., k] i64); ties keep the lower index first, NaNs come last.
+    Both from argsort, so the values' derivative goes back to where each came from."""
+    from .arrays import take_along_axis
+    x = as_var(x, _graph_of(x))
+    k = static_int(k, "top_k's k")
+    if x.ndim == 0:
+        raise FlowTypeError(f"top_k takes an array of rank >= 1, not {x.type}", current_loc())
+    n = x.type.shape[-1]
+    if k < 0 or (isinstance(n, int) and k > n):
+        raise FlowTypeError(f"top_k's k must be between 0 and {n} (the last axis), not {k}", current_loc())
+    keys = negative(x) if x.dtype.kind != "b" else logical_not(x)
+    idx = argsort(keys, axis=-1)[(slice(None),) * (x.ndim - 1) + (slice(0, k),)]
+    return take_along_axis(x, idx, -1), idx
+
+
 def sort(x, axis=-1):
     """x sorted along `axis` (the flattened array for None), NaNs last: x gathered at argsort(x),
     so its derivative takes each cotangent back to where its element came from."""
@@ -1130,6 +1147,48 @@ def conv2d(x, w, stride=1, padding="valid"):
     return _apply(P.conv2d, [cast(x, dt), cast(w, dt)], stride=stride, padding=pads)
 
 
+def conv1d(x, w, stride=1, padding="valid"):
+    """The 1-D cross-correlation of signals x [N, C, L] with filters w [F, C, K] (torch's
+    F.conv1d): [N, F, OL]. `padding`: "valid", "same", an int or (left, right). A conv2d of
+    height 1, so native and differentiable as that."""
+    g = _graph_of(x, w)
+    x, w = as_var(x, g), as_var(w, g)
+    if x.ndim != 3 or w.ndim != 3:
+        raise FlowTypeError(f"cannot convolve {x.type} with {w.type}: conv1d takes signals x [N, C, L] and "
+                            "filters w [F, C, K]", current_loc())
+    s = static_int(stride, "conv1d's stride")
+    if isinstance(padding, str):
+        pads = padding
+    else:
+        left, right = _int_pair(padding, "conv1d's padding")
+        pads = ((0, 0), (left, right))
+    y = conv2d(expand_dims(x, 2), expand_dims(w, 2), stride=(1, s), padding=pads)
+    return reshape(y, y.type.shape[:2] + y.type.shape[3:])
+
+
+def avg_pool2d(x, window, stride=None):
+    """The mean of each window (kh, kw) of the last two axes, placed every `stride` (default: the
+    window), without padding: [..., (H - kh) // sh + 1, (W - kw) // sw + 1] (torch's avg_pool2d
+    with padding 0). One conv2d of the images, as one channel each, with a filter of 1 / (kh kw),
+    so native and differentiable as that; integers pool as f64."""
+    g = _graph_of(x)
+    x = as_var(x, g)
+    if x.ndim < 2:
+        raise FlowTypeError(f"avg_pool2d pools the last two axes of an array of rank >= 2, not {x.type}",
+                            current_loc())
+    window = _int_pair(window, "avg_pool2d's window")
+    stride = window if stride is None else _int_pair(stride, "avg_pool2d's stride")
+    if builtins.min(window) < 1 or builtins.min(stride) < 1:
+        raise FlowTypeError(f"avg_pool2d's window and stride must be at least 1, got {window} and {stride}",
+                            current_loc())
+    lead, (h, w_) = x.type.shape[:-2], x.type.shape[-2:]
+    dt = x.dtype if is_float(x.dtype) else DTYPES["f64"]
+    images = reshape(cast(x, dt), (dims_product(lead) if lead else 1, 1, h, w_))
+    weights = constant(np.full((1, 1) + window, 1.0 / (window[0] * window[1])), g, dtype=dt)
+    y = conv2d(images, weights, stride=stride)
+    return reshape(y, lead + y.type.shape[2:])
+
+
 def conv2d_backprop_input(g, w, size, stride, padding):
     """The transposed convolution of g [N, F, OH, OW] with w [F, C, KH, KW] onto [N, C, *size]
     (the VJP of conv2d with respect to its images; `stride`, `padding` as conv2d's attrs)."""
@@ -1181,7 +1240,7 @@ __all__ = [
     "sum", "mean", "max", "min", "prod", "var", "std", "any", "all", "cumsum", "cumprod", "sort", "argsort", "argmax", "argmin", "logsumexp", "softmax", "log_softmax",
     "categorical_crossentropy", "matmul", "dot", "outer", "transpose", "reshape", "broadcast_to",
     "expand_dims", "concatenate", "stack", "take", "onehot", "zeros_like", "ones_like",
-    "stop_gradient", "conv2d", "max_pool2d",
+    "stop_gradient", "conv2d", "conv1d", "max_pool2d", "avg_pool2d", "top_k",
     "solve", "solve_triangular", "cholesky", "inv", "det", "slogdet", "eigh", "eigvalsh", "norm", "svd", "pinv", "lstsq",
     "qr", "cho_solve",
     "squeeze", "swapaxes", "moveaxis", "flip", "roll", "repeat", "tile", "pad", "diagonal", "trace", "diag",
