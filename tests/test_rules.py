@@ -189,6 +189,9 @@ FIRES: dict[str, list[Case]] = {
         Case(lambda x: L.log(L.sum(L.exp(x))), [LOGITS], present=("logsumexp",), **S),
         Case(lambda x: L.log(L.sum(L.exp(x), axis=0, keepdims=True)), [LOGITS], present=("logsumexp",), **S)],
     "log(exp(x)) -> x": [Case(lambda x: L.log(L.exp(x)) * 2.0, [F(lo=-30, hi=30)], gone=("log", "exp"), **S)],
+    "log1p(-exp(-x)) -> log1mexp(x)": [Case(lambda x: L.log1p(-L.exp(-x)), [F(lo=1e-3, hi=5)], present=("expm1",), **S),
+                                       Case(lambda x: L.log1p(-L.exp(-x)), [Spec("float32", (4,), 0.125, 5)],
+                                            present=("expm1",), rtol=1e-5, atol=1e-6)],
     "log(det(a)) -> log_det(a)": [Case(lambda a: L.log(L.det(a)), [M3], gone=("det",), present=("slogdet",), **S)],
     "log(abs(det(a))) -> slogdet(a)[1]": [
         Case(lambda a: L.log(L.abs(L.det(a))), [M3], gone=("det", "abs"), present=("slogdet",), **S)],
@@ -290,6 +293,8 @@ NOT_FIRES: dict[str, list[Case]] = {
         Case(lambda x: L.log(L.sum(L.exp(x), axis=1) + 1), [LOGITS]), Case(lambda x: L.log(L.sum(x * x)), [LOGITS])],
     # exp(log(x)) is not x: NaN for x < 0
     "log(exp(x)) -> x": [Case(lambda x: L.exp(L.log(x))), Case(lambda x: L.log(L.exp(x) + 1e-300))],
+    "log1p(-exp(-x)) -> log1mexp(x)": [Case(lambda x: L.log1p(-L.exp(x))), Case(lambda x: L.log1p(L.exp(-x))),
+                                       Case(lambda i: L.log1p(-L.exp(-i)), [I(lo=1, hi=5)])],  # an int x
     "log(det(a)) -> log_det(a)": [Case(lambda a: L.log(L.det(a) + 1), [M3]), Case(lambda a: L.det(L.log(a)), [M3])],
     "log(abs(det(a))) -> slogdet(a)[1]": [Case(lambda a: L.log(L.abs(L.det(a)) + 1), [M3])],
     "inv(a) @ b -> solve(a, b)": [Case(lambda a, b: b @ L.inv(a), [M3, F(shape=(3, 3))]),
@@ -549,6 +554,12 @@ EXTREMES: dict[str, Extreme] = {
         lambda x: -2 / mp.sqrt(mp.pi) * mp.exp(-x * x) / mp.erfc(x),
         [-800.0, -3.0, 0.0, 9.99, 10.0, 10.01, 26.0, 30.0, 800.0, 1e10],
         [-80.0, 0.0, 4.99, 5.0, 5.01, 9.0, 20.0, 80.0]),
+    "log1p(-exp(-x)) -> log1mexp(x)": Extreme(
+        "log1p(-exp(-x))", lambda x: mp.log1p(-mp.exp(-x)), lambda x: 1 / mp.expm1(x),
+        [1e-20, 1e-8, 0.5, 0.6931, 0.6932, 1.0, 30.0, 700.0], [1e-10, 1e-4, 0.5, 0.6931, 0.6932, 1.0, 20.0, 80.0]),
+    "log(1 - exp(-x)) -> log1p(-exp(-x)) -> log1mexp(x)": Extreme(
+        "log(1 - exp(-x))", lambda x: mp.log1p(-mp.exp(-x)), lambda x: 1 / mp.expm1(x),
+        [1e-20, 0.5, 1.0, 700.0], [1e-10, 0.5, 1.0, 80.0]),
     "log(1 - erf(x)) -> log(erfc(x)) -> log_erfc(x)": Extreme(
         "log(1 - erf(x))", lambda x: mp.log(mp.erfc(x)),
         lambda x: -2 / mp.sqrt(mp.pi) * mp.exp(-x * x) / mp.erfc(x), [-800.0, 0.0, 30.0, 800.0], [-80.0, 0.0, 80.0]),

@@ -44,6 +44,28 @@ def log_erfc(x: Var) -> Var:
     return L.where(small, L.log(L.erfc(near)), asymptotic)
 
 
+LN2 = math.log(2.0)
+
+
+def log1mexp(x: Var) -> Var:
+    """log(1 - exp(-x)) for x > 0 (Maechler 2012): log(-expm1(-x)) below ln 2, where 1 - exp(-x)
+    cancels, log1p(-exp(-x)) above it, where expm1(-x) is -1 to the last bit. Each branch sees
+    only the inputs it is accurate for (clamped by `where`s, so its gradient is finite too); for
+    x <= 0 it is -inf or NaN, as the naive form."""
+    small = x < LN2
+    near = L.where(small, x, LN2)
+    far = L.where(small, LN2, x)
+    return L.where(small, L.log(-L.expm1(-near)), L.log1p(-L.exp(-far)))
+
+
+def _not_log1mexp_branch(x: Var) -> bool:
+    """log1p(-exp(-where(x0 < ln2, ln2, x0))) is the far branch `log1mexp` built: not again."""
+    if x.op is not P.where:
+        return True
+    cond, a, _ = x.graph.operands(x.id)
+    return not (x.graph.op(cond) is P.lt and x.graph.op(a) is P.const)
+
+
 def log_det(a: Var) -> Var:
     """log(det(a)) from slogdet: finite where det over- or underflows; nan for a negative det
     and -inf for a singular a, as the naive form."""
@@ -114,6 +136,8 @@ RULES = [
          when=lambda x, a: _single_axis(a)),
     Rule("log(sum(exp(x), axis=a, keepdims=k)) -> logsumexp(x, axis=a, keepdims=k)"),
     Rule("log(exp(x)) -> x"),
+    Rule("log1p(-exp(-x)) -> log1mexp(x)", when=lambda x: _not_log1mexp_branch(x) and x.dtype.kind == "f",
+         env={"log1mexp": log1mexp}),
     Rule("log(det(a)) -> log_det(a)", env={"log_det": log_det}),
     Rule("log(abs(det(a))) -> slogdet(a)[1]"),
     Rule("inv(a) @ b -> solve(a, b)"),
