@@ -439,7 +439,7 @@ def test_unary_and_if_locations():
         ("seed x", (1, 6), "unexpected name 'x': expected an integer"),
         ("+ 1", (1, 1), "unexpected '+': expected a statement"),
         ("x = f(a b)", (1, 9), "unexpected name 'b': expected an operator, ')', ',' or '='"),
-        ("x = a[]", (1, 7), "unexpected ']': expected an expression or ':'"),
+        ("x = a[]", (1, 7), "unexpected ']': expected an expression, '...' or ':'"),
         ("x = if a then b", (1, 16), "unexpected end of input: expected 'else'"),
         ("x = if a then b c", (1, 17), "unexpected name 'c': expected an operator or 'else'"),
         ("x = f(a; b)", (1, 8), "unexpected ';': expected an operator, ')', ',' or '='"),

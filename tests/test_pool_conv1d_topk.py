@@ -85,3 +85,17 @@ def test_bad_arguments_are_located_errors():
 def test_derivatives_match_finite_differences(case):
     check_grad(case)
     check_jvp(case)
+
+
+def test_ellipsis_and_none_in_subscripts():
+    """`...` in .flow and Python subscripts stands for the axes the other indices leave."""
+    x = np.arange(24.0).reshape(2, 3, 4)
+    model = flowml.loads("input x : f64[A, B, C]\nfn f(x) -> x[..., 0], x[0, ...], x[..., none, 1:3], x[...]\n",
+                         backend="llvm")
+    for got, want in zip(model.f(x), [x[..., 0], x[0, ...], x[..., None, 1:3], x[...]]):
+        np.testing.assert_array_equal(got, want)
+    flowml.reset_default_graph()
+    v = flowml.tensor("v", "f64[A, B, C]")
+    np.testing.assert_array_equal(flowml.function([v], v[..., 1, :])(x), x[..., 1, :])
+    with pytest.raises(flowml.FlowError, match=r"<string>:2:12: an index can only have a single ellipsis"):
+        flowml.loads("input x : f64[A, B]\nfn f(x) -> x[..., ...]\n")

@@ -971,8 +971,14 @@ def concat_part(g, xs, axis, k):
 
 
 def getitem(x: Var, item) -> Var:
-    """numpy indexing: ints, slices, None (new axis) and integer arrays."""
+    """numpy indexing: ints, slices, None (new axis), `...` and integer arrays."""
     items = item if isinstance(item, tuple) else (item,)
+    dots = [i for i, it in enumerate(items) if it is Ellipsis]  # (`is`: == on a Var builds a node)
+    if len(dots) > 1:
+        raise FlowTypeError("an index can only have a single ellipsis ('...')", current_loc())
+    if dots:  # the axes the other items do not name, as full slices
+        used = builtins.sum(it is not None and it is not Ellipsis for it in items)
+        items = items[:dots[0]] + (slice(None),) * builtins.max(x.ndim - used, 0) + items[dots[0] + 1:]
     spec, arrays = [], []
     for it in items:
         if it is None:

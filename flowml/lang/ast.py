@@ -89,6 +89,13 @@ class Slice:
 
 
 @dataclass
+class Ellipsis_:
+    """`...` inside brackets: as many full slices as the other items leave axes."""
+
+    loc: Loc
+
+
+@dataclass
 class Index(Expr):
     """`value[item, item, ...]`; an item is an Expr (int or int array) or a Slice."""
 

@@ -360,6 +360,8 @@ class Builder:
             if isinstance(it, A.Slice):
                 parts = [None if p is None else self.expr(p, scope) for p in (it.start, it.stop, it.step)]
                 items.append(slice(*parts))
+            elif isinstance(it, A.Ellipsis_):
+                items.append(Ellipsis)
             else:
                 items.append(self.expr(it, scope))
         if isinstance(base, tuple):  # x.shape[k], or an element of a tuple-valued def

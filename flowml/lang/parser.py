@@ -704,6 +704,9 @@ class _Builder(Transformer_NonRecursive):
         start, stop, step = children
         return self._deep(ast.Slice(start, stop, step, self._loc(meta)), meta, *children)
 
+    def ellipsis_item(self, meta, children):
+        return ast.Ellipsis_(self._loc(meta))
+
     def attr(self, meta, children):
         value, name = children
         return self._deep(ast.Attr(self._loc(meta), value, str(name)), name, value)
