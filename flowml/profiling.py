@@ -202,16 +202,11 @@ class _Build:
         return total, flops
 
 
-class _HostTimed:
-    """The reference evaluator with each node timed around its numpy call (a fn with a lazy
-    `if`, evaluated on demand, is timed as one step)."""
+class HostCounts:
+    """Per step (a node, or None for a whole call), the calls and nanoseconds timed from the host,
+    in `host_counts`: what the host-timed executables of every backend collect."""
 
-    def __init__(self, graph, outputs, updates):
-        from .backends.reference import ReferenceExecutable
-        self.reference = ReferenceExecutable(graph, outputs, updates)
-        self.graph, self.outputs, self.updates = graph, outputs, updates
-        self.nodes, self.lazy = self.reference.nodes, self.reference.lazy
-        self.host_counts: dict = {}
+    host_counts: dict
 
     def reset(self) -> None:
         self.host_counts = {}
@@ -220,6 +215,18 @@ class _HostTimed:
         c = self.host_counts.setdefault(key, [0, 0])
         c[0] += 1
         c[1] += ns
+
+
+class _HostTimed(HostCounts):
+    """The reference evaluator with each node timed around its numpy call (a fn with a lazy
+    `if`, evaluated on demand, is timed as one step)."""
+
+    def __init__(self, graph, outputs, updates):
+        from .backends.reference import ReferenceExecutable
+        self.reference = ReferenceExecutable(graph, outputs, updates)
+        self.graph, self.outputs, self.updates = graph, outputs, updates
+        self.nodes, self.lazy = self.reference.nodes, self.reference.lazy
+        self.reset()
 
     def __call__(self, inputs, state, env):
         from .backends.reference import _compute

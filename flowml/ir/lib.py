@@ -1153,6 +1153,17 @@ def conv2d(x, w, stride=1, padding="valid"):
     return _apply(P.conv2d, [cast(x, dt), cast(w, dt)], stride=stride, padding=pads)
 
 
+def _pool_windows(window, stride, what: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A pooling's (window, stride) as int pairs, the stride defaulting to the window (windows
+    that do not overlap); each at least 1."""
+    window = _int_pair(window, f"{what}'s window")
+    stride = window if stride is None else _int_pair(stride, f"{what}'s stride")
+    if builtins.min(window) < 1 or builtins.min(stride) < 1:
+        raise FlowTypeError(f"{what}'s window and stride must be at least 1, got {window} and {stride}",
+                            current_loc())
+    return window, stride
+
+
 def conv1d(x, w, stride=1, padding="valid"):
     """The 1-D cross-correlation of signals x [N, C, L] with filters w [F, C, K] (torch's
     F.conv1d): [N, F, OL]. `padding`: "valid", "same", an int or (left, right). A conv2d of
@@ -1182,11 +1193,7 @@ def avg_pool2d(x, window, stride=None):
     if x.ndim < 2:
         raise FlowTypeError(f"avg_pool2d pools the last two axes of an array of rank >= 2, not {x.type}",
                             current_loc())
-    window = _int_pair(window, "avg_pool2d's window")
-    stride = window if stride is None else _int_pair(stride, "avg_pool2d's stride")
-    if builtins.min(window) < 1 or builtins.min(stride) < 1:
-        raise FlowTypeError(f"avg_pool2d's window and stride must be at least 1, got {window} and {stride}",
-                            current_loc())
+    window, stride = _pool_windows(window, stride, "avg_pool2d")
     lead, (h, w_) = x.type.shape[:-2], x.type.shape[-2:]
     dt = x.dtype if is_float(x.dtype) else DTYPES["f64"]
     images = reshape(cast(x, dt), (dims_product(lead) if lead else 1, 1, h, w_))
@@ -1215,11 +1222,7 @@ def max_pool2d(x, window, stride=None):
     derivative goes to each window's maximum (split evenly between ties)."""
     g = _graph_of(x)
     x = as_var(x, g)
-    window = _int_pair(window, "max_pool2d's window")
-    stride = window if stride is None else _int_pair(stride, "max_pool2d's stride")
-    if builtins.min(window) < 1 or builtins.min(stride) < 1:
-        raise FlowTypeError(f"max_pool2d's window and stride must be at least 1, got {window} and {stride}",
-                            current_loc())
+    window, stride = _pool_windows(window, stride, "max_pool2d")
     return _apply(P.max_pool2d, [x], window=window, stride=stride)
 
 

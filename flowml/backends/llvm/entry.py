@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ...ir.graph import Graph
 from . import blas, parallel, vecmath
 from .irfunc import IRFunction, dim_names
@@ -112,6 +114,14 @@ class Lowerer:
         k = IRFunction(f"{stem}.{self.program.next_id()}", self.program.slot_of)
         self.program.pending.append(k)
         return k
+
+    def frame_buffer(self, dtype, shape, key=None) -> tuple:
+        """A buffer of every call frame, allocated with the frame (its symbolic dims resolved per
+        binding), of `shape` and `dtype`: its slot key (a fresh one unless `key`), whose address
+        `fn.load_slot(key)` loads."""
+        key = key or ("scratch", self.program.next_id())
+        self.program.statics.append(("buffer", (self.program.slot_of(key),), np.dtype(dtype).str, tuple(shape)))
+        return key
 
     def helper(self, name: str, text: str) -> None:
         """A module-level definition or declaration, emitted once however often it is used."""

@@ -11,25 +11,18 @@ from __future__ import annotations
 import time
 
 from ...ir import ops as P
+from ...profiling import HostCounts
 from .backend import OpenCLExecutable
 
 
-class HostTimedExecutable(OpenCLExecutable):
+class HostTimedExecutable(OpenCLExecutable, HostCounts):
     """An `OpenCLExecutable` counting, per node, calls and nanoseconds in `host_counts`."""
 
     timing = "host timers around each step, the device's queue finished after each"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.host_counts: dict = {}
-
-    def reset(self) -> None:
-        self.host_counts = {}
-
-    def _add(self, key, ns: int) -> None:
-        c = self.host_counts.setdefault(key, [0, 0])
-        c[0] += 1
-        c[1] += ns
+        self.reset()
 
     def describe(self, n: int) -> tuple[str, str]:
         """(kind, what it runs as) of node n's step."""

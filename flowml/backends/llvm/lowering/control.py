@@ -99,8 +99,7 @@ def lower_scan(w, n):
         return fn.mul(w.size(t.shape), str(t.dtype.itemsize))
 
     def buffer(key, t) -> str:  # a frame's own buffer for a value of type t
-        program.statics.append(("buffer", (program.slot_of(key),), t.dtype.str, tuple(t.shape)))
-        return fn.emit(f"load ptr, ptr {slot(key)}", "buf")
+        return fn.load_slot(w.frame_buffer(t.dtype, t.shape, key))
 
     def memcpy(dst, src, size):
         w.helper("llvm.memcpy", MEMCPY)

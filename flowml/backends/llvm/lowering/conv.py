@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-import numpy as np
-
 from ..irfunc import IR_TYPE, MEM_TYPE
 from ..kernels import LLVMScalarBuilder, float_literal
 from . import HostStep, lowers
@@ -40,13 +38,6 @@ def _dtype(w, n) -> str:
         raise HostStep(f"operands of dtypes {[w.type(o).dtype.name for o in w.operands(n)]} (native: all "
                        "float32 or all float64)")
     return dt
-
-
-def _scratch(w, dt: str, shape) -> tuple:
-    """A frame buffer of `shape` (dims may be symbolic), for this node only: its slot key."""
-    key = ("scratch", w.program.next_id())
-    w.program.statics.append(("buffer", (w.program.slot_of(key),), np.dtype(dt).str, tuple(shape)))
-    return key
 
 
 def _smin_smax(w):
@@ -152,7 +143,7 @@ def _grouped_g(w, n, g: int, geo: _Geometry, dt: str) -> tuple[str, str]:
     """g [N, F, OH·OW] as [F, N·OH·OW]: (how kernels and the entry point address it)."""
     if geo.N == 1:  # [F, OH·OW] already
         return "node", g
-    key = _scratch(w, dt, (geo.F,) + geo.columns)
+    key = w.frame_buffer(dt, (geo.F,) + geo.columns)
     _regroup(w, n, lambda k: k.ptr(g), lambda k: k.load_slot(key), geo.N, geo.F, (geo.OH, geo.OW), dt)
     return "slot", key
 
@@ -171,7 +162,7 @@ def lower_conv2d(w, n):
     dt = _dtype(w, n)
     x, f = w.operands(n)
     geo = _conv_geometry(w.type(x).shape, w.type(f).shape, w.type(n).shape[2:], w.attrs(n))
-    cols = _scratch(w, dt, geo.rows + geo.columns)
+    cols = w.frame_buffer(dt, geo.rows + geo.columns)
     _im2col(w, n, x, geo, cols, dt)
     fn = w.fn
     F, CKK, NP = fn.dim(geo.F), fn.size(geo.rows), fn.size(geo.columns)
@@ -180,7 +171,7 @@ def lower_conv2d(w, n):
         gemm(fn.ptr(f), fn.load_slot(cols), fn.ptr(n))
         w.note(f"im2col + BLAS {_blas(dt)}gemm")
         return
-    y = _scratch(w, dt, (geo.F,) + geo.columns)
+    y = w.frame_buffer(dt, (geo.F,) + geo.columns)
     gemm(fn.ptr(f), fn.load_slot(cols), fn.load_slot(y))
     _regroup(w, n, lambda k: k.load_slot(y), lambda k: k.ptr(n), geo.F, geo.N, (geo.OH, geo.OW), dt)
     w.note(f"im2col + BLAS {_blas(dt)}gemm over the batch + regroup")
@@ -195,7 +186,7 @@ def lower_conv2d_backprop_filter(w, n):
     dt = _dtype(w, n)
     x, g = w.operands(n)
     geo = _conv_geometry(w.type(x).shape, w.type(n).shape, w.type(g).shape[2:], w.attrs(n))
-    cols = _scratch(w, dt, geo.rows + geo.columns)
+    cols = w.frame_buffer(dt, geo.rows + geo.columns)
     _im2col(w, n, x, geo, cols, dt)
     gg = _grouped_g(w, n, g, geo, dt)
     fn = w.fn
@@ -211,7 +202,7 @@ def lower_conv2d_backprop_input(w, n):
     g, f = w.operands(n)
     geo = _conv_geometry(w.type(n).shape, w.type(f).shape, w.type(g).shape[2:], w.attrs(n))
     gg = _grouped_g(w, n, g, geo, dt)
-    cols = _scratch(w, dt, geo.rows + geo.columns)
+    cols = w.frame_buffer(dt, geo.rows + geo.columns)
     fn = w.fn
     F, CKK, NP = fn.dim(geo.F), fn.size(geo.rows), fn.size(geo.columns)
     # cols_g [C·KH·KW, N·OH·OW] = w^T [C·KH·KW, F] @ g' (w read as stored, transposed)
@@ -362,7 +353,7 @@ def lower_max_pool2d_backprop(w, n):
     out_shape = w.type(out).shape
     a_ = w.attrs(n)
     disjoint = a_["stride"][0] >= a_["window"][0] and a_["stride"][1] >= a_["window"][1]
-    inv_key = None if disjoint else _scratch(w, dt, out_shape)
+    inv_key = None if disjoint else w.frame_buffer(dt, out_shape)
     pool = _Pool(w, n, "maxpoolgrad", x, out_shape)
     k, sb, ft = pool.k, pool.sb, IR_TYPE[dt]
     px, po, pg, pgx = k.ptr(x), k.ptr(out), k.ptr(g), k.ptr(n)

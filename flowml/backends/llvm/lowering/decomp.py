@@ -1,6 +1,6 @@
-"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd, qr: scipy's LAPACK (`..blas`: the capsules
-of `scipy.linalg.cython_lapack`) called by pointer from the entry point, one call per matrix of
-the batch, in scratch buffers of the call frame (LAPACK overwrites its operands).
+"""solve, solve_triangular, cholesky, inv, det, slogdet, eigh, svd, qr: scipy's LAPACK (`..blas`:
+the capsules of `scipy.linalg.cython_lapack`) called by pointer from the entry point, one call
+per matrix of the batch, in frame buffers (LAPACK overwrites its operands).
 
 LAPACK is column-major; a row-major matrix read column-major is its transpose. So the LU factors
 of a^T come from copying a as it is (getrf), and `getrs` with trans='T' solves (a^T)^T x = b; the
@@ -59,16 +59,9 @@ class _Lapack:
         self.fn.line(f"store i8 {ord(c)}, ptr {cell}")
         return cell
 
-    def scratch_slot(self, dtype: str, shape: tuple) -> int:
-        """The frame slot of a buffer of the call frame (allocated with it) of `shape`'s dims."""
-        program = self.w.program
-        slot = program.slot_of(("scratch", program.next_id()))
-        program.statics.append(("buffer", (slot,), np.dtype(dtype).str, tuple(shape)))
-        return slot
-
     def scratch(self, dtype: str, shape: tuple) -> str:
-        """Such a buffer's address, in the entry point."""
-        return self.fn.emit(f"load ptr, ptr {self.fn.slot_ptr(self.scratch_slot(dtype, shape))}", "scr")
+        """The address, in the entry point, of a new frame buffer of `shape`'s dims."""
+        return self.fn.load_slot(self.w.frame_buffer(dtype, shape))
 
     def copy(self, dst: str, src: str, count: str) -> None:
         self.w.helper("llvm.memcpy", "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
@@ -116,7 +109,7 @@ class _Operand:
     """A square or right-hand-side operand, batched: its matrix `i` of the output's batch."""
 
     def __init__(self, w, node, out_batch, matrix_shape):
-        self.w, self.node, self.out_batch = w, node, out_batch
+        self.out_batch = out_batch
         t = w.type(node)
         self.batch = t.shape[:t.ndim - len(matrix_shape)]
         self.matrix = t.shape[t.ndim - len(matrix_shape):]
@@ -127,8 +120,8 @@ class _Operand:
 
 
 def _solve_rhs(lp: _Lapack, b_node: int, out_batch, call_solver) -> None:
-    """For each matrix of the batch, `call_solver(bi, x, ldb, nrhs)` on the right-hand side
-    copied into place (x: column-major, n x nrhs), then the solution moved to the output."""
+    """For each matrix `bi` of the batch, `call_solver(bi, x)` on the right-hand side copied into
+    place (x: column-major, n x nrhs, leading dimension n), then the solution moved to the output."""
     w, fn, n = lp.w, lp.fn, lp.n
     bt = w.type(b_node)
     vector = bt.ndim == 1
@@ -189,7 +182,7 @@ def _small_solve(w, n, lp, a_node, b_node, out_batch, size, nrhs):
     g = w.graph
     t, ft = lp.t, IR_TYPE[lp.dt]
     bt = g.type(b_node)
-    stat_slot = lp.scratch_slot("int32", out_batch or (1,))  # 1: that matrix is singular
+    status = w.frame_buffer("int32", out_batch or (1,))  # 1: that matrix is singular
     k = w.kernel(f"solve{n}")
     a = _Operand(w, a_node, out_batch, g.type(a_node).shape[-2:])
     b = _Operand(w, b_node, out_batch, bt.shape[-1:] if bt.ndim == 1 else bt.shape[-2:])
@@ -198,7 +191,7 @@ def _small_solve(w, n, lp, a_node, b_node, out_batch, size, nrhs):
     zero = float_literal(0.0, lp.dt)
     suffix = "f32" if ft == "float" else "f64"
     w.helper(f"llvm.fabs.{suffix}", f"declare {ft} @llvm.fabs.{suffix}({ft})")
-    pst = k.emit(f"load ptr, ptr {k.slot_ptr(stat_slot)}", "st")
+    pst = k.load_slot(status)
 
     with k.loop("%start", "%end", "m") as bi:
         src_a, src_b = a.at(k, pa, bi, t), b.at(k, pb, bi, t)
@@ -252,7 +245,7 @@ def _small_solve(w, n, lp, a_node, b_node, out_batch, size, nrhs):
     count = w.size(out_batch)
     w.launch(k, count, fn.mul(count, str(size * size * size)))
     with fn.loop("0", count, "chk") as bi:  # (serially, after the kernel: the first singular matrix)
-        bad = fn.emit(f"icmp ne i32 {fn.load('i32', fn.emit(f'load ptr, ptr {fn.slot_ptr(stat_slot)}', 'st'), bi)}, 0", "c")
+        bad = fn.emit(f"icmp ne i32 {fn.load('i32', fn.load_slot(status), bi)}, 0", "c")
         w.fail_if(bad, n, _singular, bi)
     w.note(f"inline LU with partial pivoting per matrix ({size} x {size}, a kernel over the batch)")
 
