@@ -795,3 +795,6 @@ def test_full_of_a_computed_value_in_flow():
     np.testing.assert_array_equal(doubled, [4.0, 4.0, 4.0])
     with pytest.raises(flowml.FlowError, match="full's value must be a scalar"):
         flowml.loads("input x : f64[N]\nfn f(x) -> full((2,), x)\n")
+    flowml.reset_default_graph()  # (and from Python: the library function itself broadcasts it)
+    x = flowml.tensor("x", "f64[N]")
+    np.testing.assert_array_equal(flowml.function([x], flowml.full((3,), x[0] * 2))(np.array([2.0, 3.0])), [4.0] * 3)

@@ -1020,8 +1020,16 @@ def _shape_arg(shape):
 
 
 def full(graph: Graph, shape, value, dtype=None):
+    """An array of `shape` filled with `value`: a number, a constant, or a scalar value of the
+    graph (1.0 / 0.0 unfolded, x[0] * 2), which is broadcast."""
     if builtins.any(isinstance(d, int) and d < 0 for d in as_shape(shape)):
         raise FlowTypeError(f"a shape must not have negative dims, got {as_shape(shape)}", current_loc())
+    if isinstance(value, Var):
+        if const_value(value) is None:
+            if value.ndim != 0:
+                raise FlowTypeError(f"full's value must be a scalar, not {value.type}", current_loc())
+            return broadcast_to(value if dtype is None else cast(value, dtype), as_shape(shape))
+        value = const_value(value)
     if dtype is None:
         dtype = "f64" if isinstance(value, float) else ("bool" if isinstance(value, bool) else "i64")
     return Var(graph, graph.add(P.full, [], {"shape": _shape_arg(shape), "value": value,

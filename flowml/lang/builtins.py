@@ -32,12 +32,7 @@ def ones(graph, shape, dtype="f64"):
 
 @_with_graph
 def full(graph, shape, value, dtype=None):
-    constant = L.const_value(value)
-    if constant is None and isinstance(value, L.Var):  # a computed value (1.0 / 0.0, a param's entry)
-        if value.ndim != 0:
-            raise L.FlowTypeError(f"full's value must be a scalar, not {value.type}", L.current_loc())
-        return L.broadcast_to(value if dtype is None else L.cast(value, dtype), L.as_shape(shape))
-    return L.full(graph, shape, constant, dtype)
+    return L.full(graph, shape, value, dtype)
 
 
 @_with_graph

@@ -182,14 +182,8 @@ def _triangle_np(a, lower, unit_diagonal=False):
 def triangle(x, lower: bool, strict: bool = False):
     """x with the other triangle zeroed (numpy's tril / triu of the last two axes); strict: the
     diagonal too."""
-    n, m = x.type.shape[-2], x.type.shape[-1]
-    rows = L.reshape(L.arange(x.graph, n), (n, 1))
-    cols = L.reshape(L.arange(x.graph, m), (1, m))
-    if lower:
-        keep = L.greater(rows, cols) if strict else L.greater_equal(rows, cols)
-    else:
-        keep = L.less(rows, cols) if strict else L.less_equal(rows, cols)
-    return L.where(keep, x, L.zeros_like(x))
+    from .. import arrays  # (it builds on flowml.ir.lib, which imports the ops)
+    return arrays.tril(x, -1 if strict else 0) if lower else arrays.triu(x, 1 if strict else 0)
 
 
 # ----------------------------------------------------------------- factorizations
@@ -242,12 +236,22 @@ def _phi(m):
     return L.add(triangle(m, True, strict=True), L.multiply(_diagonal_part(m), 0.5))
 
 
+def _diagonal_mask(m):
+    """The bool [n, k] mask of the diagonal of the matrices m [..., n, k]."""
+    from .. import arrays
+    return arrays.eye(m.graph, m.type.shape[-2], m.type.shape[-1], dtype="bool")
+
+
 def _diagonal_part(m):
     """m with everything but its diagonal zeroed."""
-    n, k = m.type.shape[-2], m.type.shape[-1]
-    rows = L.reshape(L.arange(m.graph, n), (n, 1))
-    cols = L.reshape(L.arange(m.graph, k), (1, k))
-    return L.where(L.equal(rows, cols), m, L.zeros_like(m))
+    return L.where(_diagonal_mask(m), m, L.zeros_like(m))
+
+
+def _off_diagonal_reciprocal(gap):
+    """1 / gap off the diagonal of the matrices gap [..., n, n], 0 on it (where gap is 0: the
+    derivatives of eigenvectors and singular vectors divide by the gaps between values)."""
+    off = L.logical_not(_diagonal_mask(gap))
+    return L.where(off, L.divide(1.0, L.where(off, gap, 1.0)), 0.0)
 
 
 def _trace(m):
@@ -406,17 +410,12 @@ class Eigh(_Decomp):
 
 
 def _eye_like(m):
-    return _diagonal_part(L.add(L.zeros_like(m), 1.0))
+    return L.cast(_diagonal_mask(m), m.dtype)
 
 
 def _gap_inverse(w):
     """F_ij = 1 / (w_j - w_i) for i != j, 0 on the diagonal ([..., n, n] from w [..., n])."""
-    gap = L.subtract(L.expand_dims(w, -2), L.expand_dims(w, -1))
-    n = w.type.shape[-1]
-    rows = L.reshape(L.arange(w.graph, n), (n, 1))
-    cols = L.reshape(L.arange(w.graph, n), (1, n))
-    off = L.not_equal(rows, cols)
-    return L.where(off, L.divide(1.0, L.where(off, gap, 1.0)), 0.0)
+    return _off_diagonal_reciprocal(L.subtract(L.expand_dims(w, -2), L.expand_dims(w, -1)))
 
 
 eigh = Eigh()
@@ -529,10 +528,7 @@ def _maybe_greater(p, q) -> bool:
 def _svd_gaps(s):
     """F_ij = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it."""
     srow, scol = L.expand_dims(s, -2), L.expand_dims(s, -1)
-    gap = L.multiply(L.add(srow, scol), L.subtract(srow, scol))
-    k = s.type.shape[-1]
-    off = L.not_equal(L.reshape(L.arange(s.graph, k), (k, 1)), L.reshape(L.arange(s.graph, k), (1, k)))
-    return L.where(off, L.divide(1.0, L.where(off, gap, 1.0)), 0.0)
+    return _off_diagonal_reciprocal(L.multiply(L.add(srow, scol), L.subtract(srow, scol)))
 
 
 def _svd_vjp(a, part, g):
