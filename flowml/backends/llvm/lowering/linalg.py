@@ -6,6 +6,7 @@ nothing. Integer and mixed-dtype products (no BLAS routine) run a native loop ke
 from __future__ import annotations
 
 from ....ir import ops as P
+from .. import blas
 from ..irfunc import IR_TYPE, MEM_TYPE
 from ..kernels import LLVMScalarBuilder, float_literal
 from . import lowers
@@ -152,7 +153,6 @@ def one_thread_if_small(w, work: str):
     """Run the BLAS call about to be emitted on the calling thread alone when `work` (flops, an
     i64) is below `blas.SMALL_GEMM` (see there); returns the function that emits the restoring
     call, for after it."""
-    from .. import blas
     fn = w.fn
     setter = w.blas(blas.THREADS)
     small = fn.emit(f"icmp ult i64 {work}, {blas.SMALL_GEMM}", "small")
