@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import linecache
 import os
 import sys
-from typing import Iterable
+from typing import Collection, Iterable
 
 from ..errors import FlowInternalError, FlowTypeError, Loc
 from .types import TensorType
@@ -197,8 +197,9 @@ class Graph:
     def nodes(self) -> list[int]:
         return list(self._data)  # ascending: nodes are only ever appended
 
-    def ancestors(self, roots: Iterable[int]) -> set[int]:
-        """`roots` and every node they depend on (iterative: graphs can be deep)."""
+    def ancestors(self, roots: Iterable[int], stop: Collection[int] = ()) -> set[int]:
+        """`roots` and every node they depend on (iterative: graphs can be deep); a node of `stop`
+        is included but not looked through."""
         operands = self._operands
         seen: set[int] = set()
         stack = list(roots)
@@ -207,7 +208,8 @@ class Graph:
             if n in seen:
                 continue
             seen.add(n)
-            stack.extend(operands[n])
+            if n not in stop:
+                stack.extend(operands[n])
         return seen
 
     def descendants(self, roots: Iterable[int]) -> set[int]:

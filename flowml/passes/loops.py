@@ -218,19 +218,8 @@ def _accumulation(loop: _Loop, j: int):
 def _needed(body: Graph, roots: list[int], hoisted: set[int]) -> tuple[set[int], set[int]]:
     """The body nodes the new body computes from `roots` down, a hoisted node being a leaf
     (a sequence) there; and the hoisted nodes it reads."""
-    seen: set[int] = set()
-    used: set[int] = set()
-    stack = list(roots)
-    while stack:
-        m = stack.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        if m in hoisted:
-            used.add(m)
-            continue
-        stack.extend(body.operands(m))
-    return seen, used
+    seen = body.ancestors(roots, stop=hoisted)
+    return seen, seen & hoisted
 
 
 def _is_zero(graph: Graph, n: int) -> bool:
